@@ -1,0 +1,72 @@
+"""Backend registry and choice for the ops.
+
+Every op registers its backends here with a priority and an ``unsupported`` check that returns ``None`` when the
+backend can run a call, or a short reason when it cannot. ``backend='auto'`` picks the highest-priority backend that
+can run; with ``VISIONATTN_LOG=debug`` the reasons for every skipped backend are logged (NATTEN style).
+"""
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+__all__ = ['register_backend', 'get_backend', 'list_backends', 'BackendUnavailable']
+
+_logger = logging.getLogger('visionattn.ops')
+if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
+    _logger.setLevel(logging.DEBUG)
+    if not _logger.handlers:
+        _logger.addHandler(logging.StreamHandler())
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run this call."""
+
+
+@dataclass
+class _Backend:
+    name: str
+    fn: Callable
+    priority: int
+    unsupported: Optional[Callable[..., Optional[str]]]
+
+
+_REGISTRY: Dict[str, Dict[str, _Backend]] = {}
+
+
+def register_backend(
+        op: str,
+        name: str,
+        fn: Callable,
+        priority: int = 0,
+        unsupported: Optional[Callable[..., Optional[str]]] = None,
+) -> None:
+    """Register ``fn`` as backend ``name`` of ``op``; ``unsupported(**call)`` returns a reason or None."""
+    _REGISTRY.setdefault(op, {})[name] = _Backend(name, fn, priority, unsupported)
+
+
+def list_backends(op: str) -> List[str]:
+    """Backends of ``op``, best first."""
+    return [b.name for b in sorted(_REGISTRY.get(op, {}).values(), key=lambda b: -b.priority)]
+
+
+def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
+    """Return the implementation of ``op`` to run for ``call`` (the op's arguments, by keyword)."""
+    backends = _REGISTRY.get(op)
+    if not backends:
+        raise KeyError(f'No backends registered for op {op!r}')
+    if backend != 'auto':
+        if backend not in backends:
+            raise ValueError(f'Unknown backend {backend!r} for {op}; available: {list_backends(op)}')
+        b = backends[backend]
+        reason = b.unsupported(**call) if b.unsupported is not None else None
+        if reason:
+            raise BackendUnavailable(f'{op}: backend {backend!r} cannot run this call: {reason}')
+        return b.fn
+    for name in list_backends(op):
+        b = backends[name]
+        reason = b.unsupported(**call) if b.unsupported is not None else None
+        if reason is None:
+            _logger.debug('%s: using backend %r', op, name)
+            return b.fn
+        _logger.debug('%s: skipped backend %r: %s', op, name, reason)
+    raise BackendUnavailable(f'{op}: no backend can run this call')
