@@ -1,1 +1,2 @@
 """nn.Modules shared by the families: attention mixers over the ops, MLPs, embeddings, norms."""
+from .helpers import check_image_input, drop_path_rates

@@ -1,2 +1,3 @@
 """timm-registered backbones, one module per family (unique module names so timm never merges the groups)."""
 from ._registry import list_models, model_modules
+from .convit_va import *

@@ -1,0 +1,89 @@
+"""The model contract over every registered visionattn model (new families are checked without new tests)."""
+import functools
+
+import pytest
+import timm
+from timm.models._registry import _model_entrypoints, _model_to_module
+
+import visionattn
+
+from . import contract
+
+MODELS = visionattn.list_models()
+# the first registered variant of each family (families register smallest first) runs every check in the default
+# tier; the larger variants run the costly checks (backward, FX, torch.compile with inductor) in the slow tier
+_order = {n: i for i, n in enumerate(_model_entrypoints)}
+SMALLEST = {
+    min((n for n in MODELS if _model_to_module[n] == m), key=_order.get) for m in {_model_to_module[n] for n in MODELS}}
+HEAVY = [n if n in SMALLEST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
+
+
+def _create(name):
+    return functools.partial(timm.create_model, name)
+
+
+def test_every_family_registers_models():
+    modules = visionattn.models.model_modules()
+    assert modules, 'no family modules found'
+    for module in modules:
+        assert timm.list_models(module=module), f'visionattn.models.{module} registers no model (not imported?)'
+    assert set(MODELS) == set(timm.list_models(module=modules))
+
+
+def test_names_do_not_collide_with_timm():
+    # our modules are imported, so a name that timm also defines would have been overwritten in timm's registry
+    for name in MODELS:
+        assert _model_to_module[name] in visionattn.models.model_modules()
+    timm_names = {n for n, m in _model_to_module.items() if m not in visionattn.models.model_modules()}
+    assert not set(MODELS) & timm_names
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward(name):
+    contract.check_forward(_create(name))
+
+
+@pytest.mark.parametrize('name', HEAVY)
+def test_backward(name):
+    contract.check_backward(_create(name))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_default_cfg(name):
+    contract.check_default_cfg(_create(name))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_features_only(name):
+    contract.check_features_only(_create(name))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward_intermediates(name):
+    contract.check_forward_intermediates(_create(name))
+
+
+@pytest.mark.parametrize('name', HEAVY)
+def test_fx(name):
+    contract.check_fx(_create(name))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_compile(name):
+    # dynamo traces the whole model (fullgraph) through AOT autograd; inductor code generation is in test_inductor
+    contract.check_compile(_create(name), backend='aot_eager')
+
+
+@pytest.mark.parametrize('name', HEAVY)
+def test_inductor(name):
+    contract.check_compile(_create(name), backend='inductor')
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_input_sizes(name):
+    contract.check_input_sizes(_create(name))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_wrong_channels(name):
+    contract.check_wrong_channels(_create(name))

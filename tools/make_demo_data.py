@@ -1,0 +1,65 @@
+"""Generate the bundled demo dataset ``demo_data/shapes`` (deterministic; the output is committed).
+
+Each 64x64 RGB image shows one shape (circle, square or triangle) of random colour, size and position on a
+textured background; its annotation PNG holds the class index per pixel (0 background, 1 circle, 2 square,
+3 triangle). Layout follows mmseg's custom datasets: ``img_dir/{train,val}/*.png``, ``ann_dir/{train,val}/*.png``.
+"""
+import argparse
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ('background', 'circle', 'square', 'triangle')
+PALETTE = ((0, 0, 0), (220, 60, 60), (60, 180, 75), (60, 100, 230))
+
+
+def make_sample(rng: np.random.Generator, size: int = 64):
+    yy, xx = np.mgrid[:size, :size] / size
+    freq, phase = rng.uniform(2, 8, 2), rng.uniform(0, 2 * np.pi, 2)
+    base = rng.uniform(60, 190, 3)
+    texture = np.sin(2 * np.pi * freq[0] * xx + phase[0]) * np.cos(2 * np.pi * freq[1] * yy + phase[1])
+    img = base[None, None] + 35 * texture[..., None] + rng.normal(0, 12, (size, size, 3))
+    img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    mask = Image.new('L', (size, size), 0)
+    cls = int(rng.integers(1, len(CLASSES)))
+    r = rng.uniform(0.14, 0.3) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    if cls == 1:
+        box = [cx - r, cy - r, cx + r, cy + r]
+        shapes = [('ellipse', box)]
+    elif cls == 2:
+        a = rng.uniform(0, np.pi / 2)
+        pts = [(cx + r * np.cos(a + k * np.pi / 2), cy + r * np.sin(a + k * np.pi / 2)) for k in range(4)]
+        shapes = [('polygon', pts)]
+    else:
+        a = rng.uniform(0, 2 * np.pi)
+        pts = [(cx + r * np.cos(a + k * 2 * np.pi / 3), cy + r * np.sin(a + k * 2 * np.pi / 3)) for k in range(3)]
+        shapes = [('polygon', pts)]
+    for draw, fill in ((ImageDraw.Draw(img), color), (ImageDraw.Draw(mask), cls)):
+        for kind, geom in shapes:
+            getattr(draw, kind)(geom, fill=fill)
+    return img, mask
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), '..', 'demo_data', 'shapes'))
+    parser.add_argument('--train', type=int, default=240)
+    parser.add_argument('--val', type=int, default=60)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    for split, n in (('train', args.train), ('val', args.val)):
+        for sub in ('img_dir', 'ann_dir'):
+            os.makedirs(os.path.join(args.out, sub, split), exist_ok=True)
+        for i in range(n):
+            img, mask = make_sample(rng)
+            img.save(os.path.join(args.out, 'img_dir', split, f'{i:04d}.png'))
+            mask.save(os.path.join(args.out, 'ann_dir', split, f'{i:04d}.png'))
+    print(f'wrote {args.train} train and {args.val} val samples to {os.path.abspath(args.out)}')
+
+
+if __name__ == '__main__':
+    main()
