@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
+from . import _dispatch
 from ._dispatch import get_backend, register_backend
 from .reference import gna_reference
 
@@ -360,13 +361,18 @@ def _gna_blocked_backward_op(
 ) -> List[torch.Tensor]:
     """Gradients of (query, key, value, rpb, additional_keys, additional_values) by recomputation; empty if absent."""
     inputs = [query, key, value, rpb, additional_keys, additional_values]
-    leaves = [None if x is None else x.detach().requires_grad_(True) for x in inputs]
-    with torch.enable_grad():
-        out = gna_blocked(*leaves[:3], kernel_size, stride, dilation, is_causal, leaves[3], scale, *leaves[4:])
-        present = [x for x in leaves if x is not None]
-        grads = torch.autograd.grad(out, present, grad_out)
-    it = iter(grads)
-    return [next(it) if x is not None else grad_out.new_empty(0) for x in leaves]
+    present = [i for i, x in enumerate(inputs) if x is not None]
+
+    def fn(*xs):
+        full = list(inputs)
+        for i, x in zip(present, xs):
+            full[i] = x
+        return gna_blocked(*full[:3], kernel_size, stride, dilation, is_causal, full[3], scale, *full[4:])
+
+    # the op runs below the autograd dispatch key, so differentiate with torch.func (its own transform layer)
+    _, vjp_fn = torch.func.vjp(fn, *[inputs[i] for i in present])
+    grads = iter(vjp_fn(grad_out))
+    return [next(grads) if x is not None else grad_out.new_empty(0) for x in inputs]
 
 
 @_gna_blocked_backward_op.register_fake
@@ -410,6 +416,12 @@ def _reference_backend(query, key, value, kernel_size, stride, dilation, is_caus
     return gna_reference(
         query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
 
+
+# The dispatcher's debug logging would break torch.compile(fullgraph=True) graphs: let dynamo skip it.
+try:
+    torch._dynamo.config.ignore_logger_methods.add(_dispatch._logger.debug)
+except AttributeError:  # older torch without the option
+    pass
 
 register_backend('gna', 'reference', _reference_backend, priority=0, unsupported=None)
 register_backend('gna', 'blocked', _blocked_backend, priority=10, unsupported=None)
