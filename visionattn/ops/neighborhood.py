@@ -423,8 +423,26 @@ try:
 except AttributeError:  # older torch without the option
     pass
 
+def _triton_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                    additional_values):
+    from .triton.neighborhood import gna_triton
+    return gna_triton(
+        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
+
+
+def _triton_unsupported(query, value, rpb=None, **kwargs) -> Optional[str]:
+    if not query.is_cuda:
+        return f'query is on {query.device}, the Triton kernels need CUDA'
+    try:
+        from .triton.neighborhood import gna_triton_unsupported
+    except ImportError as e:  # triton missing or broken
+        return f'triton unavailable: {e}'
+    return gna_triton_unsupported(query, value, rpb=rpb)
+
+
 register_backend('gna', 'reference', _reference_backend, priority=0, unsupported=None)
 register_backend('gna', 'blocked', _blocked_backend, priority=10, unsupported=None)
+register_backend('gna', 'triton', _triton_backend, priority=20, unsupported=_triton_unsupported)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
