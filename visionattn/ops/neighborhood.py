@@ -194,7 +194,7 @@ def _tiles(shape: Tuple[int, ...], kernel_size, stride, is_causal, tile, device:
     )
 
 
-def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile=None):
+def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile=None, dropout_p=0.):
     """GNA with dilation 1 on every axis: query tiles with their key halo through SDPA."""
     n = q.dim() - 3
     b, heads = q.shape[0], q.shape[-2]
@@ -240,7 +240,8 @@ def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v
             pad = attn_mask.new_zeros(nt * heads, tq, n_extra) if attn_mask.dtype != torch.bool else \
                 attn_mask.new_ones(nt * heads, tq, n_extra)
             attn_mask = torch.cat([attn_mask, pad], dim=-1)
-    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, scale=scale)  # [B, nt*H, Tq, Dv]
+    # [B, nt * H, Tq, Dv]
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     dv = out.shape[-1]
     out = out.reshape([b] + nts + [heads] + tqs + [dv])
     perm = [0] + [j for i in range(n) for j in (1 + i, n + 2 + i)] + [n + 1, 2 * n + 2]
@@ -266,12 +267,13 @@ def _fold_groups(x: torch.Tensor, dim: int, d: int, lmax: int, lo: int, g: int, 
     return x.movedim(dim + 1, 1).flatten(0, 1)
 
 
-def _gna_blocked_impl(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, add_k, add_v, tile=None):
+def _gna_blocked_impl(
+        q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, add_k, add_v, tile=None, dropout_p=0.):
     """Fold each dilated axis' dilation groups into the batch (groups of equal length together), then tile."""
     n = q.dim() - 3
     axis = next((i for i in range(n) if dilation[i] > 1), None)
     if axis is None:
-        return _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile)
+        return _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile, dropout_p)
     d, length, dim = dilation[axis], q.shape[1 + axis], 1 + axis
     lmax = -(-length // d)
     rem = length % d
@@ -283,7 +285,8 @@ def _gna_blocked_impl(q, k, v, kernel_size, stride, dilation, is_causal, rpb, sc
         fq, fk, fv = (_fold_groups(x, dim, d, lmax, lo, g, glen) for x in (q, k, v))
         fak, fav = (None if x is None else x[:, None].expand(x.shape[0], g, *x.shape[1:]).flatten(0, 1)
                     for x in (add_k, add_v))
-        o = _gna_blocked_impl(fq, fk, fv, kernel_size, stride, sub_dilation, is_causal, rpb, scale, fak, fav, tile)
+        o = _gna_blocked_impl(
+            fq, fk, fv, kernel_size, stride, sub_dilation, is_causal, rpb, scale, fak, fav, tile, dropout_p)
         o = o.unflatten(0, (q.shape[0], g)).movedim(1, dim + 1)  # [B, ..., glen, g, ...]
         outs.append(_pad_axis(o, dim, lmax))
     out = torch.cat(outs, dim=dim + 1) if len(outs) > 1 else outs[0]
@@ -303,16 +306,18 @@ def gna_blocked(
         additional_keys: Optional[torch.Tensor] = None,
         additional_values: Optional[torch.Tensor] = None,
         tile_shape: Optional[Sequence[int]] = None,
+        dropout_p: float = 0.,
 ) -> torch.Tensor:
     """Blocked GNA in plain PyTorch (any rank, autograd); arguments normalized to per-axis tuples.
 
     Memory is O(tokens x window): each query tile of ``tile_shape`` (default: a stride multiple near the kernel size)
-    attends to the union of its queries' windows, with a mask for the partial part (and the rpb).
+    attends to the union of its queries' windows, with a mask for the partial part (and the rpb). ``dropout_p``
+    drops attention probabilities (SDPA's dropout), for modules with ``attn_drop`` in training.
     """
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     return _gna_blocked_impl(
         query, key, value, tuple(kernel_size), tuple(stride), tuple(dilation), tuple(bool(c) for c in is_causal),
-        rpb, scale, additional_keys, additional_values, None if tile_shape is None else tuple(tile_shape))
+        rpb, scale, additional_keys, additional_values, None if tile_shape is None else tuple(tile_shape), dropout_p)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
