@@ -89,7 +89,7 @@ def test_public_api_and_dispatch():
                backend='reference')
     out = na2d(q, k, v, 3, stride=(1, 2), dilation=(2, 1), rpb=rpb, additional_keys=ak, additional_values=av)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    call = {'query': q}
+    call = {'query': q, 'value': v, 'rpb': rpb}
     assert get_backend('gna', 'auto', **call).__name__ == '_blocked_backend'
     q1, k1, v1, _, _, _ = _inputs((9,), (3,), torch.float32, rpb=False)
     torch.testing.assert_close(na1d(q1, k1, v1, 4, is_causal=True), neighborhood_attention(
