@@ -22,8 +22,8 @@ needs_kernels = pytest.mark.skipif(not (CUDA or INTERPRETED), reason='needs CUDA
 
 
 @pytest.mark.skipif(CUDA or INTERPRETED, reason='runs the kernel tests in a TRITON_INTERPRET=1 subprocess on CPU')
-def test_interpreted_in_subprocess(request):
-    markexpr = request.config.option.markexpr or 'not slow'
+@pytest.mark.parametrize('markexpr', ['not slow', pytest.param('slow', marks=pytest.mark.slow)])
+def test_interpreted_in_subprocess(markexpr):
     env = dict(os.environ, TRITON_INTERPRET='1')
     res = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', markexpr, __file__],
