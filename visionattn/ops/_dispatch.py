@@ -16,6 +16,12 @@ if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
     _logger.setLevel(logging.DEBUG)
     if not _logger.handlers:
         _logger.addHandler(logging.StreamHandler())
+# the debug logging would break torch.compile(fullgraph=True) graphs: let dynamo skip it
+try:
+    import torch._dynamo
+    torch._dynamo.config.ignore_logger_methods.add(_logger.debug)
+except (ImportError, AttributeError):  # older torch without the option
+    pass
 
 
 class BackendUnavailable(RuntimeError):

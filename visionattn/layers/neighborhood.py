@@ -1,0 +1,132 @@
+"""Neighborhood attention modules over the GNA op (``visionattn.ops.neighborhood``).
+
+``NeighborhoodAttention1d/2d/3d`` take channels-last input ``[B, *spatial, C]`` like NATTEN's modules, and add what
+NATTEN >= 0.20 dropped: an optional relative positional bias (``rpb``, ``[heads, 2k-1, ...]``, the layout of NAT/DiNAT
+checkpoints), attention dropout and the pre-0.17 option of zero-padding inputs smaller than ``kernel_size * dilation``.
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from visionattn.ops.neighborhood import gna_blocked, neighborhood_attention
+
+__all__ = ['NeighborhoodAttention1d', 'NeighborhoodAttention2d', 'NeighborhoodAttention3d']
+
+
+def _tup(x, n: int) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,) * n
+
+
+class _NeighborhoodAttentionNd(nn.Module):
+    na_dim: int = 0
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            kernel_size: Union[int, Sequence[int]],
+            stride: Union[int, Sequence[int]] = 1,
+            dilation: Union[int, Sequence[int]] = 1,
+            is_causal: Union[bool, Sequence[bool]] = False,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            rel_pos_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            pad_input: bool = False,
+            backend: str = 'auto',
+    ):
+        """
+        Args:
+            dim: channels.
+            num_heads: attention heads (``dim`` must be divisible by it).
+            kernel_size: window per axis.
+            stride: GNA stride per axis.
+            dilation: dilation per axis.
+            is_causal: causal masking per axis.
+            qkv_bias: bias of the qkv projection.
+            qk_scale: logit scale (default ``head_dim ** -0.5``).
+            rel_pos_bias: learn a relative positional bias ``rpb`` of shape ``[heads, 2k-1, ...]``.
+            attn_drop: dropout on the attention probabilities (training only).
+            proj_drop: dropout after the output projection.
+            pad_input: zero-pad (end of each axis) inputs smaller than ``kernel_size * dilation`` and crop the
+                output, as NATTEN <= 0.15 modules did; otherwise such inputs raise ValueError.
+            backend: op backend (``'auto'``, ``'blocked'``, ``'triton'``, ``'reference'``).
+        """
+        super().__init__()
+        n = self.na_dim
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.kernel_size = _tup(kernel_size, n)
+        self.stride = _tup(stride, n)
+        self.dilation = _tup(dilation, n)
+        self.is_causal = _tup(is_causal, n)
+        self.pad_input = pad_input
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if rel_pos_bias:
+            self.rpb = nn.Parameter(torch.zeros(num_heads, *[2 * k - 1 for k in self.kernel_size]))
+            trunc_normal_(self.rpb, std=.02, mean=0., a=-2., b=2.)
+        else:
+            self.register_parameter('rpb', None)
+        self.attn_drop_p = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            additional_keys: Optional[torch.Tensor] = None,
+            additional_values: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``x``: ``[B, *spatial, C]``; optional extra keys/values ``[B, n, heads, head_dim]``."""
+        n = self.na_dim
+        if x.dim() != n + 2:
+            raise ValueError(f'{type(self).__name__} expects input [B, {n} spatial axes, C], got {tuple(x.shape)}')
+        shape = tuple(x.shape[1:-1])
+        if self.pad_input:
+            window = [k * d for k, d in zip(self.kernel_size, self.dilation)]
+            pad = []
+            for i in reversed(range(n)):
+                pad += [0, max(0, window[i] - shape[i])]
+            if any(pad):
+                x = nn.functional.pad(x, [0, 0] + pad)
+        c = x.shape[-1]
+        q, k, v = self.qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
+        if self.training and self.attn_drop_p > 0:
+            x = gna_blocked(
+                q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal, self.rpb, self.scale,
+                additional_keys, additional_values, dropout_p=self.attn_drop_p)
+        else:
+            x = neighborhood_attention(
+                q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal, self.rpb, self.scale,
+                additional_keys, additional_values, backend=self.backend)
+        x = x.reshape(*x.shape[:-2], c)
+        if tuple(x.shape[1:-1]) != shape:
+            x = x[(slice(None),) + tuple(slice(0, s) for s in shape)]
+        return self.proj_drop(self.proj(x))
+
+    def extra_repr(self) -> str:
+        return (f'head_dim={self.head_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, '
+                f'stride={self.stride}, dilation={self.dilation}, is_causal={self.is_causal}, '
+                f'rel_pos_bias={self.rpb is not None}')
+
+
+class NeighborhoodAttention1d(_NeighborhoodAttentionNd):
+    """1-D (generalized) neighborhood attention over ``[B, L, C]``."""
+    na_dim = 1
+
+
+class NeighborhoodAttention2d(_NeighborhoodAttentionNd):
+    """2-D (generalized) neighborhood attention over ``[B, H, W, C]`` (NAT/DiNAT)."""
+    na_dim = 2
+
+
+class NeighborhoodAttention3d(_NeighborhoodAttentionNd):
+    """3-D (generalized) neighborhood attention over ``[B, T, H, W, C]``."""
+    na_dim = 3

@@ -1,0 +1,565 @@
+"""Generalized neighborhood attention (GNA): ``na1d``, ``na2d``, ``na3d``.
+
+Semantics are NATTEN's (>= 0.20) generalized neighborhood attention: per-axis kernel size (even or odd), stride
+(stride groups share the window of their leader, the right-hand centre query), dilation (dilation groups attend
+within themselves) and causality; windows are clamped inward at the borders, never padded. Added on top of what
+NATTEN keeps: relative positional bias (``rpb`` of shape ``[heads, 2k_0 - 1, ...]`` as in NAT/DiNAT checkpoints,
+indexed per axis by ``(key - query) / dilation + k - 1`` and added after scaling) and a CPU path.
+
+Layout is heads-last like NATTEN: ``[B, *spatial, heads, head_dim]``.
+
+Backends (``backend='auto'`` picks the best that can run, see ``visionattn.ops._dispatch``):
+
+* ``reference``: dense masked attention, O(tokens^2) memory; the oracle (``visionattn.ops.reference``).
+* ``blocked``: pure PyTorch; query tiles with their key halo batched through ``F.scaled_dot_product_attention``,
+  memory O(tokens x window). Runs everywhere, autograd through plain torch ops.
+* ``triton``: fused forward/backward kernels (``visionattn.ops.triton.neighborhood``), CUDA tensors only.
+
+Reference: Hassani et al., "Generalized Neighborhood Attention: Multi-dimensional Sparse Attention at the Speed of
+Light", arXiv 2504.16922; NATTEN (https://github.com/SHI-Labs/NATTEN, MIT).
+"""
+import math
+from functools import lru_cache
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+from ._dispatch import get_backend, register_backend
+from .reference import gna_reference
+
+__all__ = ['na1d', 'na2d', 'na3d', 'neighborhood_attention', 'gna_blocked']
+
+IntOrTuple = Union[int, Sequence[int]]
+BoolOrTuple = Union[bool, Sequence[bool]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Argument handling
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _tuple(x, n: int, name: str, kind=int) -> tuple:
+    if isinstance(x, (list, tuple)):
+        if len(x) != n:
+            raise ValueError(f'{name} must be a single value or have {n} entries (one per spatial axis), got {x}')
+        out = tuple(x)
+    else:
+        out = (x,) * n
+    for v in out:
+        if kind is bool:
+            if not isinstance(v, (bool, int)):
+                raise ValueError(f'{name} entries must be bool, got {x}')
+        elif isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f'{name} entries must be int, got {x}')
+    return tuple(kind(v) for v in out)
+
+
+def _check_and_normalize(
+        na_dim: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple,
+        dilation: IntOrTuple,
+        is_causal: BoolOrTuple,
+        rpb: Optional[torch.Tensor],
+        scale: Optional[float],
+        additional_keys: Optional[torch.Tensor],
+        additional_values: Optional[torch.Tensor],
+):
+    """Validate the call; return per-axis tuples and the float scale. Bad input raises ValueError."""
+    if query.dim() != na_dim + 3:
+        raise ValueError(
+            f'na{na_dim}d expects query of shape [B, {"*" * 0}{na_dim} spatial axes, heads, head_dim] '
+            f'({na_dim + 3}-D), got {tuple(query.shape)}')
+    if key.shape != query.shape:
+        raise ValueError(f'key shape {tuple(key.shape)} must equal query shape {tuple(query.shape)}')
+    if value.shape[:-1] != query.shape[:-1]:
+        raise ValueError(
+            f'value shape {tuple(value.shape)} must match query shape {tuple(query.shape)} except the last axis')
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        raise ValueError(f'query, key, value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}')
+    if key.device != query.device or value.device != query.device:
+        raise ValueError(f'query, key, value devices differ: {query.device}, {key.device}, {value.device}')
+    kernel_size = _tuple(kernel_size, na_dim, 'kernel_size')
+    stride = _tuple(stride, na_dim, 'stride')
+    dilation = _tuple(dilation, na_dim, 'dilation')
+    is_causal = _tuple(is_causal, na_dim, 'is_causal', kind=bool)
+    shape = tuple(query.shape[1:-2])
+    for i in range(na_dim):
+        k, s, d, size = kernel_size[i], stride[i], dilation[i], shape[i]
+        if k < 1 or d < 1 or s < 1:
+            raise ValueError(f'axis {i}: kernel_size, stride, dilation must be >= 1, got {k}, {s}, {d}')
+        if s > k:
+            raise ValueError(f'axis {i}: stride {s} must not exceed kernel_size {k}')
+        if k * d > size:
+            raise ValueError(
+                f'axis {i}: input size {size} is smaller than kernel_size * dilation = {k} * {d} = {k * d} '
+                f'(query shape {tuple(query.shape)})')
+    heads, dim = query.shape[-2], query.shape[-1]
+    if rpb is not None:
+        expect = (heads,) + tuple(2 * k - 1 for k in kernel_size)
+        if tuple(rpb.shape) != expect:
+            raise ValueError(f'rpb must have shape [heads, 2k-1 per axis] = {list(expect)}, got {list(rpb.shape)}')
+        if rpb.device != query.device:
+            raise ValueError(f'rpb is on {rpb.device}, query on {query.device}')
+    if (additional_keys is None) != (additional_values is None):
+        raise ValueError('additional_keys and additional_values must be given together')
+    if additional_keys is not None:
+        b = query.shape[0]
+        if additional_keys.dim() != 4 or additional_keys.shape[0] != b or additional_keys.shape[2:] != (heads, dim):
+            raise ValueError(
+                f'additional_keys must have shape [B, n_extra, heads, head_dim] = [{b}, n, {heads}, {dim}], '
+                f'got {list(additional_keys.shape)}')
+        expect_v = (b, additional_keys.shape[1], heads, value.shape[-1])
+        if tuple(additional_values.shape) != expect_v:
+            raise ValueError(f'additional_values must have shape {list(expect_v)}, got {list(additional_values.shape)}')
+        if additional_keys.dtype != query.dtype or additional_values.dtype != query.dtype:
+            raise ValueError('additional_keys/values must have the dtype of query')
+    scale = float(dim ** -0.5 if scale is None else scale)
+    return kernel_size, stride, dilation, is_causal, scale
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Blocked backend (pure PyTorch)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _default_tile(na_dim: int, kernel_size: int, stride: int, length: int) -> int:
+    """Query tile length along one axis: a multiple of the stride near a small target (measured best on CPU)."""
+    target = {1: 32, 2: 6}.get(na_dim, 4)
+    tile = stride * max(1, target // stride)
+    return min(tile, stride * math.ceil(length / stride))
+
+
+@lru_cache(maxsize=512)
+def _axis_tiles(length: int, kernel_size: int, stride: int, is_causal: bool, tile: int):
+    """Tile geometry of one axis (dilation 1): query and key indices per tile, the in-tile mask and rpb indices.
+
+    Returns ``(q_idx [nt, T], k_idx [nt, Kt], mask [nt, T, Kt], rel [nt, T, Kt])`` on CPU. Query positions past the
+    end are clamped to the last query (their outputs are dropped). Every tile reads the same number ``Kt`` of keys,
+    the longest union of its queries' windows, shifted inward at the end.
+    """
+    c = torch.arange(length)
+    if is_causal:
+        leader = torch.clamp((c // stride) * stride + stride - 1, max=length - 1)
+        start = torch.clamp(leader - kernel_size + 1, min=0)
+        end = c + 1
+    else:
+        left, right = kernel_size // 2, kernel_size // 2 + kernel_size % 2 - 1
+        leader = torch.clamp((c // stride) * stride + stride // 2, max=length - 1)
+        start = torch.clamp(leader, min=left, max=length - 1 - right) - left
+        end = start + kernel_size
+    nt = math.ceil(length / tile)
+    q_idx = torch.clamp(torch.arange(nt)[:, None] * tile + torch.arange(tile)[None, :], max=length - 1)
+    k_first = start[q_idx[:, 0]]  # window bounds are non-decreasing in the query position
+    k_last = end[q_idx[:, -1]]
+    span = int((k_last - k_first).max())
+    k_first = torch.clamp(k_first, max=length - span)
+    k_idx = k_first[:, None] + torch.arange(span)[None, :]
+    qs, qe = start[q_idx][:, :, None], end[q_idx][:, :, None]
+    kk = k_idx[:, None, :]
+    mask = (kk >= qs) & (kk < qe)
+    rel = (kk - q_idx[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    return q_idx, k_idx, mask, rel
+
+
+@lru_cache(maxsize=256)
+def _tiles(shape: Tuple[int, ...], kernel_size, stride, is_causal, tile, device: str):
+    """N-D tile geometry (dilation 1), on ``device``: per-axis index lists, joint mask [nt, Tq, Kt], rpb index."""
+    n = len(shape)
+    axes = [_axis_tiles(shape[i], kernel_size[i], stride[i], is_causal[i], tile[i]) for i in range(n)]
+    mask = None
+    flat_rel = None
+    for i, (_, _, m, r) in enumerate(axes):
+        view = [1] * (3 * n)
+        view[i], view[n + i], view[2 * n + i] = m.shape
+        m, r = m.view(view), r.view(view)
+        mask = m if mask is None else mask & m
+        flat_rel = r if flat_rel is None else flat_rel * (2 * kernel_size[i] - 1) + r
+    full = [a[2].shape[j] for j in range(3) for a in axes]
+    nt = math.prod(full[:n])
+    tq, tk = math.prod(full[n:2 * n]), math.prod(full[2 * n:])
+    mask = mask.expand(full).reshape(nt, tq, tk)
+    flat_rel = flat_rel.expand(full).reshape(nt, tq, tk)
+    dense = bool(mask.all())
+    dev = torch.device(device)
+    return (
+        [a[0].reshape(-1).to(dev) for a in axes], [a[1].reshape(-1).to(dev) for a in axes],
+        [tuple(a[0].shape) for a in axes], [tuple(a[1].shape) for a in axes],
+        None if dense else mask.to(dev), flat_rel.to(dev),
+    )
+
+
+def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile=None, dropout_p=0.):
+    """GNA with dilation 1 on every axis: query tiles with their key halo through SDPA."""
+    n = q.dim() - 3
+    b, heads = q.shape[0], q.shape[-2]
+    shape = tuple(q.shape[1:-2])
+    if tile is None:
+        tile = tuple(_default_tile(n, kernel_size[i], stride[i], shape[i]) for i in range(n))
+    q_idx, k_idx, q_shapes, k_shapes, mask, flat_rel = _tiles(
+        shape, tuple(kernel_size), tuple(stride), tuple(is_causal), tuple(tile), str(q.device))
+    nts = [s[0] for s in q_shapes]
+    tqs = [s[1] for s in q_shapes]
+    tks = [s[1] for s in k_shapes]
+    nt, tq, tk = math.prod(nts), math.prod(tqs), math.prod(tks)
+
+    def gather(x, idx, sizes):
+        # [B, *spatial, H, D] -> [B, nt * H, T, D] with the tile axes gathered by idx
+        for i in range(n):
+            x = x.index_select(1 + i, idx[i])
+        x = x.reshape([b] + [s for i in range(n) for s in (nts[i], sizes[i])] + list(x.shape[-2:]))
+        perm = [0] + [1 + 2 * i for i in range(n)] + [2 * n + 1] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
+        return x.permute(perm).reshape(b, nt * heads, math.prod(sizes), x.shape[-1])
+
+    qt = gather(q, q_idx, tqs)
+    kt = gather(k, k_idx, tks)
+    vt = gather(v, k_idx, tks)
+    attn_mask = None
+    if rpb is not None:
+        bias = rpb.reshape(heads, -1)[:, flat_rel]  # [H, nt, Tq, Tk]
+        if mask is not None:
+            bias = bias.masked_fill(~mask, float('-inf'))
+        attn_mask = bias.transpose(0, 1).reshape(nt * heads, tq, tk).to(q.dtype)
+    elif mask is not None:
+        attn_mask = mask[:, None].expand(nt, heads, tq, tk).reshape(nt * heads, tq, tk)
+    if add_k is not None:
+        n_extra = add_k.shape[1]
+
+        def extra(x):  # [B, n, H, D] -> [B, nt * H, n, D]
+            return x.transpose(1, 2)[:, None].expand(b, nt, heads, n_extra, x.shape[-1]).reshape(
+                b, nt * heads, n_extra, x.shape[-1])
+
+        kt = torch.cat([kt, extra(add_k)], dim=2)
+        vt = torch.cat([vt, extra(add_v)], dim=2)
+        if attn_mask is not None:
+            pad = attn_mask.new_zeros(nt * heads, tq, n_extra) if attn_mask.dtype != torch.bool else \
+                attn_mask.new_ones(nt * heads, tq, n_extra)
+            attn_mask = torch.cat([attn_mask, pad], dim=-1)
+    # [B, nt * H, Tq, Dv]
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    dv = out.shape[-1]
+    out = out.reshape([b] + nts + [heads] + tqs + [dv])
+    perm = [0] + [j for i in range(n) for j in (1 + i, n + 2 + i)] + [n + 1, 2 * n + 2]
+    out = out.permute(perm).reshape([b] + [nts[i] * tqs[i] for i in range(n)] + [heads, dv])
+    for i in range(n):
+        if out.shape[1 + i] != shape[i]:
+            out = out.narrow(1 + i, 0, shape[i])
+    return out
+
+
+def _pad_axis(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    if x.shape[dim] == size:
+        return x
+    pad_shape = list(x.shape)
+    pad_shape[dim] = size - x.shape[dim]
+    return torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+
+
+def _fold_groups(x: torch.Tensor, dim: int, d: int, lmax: int, lo: int, g: int, glen: int) -> torch.Tensor:
+    """Dilation groups ``[lo, lo + g)`` of axis ``dim`` (first ``glen`` in-group positions) folded into the batch."""
+    x = _pad_axis(x, dim, lmax * d).unflatten(dim, (lmax, d))
+    x = x.narrow(dim + 1, lo, g).narrow(dim, 0, glen)
+    return x.movedim(dim + 1, 1).flatten(0, 1)
+
+
+def _gna_blocked_impl(
+        q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, add_k, add_v, tile=None, dropout_p=0.):
+    """Fold each dilated axis' dilation groups into the batch (groups of equal length together), then tile."""
+    n = q.dim() - 3
+    axis = next((i for i in range(n) if dilation[i] > 1), None)
+    if axis is None:
+        return _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile, dropout_p)
+    d, length, dim = dilation[axis], q.shape[1 + axis], 1 + axis
+    lmax = -(-length // d)
+    rem = length % d
+    sets = [(0, d, length // d)] if rem == 0 else [(0, rem, lmax), (rem, d, lmax - 1)]
+    sub_dilation = tuple(1 if i == axis else dilation[i] for i in range(n))
+    outs = []
+    for lo, hi, glen in sets:
+        g = hi - lo
+        fq, fk, fv = (_fold_groups(x, dim, d, lmax, lo, g, glen) for x in (q, k, v))
+        fak, fav = (None if x is None else x[:, None].expand(x.shape[0], g, *x.shape[1:]).flatten(0, 1)
+                    for x in (add_k, add_v))
+        o = _gna_blocked_impl(
+            fq, fk, fv, kernel_size, stride, sub_dilation, is_causal, rpb, scale, fak, fav, tile, dropout_p)
+        o = o.unflatten(0, (q.shape[0], g)).movedim(1, dim + 1)  # [B, ..., glen, g, ...]
+        outs.append(_pad_axis(o, dim, lmax))
+    out = torch.cat(outs, dim=dim + 1) if len(outs) > 1 else outs[0]
+    return out.flatten(dim, dim + 1).narrow(dim, 0, length)
+
+
+def gna_blocked(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        dilation: Sequence[int],
+        is_causal: Sequence[bool],
+        rpb: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+        additional_keys: Optional[torch.Tensor] = None,
+        additional_values: Optional[torch.Tensor] = None,
+        tile_shape: Optional[Sequence[int]] = None,
+        dropout_p: float = 0.,
+) -> torch.Tensor:
+    """Blocked GNA in plain PyTorch (any rank, autograd); arguments normalized to per-axis tuples.
+
+    Memory is O(tokens x window): each query tile of ``tile_shape`` (default: a stride multiple near the kernel size)
+    attends to the union of its queries' windows, with a mask for the partial part (and the rpb). ``dropout_p``
+    drops attention probabilities (SDPA's dropout), for modules with ``attn_drop`` in training.
+    """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    return _gna_blocked_impl(
+        query, key, value, tuple(kernel_size), tuple(stride), tuple(dilation), tuple(bool(c) for c in is_causal),
+        rpb, scale, additional_keys, additional_values, None if tile_shape is None else tuple(tile_shape), dropout_p)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Custom op wrapper of the blocked backend (for torch.compile(fullgraph=True))
+# ---------------------------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op('visionattn::gna_blocked', mutates_args=())
+def _gna_blocked_op(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: List[int],
+        stride: List[int],
+        dilation: List[int],
+        is_causal: List[bool],
+        rpb: Optional[torch.Tensor],
+        scale: float,
+        additional_keys: Optional[torch.Tensor],
+        additional_values: Optional[torch.Tensor],
+) -> torch.Tensor:
+    with torch.no_grad():
+        return gna_blocked(
+            query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+            additional_values).contiguous()
+
+
+@_gna_blocked_op.register_fake
+def _(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values):
+    return query.new_empty(query.shape[:-1] + (value.shape[-1],))
+
+
+@torch.library.custom_op('visionattn::gna_blocked_backward', mutates_args=())
+def _gna_blocked_backward_op(
+        grad_out: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: List[int],
+        stride: List[int],
+        dilation: List[int],
+        is_causal: List[bool],
+        rpb: Optional[torch.Tensor],
+        scale: float,
+        additional_keys: Optional[torch.Tensor],
+        additional_values: Optional[torch.Tensor],
+) -> List[torch.Tensor]:
+    """Gradients of (query, key, value, rpb, additional_keys, additional_values) by recomputation; empty if absent."""
+    inputs = [query, key, value, rpb, additional_keys, additional_values]
+    present = [i for i, x in enumerate(inputs) if x is not None]
+
+    def fn(*xs):
+        full = list(inputs)
+        for i, x in zip(present, xs):
+            full[i] = x
+        return gna_blocked(*full[:3], kernel_size, stride, dilation, is_causal, full[3], scale, *full[4:])
+
+    # the op runs below the autograd dispatch key, so differentiate with torch.func (its own transform layer)
+    _, vjp_fn = torch.func.vjp(fn, *[inputs[i] for i in present])
+    grads = iter(vjp_fn(grad_out))
+    return [next(grads) if x is not None else grad_out.new_empty(0) for x in inputs]
+
+
+@_gna_blocked_backward_op.register_fake
+def _(grad_out, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+      additional_values):
+    xs = [query, key, value, rpb, additional_keys, additional_values]
+    return [grad_out.new_empty(0) if x is None else torch.empty_like(x) for x in xs]
+
+
+def _gna_blocked_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)])
+    ctx.has = [isinstance(x, torch.Tensor) for x in inputs]
+    ctx.args = inputs
+
+
+def _gna_blocked_op_backward(ctx, grad_out):
+    saved = iter(ctx.saved_tensors)
+    args = [next(saved) if h else a for h, a in zip(ctx.has, ctx.args)]
+    q, k, v, ks, st, dil, causal, rpb, scale, ak, av = args
+    grads = _gna_blocked_backward_op(grad_out.contiguous(), q, k, v, ks, st, dil, causal, rpb, scale, ak, av)
+    dq, dk, dv, drpb, dak, dav = grads
+    return (dq, dk, dv, None, None, None, None, drpb if rpb is not None else None, None,
+            dak if ak is not None else None, dav if av is not None else None)
+
+
+_gna_blocked_op.register_autograd(_gna_blocked_op_backward, setup_context=_gna_blocked_setup_context)
+
+
+def _blocked_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                     additional_values):
+    if torch.compiler.is_compiling():
+        return _gna_blocked_op(
+            query, key, value, list(kernel_size), list(stride), list(dilation), list(is_causal), rpb, scale,
+            additional_keys, additional_values)
+    return gna_blocked(
+        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
+
+
+def _reference_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                       additional_values):
+    return gna_reference(
+        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
+
+
+
+def _triton_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                    additional_values):
+    from .triton.neighborhood import gna_triton
+    return gna_triton(
+        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
+
+
+def _triton_unsupported(query, value, rpb=None, **kwargs) -> Optional[str]:
+    if not query.is_cuda:
+        return f'query is on {query.device}, the Triton kernels need CUDA'
+    try:
+        from .triton.neighborhood import gna_triton_unsupported
+    except ImportError as e:  # triton missing or broken
+        return f'triton unavailable: {e}'
+    return gna_triton_unsupported(query, value, rpb=rpb)
+
+
+register_backend('gna', 'reference', _reference_backend, priority=0, unsupported=None)
+register_backend('gna', 'blocked', _blocked_backend, priority=10, unsupported=None)
+register_backend('gna', 'triton', _triton_backend, priority=20, unsupported=_triton_unsupported)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------------
+
+def neighborhood_attention(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        dilation: IntOrTuple = 1,
+        is_causal: BoolOrTuple = False,
+        rpb: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+        additional_keys: Optional[torch.Tensor] = None,
+        additional_values: Optional[torch.Tensor] = None,
+        backend: str = 'auto',
+) -> torch.Tensor:
+    """Generalized neighborhood attention over the spatial axes of ``query`` (rank 1, 2 or 3 or more).
+
+    Args:
+        query: ``[B, *spatial, heads, head_dim]``.
+        key: same shape as ``query``.
+        value: ``[B, *spatial, heads, head_dim_v]``.
+        kernel_size: window size per axis (int or tuple), ``kernel_size * dilation <= size`` on each axis.
+        stride: stride groups per axis, ``1 <= stride <= kernel_size`` (``stride == kernel_size``: blocked attention).
+        dilation: dilation per axis.
+        is_causal: causal masking per axis.
+        rpb: relative positional bias ``[heads, 2k_0 - 1, ...]``, added to the scaled logits.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        additional_keys: ``[B, n_extra, heads, head_dim]`` keys every query attends to as well (same softmax).
+        additional_values: ``[B, n_extra, heads, head_dim_v]``.
+        backend: ``'auto'``, ``'reference'``, ``'blocked'`` or ``'triton'``.
+
+    Returns:
+        ``[B, *spatial, heads, head_dim_v]``.
+    """
+    na_dim = query.dim() - 3
+    if na_dim < 1:
+        raise ValueError(f'query must be [B, *spatial, heads, head_dim] with >= 1 spatial axis, got {query.shape}')
+    kernel_size, stride, dilation, is_causal, scale = _check_and_normalize(
+        na_dim, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+        additional_values)
+    call = {
+        'query': query, 'key': key, 'value': value, 'kernel_size': kernel_size, 'stride': stride,
+        'dilation': dilation, 'is_causal': is_causal, 'rpb': rpb, 'scale': scale,
+        'additional_keys': additional_keys, 'additional_values': additional_values}
+    fn = get_backend('gna', backend, **call)
+    return fn(**call)
+
+
+def _na(na_dim: int, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+        additional_values, backend):
+    if query.dim() != na_dim + 3:
+        raise ValueError(
+            f'na{na_dim}d expects query [B, {na_dim} spatial axes, heads, head_dim] ({na_dim + 3}-D), '
+            f'got shape {tuple(query.shape)}')
+    return neighborhood_attention(
+        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values,
+        backend)
+
+
+@register_notrace_function
+def na1d(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        dilation: IntOrTuple = 1,
+        is_causal: BoolOrTuple = False,
+        rpb: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+        additional_keys: Optional[torch.Tensor] = None,
+        additional_values: Optional[torch.Tensor] = None,
+        backend: str = 'auto',
+) -> torch.Tensor:
+    """1-D GNA over ``[B, L, heads, head_dim]``; see ``neighborhood_attention``."""
+    return _na(1, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+               additional_values, backend)
+
+
+@register_notrace_function
+def na2d(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        dilation: IntOrTuple = 1,
+        is_causal: BoolOrTuple = False,
+        rpb: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+        additional_keys: Optional[torch.Tensor] = None,
+        additional_values: Optional[torch.Tensor] = None,
+        backend: str = 'auto',
+) -> torch.Tensor:
+    """2-D GNA over ``[B, H, W, heads, head_dim]`` (rpb ``[heads, 2k_h - 1, 2k_w - 1]``, height first)."""
+    return _na(2, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+               additional_values, backend)
+
+
+@register_notrace_function
+def na3d(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        dilation: IntOrTuple = 1,
+        is_causal: BoolOrTuple = False,
+        rpb: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+        additional_keys: Optional[torch.Tensor] = None,
+        additional_values: Optional[torch.Tensor] = None,
+        backend: str = 'auto',
+) -> torch.Tensor:
+    """3-D GNA over ``[B, T, H, W, heads, head_dim]``; see ``neighborhood_attention``."""
+    return _na(3, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+               additional_values, backend)
