@@ -10,7 +10,7 @@ import sys
 
 import timm
 import torch
-from timm.models._registry import _model_to_module
+from timm.models._registry import _model_entrypoints, _model_to_module
 
 import visionattn
 
@@ -35,7 +35,8 @@ def render() -> str:
         '| model | family | params (M) | input | pretrained tags (weights) | paper | license |',
         '|---|---|---|---|---|---|---|',
     ]
-    for name in visionattn.list_models():
+    order = {n: i for i, n in enumerate(_model_entrypoints)}
+    for name in sorted(visionattn.list_models(), key=lambda n: (_model_to_module[n], order[n])):
         with torch.device('meta'):
             model = timm.create_model(name)
         params = sum(p.numel() for p in model.parameters()) / 1e6

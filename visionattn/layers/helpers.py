@@ -22,4 +22,4 @@ def check_image_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
     """Linearly increasing stochastic depth rates over ``depth`` blocks (the DeiT/timm rule)."""
-    return torch.linspace(0, drop_path_rate, depth).tolist()
+    return [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth
