@@ -1,0 +1,1 @@
+"""Fused Triton kernels, one file per kernel family (imported lazily by the ops that use them)."""
