@@ -1,2 +1,4 @@
 """Functional attention ops (no nn.Module state), each with a reference oracle and fast backends."""
 from ._dispatch import BackendUnavailable, get_backend, list_backends, register_backend
+from .block_sparse import block_sparse_attention, block_sparse_attention_reference
+from .routing import bilevel_routing_attention, region_partition, region_reverse, topk_routing

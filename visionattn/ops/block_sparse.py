@@ -122,13 +122,15 @@ def block_sparse_attention_reference(
     dtype = query.dtype
     if bias is None:
         bias = torch.zeros((B, 1, Nq, topk), dtype=dtype, device=query.device)
-    onehot = F.one_hot(block_index.long(), Nk).bool()  # [B, Hi, Nq, topk, Nk]
+    onehot = F.one_hot(block_index.long(), Nk).to(torch.bool)  # [B, Hi, Nq, topk, Nk]
     slot_bias = bias.to(dtype)[..., None]  # [B, Hb, Nq, topk, 1]
     block_bias = torch.where(onehot, slot_bias, torch.full_like(slot_bias, float('-inf'))).logsumexp(dim=3)
     block_bias = block_bias.expand(B, H, Nq, Nk)
     token_bias = block_bias[:, :, :, None, :, None].expand(B, H, Nq, Tq, Nk, Tk).reshape(B, H, Nq * Tq, Nk * Tk)
     if key_mask is not None:
-        token_bias = token_bias + _key_bias(key_mask, dtype).reshape(B, 1, 1, Nk * Tk)
+        zero = torch.zeros((), dtype=dtype, device=key_mask.device)
+        key_bias = torch.where(key_mask, zero, torch.full_like(zero, float('-inf')))
+        token_bias = token_bias + key_bias.reshape(B, 1, 1, Nk * Tk)
     q = query.reshape(B, Nq * Tq, H, D).transpose(1, 2)
     k = key.reshape(B, Nk * Tk, H, D).transpose(1, 2)
     v = value.reshape(B, Nk * Tk, H, Dv).transpose(1, 2)
