@@ -404,6 +404,8 @@ def _triton_unsupported(query: Tensor, **kwargs) -> Optional[str]:
         return 'needs CUDA tensors (or TRITON_INTERPRET=1)'
     if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f'dtype {query.dtype} not supported (fp32, fp16, bf16 only)'
+    if query.dtype == torch.bfloat16 and not query.is_cuda:
+        return 'bf16 is not supported by the Triton interpreter (numpy has no bf16)'
     try:
         import triton  # noqa: F401
     except ImportError:
