@@ -53,7 +53,7 @@ def test_reference_matches_naive(Hi, extras):
     q, k, v, idx, bias, key_mask = _inputs(Hi=Hi)
     if extras:
         key_mask[1, idx[1, 0, 2]] = False  # query block 2 of batch 1 (head 0) sees only masked keys
-    kw = dict(bias=bias, key_mask=key_mask) if extras else {}
+    kw = {'bias': bias, 'key_mask': key_mask} if extras else {}
     ref = block_sparse_attention_reference(q, k, v, idx, 0.37, **kw)
     torch.testing.assert_close(ref, _naive(q, k, v, idx, 0.37, **kw), rtol=0, atol=1e-12)
 
@@ -84,7 +84,7 @@ def test_backend_matches_reference_fp64(backend, Hi, extras):
     results = {}
     for name in ('reference', backend):
         xs = [t.clone().requires_grad_() for t in leaves]
-        kw = dict(bias=xs[3], key_mask=key_mask) if extras else {}
+        kw = {'bias': xs[3], 'key_mask': key_mask} if extras else {}
         out = block_sparse_attention(xs[0], xs[1], xs[2], idx, scale=0.41, backend=name, **kw)
         grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
         (out * grad).sum().backward()
@@ -119,7 +119,7 @@ def test_default_scale_and_head_broadcast():
 
 def test_auto_dispatch_cpu():
     q, k, v, idx, _, _ = _inputs(dtype=torch.float32)
-    call = dict(query=q, key=k, value=v, block_index=idx, bias=None, key_mask=None)
+    call = {'query': q, 'key': k, 'value': v, 'block_index': idx, 'bias': None, 'key_mask': None}
     fn = get_backend('block_sparse_attention', 'auto', **call)
     assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else '_block_sparse_blocked')
     if not torch.cuda.is_available():
@@ -128,18 +128,18 @@ def test_auto_dispatch_cpu():
 
 
 @pytest.mark.parametrize('bad, match', [
-    (dict(query=torch.randn(2, 5, 6, 3)), 'expects query/key/value'),
-    (dict(key=torch.randn(2, 7, 5, 2, 8)), 'key must be'),
-    (dict(block_index=torch.zeros(2, 2, 5, 3, dtype=torch.long)), 'block_index must be'),
-    (dict(block_index=torch.full((2, 1, 5, 3), 7)), r'values must lie in \[0, Nk=7\)'),
-    (dict(block_index=torch.full((2, 1, 5, 3), -1)), 'values must lie'),
-    (dict(block_index=torch.zeros(2, 1, 5, 3)), 'integer tensor'),
-    (dict(bias=torch.zeros(2, 1, 5, 2)), 'bias must be'),
-    (dict(key_mask=torch.ones(2, 7, 5)), 'key_mask must be a bool'),
+    ({'query': torch.randn(2, 5, 6, 3)}, 'expects query/key/value'),
+    ({'key': torch.randn(2, 7, 5, 2, 8)}, 'key must be'),
+    ({'block_index': torch.zeros(2, 2, 5, 3, dtype=torch.long)}, 'block_index must be'),
+    ({'block_index': torch.full((2, 1, 5, 3), 7)}, r'values must lie in \[0, Nk=7\)'),
+    ({'block_index': torch.full((2, 1, 5, 3), -1)}, 'values must lie'),
+    ({'block_index': torch.zeros(2, 1, 5, 3)}, 'integer tensor'),
+    ({'bias': torch.zeros(2, 1, 5, 2)}, 'bias must be'),
+    ({'key_mask': torch.ones(2, 7, 5)}, 'key_mask must be a bool'),
 ])
 def test_bad_inputs(bad, match):
     q, k, v, idx, _, _ = _inputs(dtype=torch.float32)
-    args = dict(query=q, key=k, value=v, block_index=idx)
+    args = {'query': q, 'key': k, 'value': v, 'block_index': idx}
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         block_sparse_attention(**args)

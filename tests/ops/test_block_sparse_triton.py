@@ -101,9 +101,9 @@ def test_triton_interpret():
 @pytest.mark.skipif(not CUDA, reason='needs CUDA')
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('shape', [
-    dict(B=2, Nq=49, Tq=64, H=2, D=32, Nk=49, Tk=64, Dv=32, topk=1),  # BiFormer stage 1 at 224
-    dict(B=2, Nq=49, Tq=4, H=4, D=32, Nk=49, Tk=4, Dv=32, topk=16, Hi=4),  # stage 3, per-head lists
-    dict(B=1, Nq=16, Tq=13 * 19, H=2, D=48, Nk=16, Tk=13 * 19, Dv=24, topk=3),  # odd sizes
+    {'B': 2, 'Nq': 49, 'Tq': 64, 'H': 2, 'D': 32, 'Nk': 49, 'Tk': 64, 'Dv': 32, 'topk': 1},  # BiFormer stage 1 at 224
+    {'B': 2, 'Nq': 49, 'Tq': 4, 'H': 4, 'D': 32, 'Nk': 49, 'Tk': 4, 'Dv': 32, 'topk': 16, 'Hi': 4},  # per-head
+    {'B': 1, 'Nq': 16, 'Tq': 13 * 19, 'H': 2, 'D': 48, 'Nk': 16, 'Tk': 13 * 19, 'Dv': 24, 'topk': 3},  # odd sizes
 ])
 def test_cuda(dtype, shape):
     _check('cuda', dtype, **shape)

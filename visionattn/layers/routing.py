@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor
 
 from ..ops.routing import bilevel_routing_attention
@@ -17,6 +18,7 @@ from ..ops.routing import bilevel_routing_attention
 __all__ = ['BiLevelRoutingAttention', 'bra_checkpoint_filter']
 
 
+@register_notrace_module  # shape-dependent padding: a leaf for FX feature extraction
 class BiLevelRoutingAttention(nn.Module):
     """Bi-level routing attention on NHWC maps: qkv Linear, region routing, block-sparse attention, LePE, output Linear.
 

@@ -55,8 +55,8 @@ def _check_inputs(
     Bk, Nk, Tk, Hk, Dk = key.shape
     if (Bk, Hk, Dk) != (B, H, D) or value.shape[:4] != key.shape[:4]:
         raise ValueError(
-            f'block_sparse_attention: key must be [B={B}, Nk, Tk, heads={H}, head_dim={D}] and value [B, Nk, Tk, heads, '
-            f'Dv] with the same Nk, Tk; got query {tuple(query.shape)}, key {tuple(key.shape)}, '
+            f'block_sparse_attention: key must be [B={B}, Nk, Tk, heads={H}, head_dim={D}] and value '
+            f'[B, Nk, Tk, heads, Dv] with the same Nk, Tk; got query {tuple(query.shape)}, key {tuple(key.shape)}, '
             f'value {tuple(value.shape)}')
     if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
         raise ValueError(
@@ -259,7 +259,7 @@ def _blocked_backward(
         bias: Optional[Tensor],
         kbias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Recompute per slot; returns dq [B,H,Nq,Tq,D], dk, dv [B,H,Nk,Tk,.] and dbias [B,H,Nq,topk] (accumulation dtype)."""
+    """Recompute per slot; returns dq [B,H,Nq,Tq,D], dk, dv [B,H,Nk,Tk,.], dbias [B,H,Nq,topk] (accumulation dtype)."""
     B, H, Nq, Tq, _ = q.shape
     topk = idx.shape[-1]
     dev = q.device
