@@ -145,13 +145,19 @@ def test_bad_inputs(bad, match):
         block_sparse_attention(**args)
 
 
+def test_check_index_opt_out():
+    q, k, v, idx, _, _ = _inputs(dtype=torch.float32)
+    out = block_sparse_attention(q, k, v, idx, check_index=False)
+    torch.testing.assert_close(out, block_sparse_attention(q, k, v, idx, backend='reference'))
+
+
 def test_unknown_backend():
     q, k, v, idx, _, _ = _inputs(dtype=torch.float32)
     with pytest.raises(ValueError, match='Unknown backend'):
         block_sparse_attention(q, k, v, idx, backend='nope')
 
 
-@pytest.mark.parametrize('backend', ['blocked', 'gather'])
+@pytest.mark.parametrize('backend', ['auto', 'blocked', 'gather'])
 def test_torch_compile_fullgraph(backend):
     q, k, v, idx, bias, key_mask = _inputs(dtype=torch.float32)
     fn = torch.compile(block_sparse_attention, fullgraph=True, backend='aot_eager')

@@ -46,6 +46,7 @@ def _check_inputs(
         block_index: Tensor,
         bias: Optional[Tensor],
         key_mask: Optional[Tensor],
+        check_index: bool = True,
 ) -> None:
     if query.ndim != 5 or key.ndim != 5 or value.ndim != 5:
         raise ValueError(
@@ -82,7 +83,7 @@ def _check_inputs(
             raise ValueError(
                 f'block_sparse_attention: key_mask must be a bool tensor [B={B}, Nk={Nk}, Tk={Tk}], '
                 f'got {key_mask.dtype} {tuple(key_mask.shape)}')
-    if block_index.numel() and not torch.compiler.is_compiling():
+    if check_index and block_index.numel() and not torch.compiler.is_compiling():
         lo, hi = int(block_index.min()), int(block_index.max())
         if lo < 0 or hi >= Nk:
             raise ValueError(
@@ -431,6 +432,7 @@ def block_sparse_attention(
         bias: Optional[Tensor] = None,
         key_mask: Optional[Tensor] = None,
         backend: str = 'auto',
+        check_index: bool = True,
 ) -> Tensor:
     """Attention of query blocks over the key blocks listed in ``block_index`` (see the module docstring).
 
@@ -443,6 +445,9 @@ def block_sparse_attention(
         bias: optional ``[B, heads or 1, Nq, topk]`` added to the logits of each listed block (differentiable).
         key_mask: optional bool ``[B, Nk, Tk]``, ``False`` excludes a key.
         backend: ``'auto'``, ``'triton'``, ``'blocked'``, ``'gather'`` or ``'reference'``.
+        check_index: check (eagerly) that the indices lie in ``[0, Nk)``; costs a device sync on CUDA. Callers whose
+            indices are in range by construction (e.g. from ``topk``) pass False. Out-of-range indices are undefined
+            behaviour for the Triton backend.
 
     Returns:
         ``[B, Nq, Tq, heads, Dv]``.
@@ -451,7 +456,10 @@ def block_sparse_attention(
         scale = query.shape[-1] ** -0.5
     if torch.jit.is_scripting():
         return block_sparse_attention_reference(query, key, value, block_index, scale, bias, key_mask)
-    _check_inputs(query, key, value, block_index, bias, key_mask)
+    _check_inputs(query, key, value, block_index, bias, key_mask, check_index)
+    if backend == 'auto' and torch.compiler.is_compiling():
+        # get_backend logs its choice, which dynamo cannot trace (fullgraph); make the same choice without logging
+        backend = 'triton' if _triton_unsupported(query, value=value) is None else 'blocked'
     fn = get_backend(
         _OP, backend, query=query, key=key, value=value, block_index=block_index, bias=bias, key_mask=key_mask)
     return fn(query, key, value, block_index, scale, bias, key_mask)

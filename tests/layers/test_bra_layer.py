@@ -119,13 +119,27 @@ def test_backward_every_parameter():
     assert x.grad.abs().sum() > 0
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize('padding', ['legacy', 'masked'])
+def test_compile_fullgraph(padding):
     torch.manual_seed(0)
-    m = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=3, backend='blocked').eval()
-    x = torch.randn(1, 8, 12, 32)
+    m = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=3, padding=padding)  # backend 'auto'
+    x = torch.randn(1, 7, 10, 32, requires_grad=True)
     expect = m(x)
+    (g_expect,) = torch.autograd.grad(expect.sum(), x)
     out = torch.compile(m, fullgraph=True, backend='aot_eager')(x)
+    (g_out,) = torch.autograd.grad(out.sum(), x)
     torch.testing.assert_close(out, expect, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_out, g_expect, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_inductor():
+    torch.manual_seed(0)
+    m = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=3, padding='masked')
+    x = torch.randn(1, 7, 10, 32, requires_grad=True)
+    out = torch.compile(m, fullgraph=True)(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, m(x), rtol=0, atol=1e-5)
 
 
 def test_fx_leaf():
