@@ -142,6 +142,19 @@ def test_compile_inductor():
     torch.testing.assert_close(out, m(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize('padding', ['legacy', 'masked'])
+def test_torchscript(padding):
+    import warnings
+
+    torch.manual_seed(0)
+    m = BiLevelRoutingAttention(32, num_heads=2, n_win=4, topk=3, padding=padding).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        scripted = torch.jit.script(m)
+    x = torch.randn(1, 7, 10, 32)
+    torch.testing.assert_close(scripted(x), m(x), rtol=0, atol=1e-5)
+
+
 def test_fx_leaf():
     from timm.models import create_feature_extractor
 

@@ -172,7 +172,7 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
 
 
-def test_torchscript_uses_reference():
+def test_torchscript_pure_pytorch_path():
     q, k, v, idx, bias, key_mask = _inputs(dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor
 
-from ..ops.routing import bilevel_routing_attention
+from ..ops.routing import bilevel_routing_attention_with_index
 
 __all__ = ['BiLevelRoutingAttention', 'bra_checkpoint_filter']
 
@@ -83,7 +83,7 @@ class BiLevelRoutingAttention(nn.Module):
         if legacy_pad:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
-        out = bilevel_routing_attention(
+        out, _ = bilevel_routing_attention_with_index(
             q, k, v,
             num_heads=self.num_heads,
             n_win=self.n_win,

@@ -90,10 +90,8 @@ def _check_inputs(
                 f'block_sparse_attention: block_index values must lie in [0, Nk={Nk}), got min {lo}, max {hi}')
 
 
-def _key_bias(key_mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+def _key_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
     """bool mask [B, Nk, Tk] -> additive bias (0 or -inf)."""
-    if key_mask is None:
-        return None
     zero = torch.zeros((), dtype=dtype, device=key_mask.device)
     return torch.where(key_mask, zero, torch.full_like(zero, float('-inf')))
 
@@ -129,9 +127,7 @@ def block_sparse_attention_reference(
     block_bias = block_bias.expand(B, H, Nq, Nk)
     token_bias = block_bias[:, :, :, None, :, None].expand(B, H, Nq, Tq, Nk, Tk).reshape(B, H, Nq * Tq, Nk * Tk)
     if key_mask is not None:
-        zero = torch.zeros((), dtype=dtype, device=key_mask.device)
-        key_bias = torch.where(key_mask, zero, torch.full_like(zero, float('-inf')))
-        token_bias = token_bias + key_bias.reshape(B, 1, 1, Nk * Tk)
+        token_bias = token_bias + _key_bias(key_mask, dtype).reshape(B, 1, 1, Nk * Tk)
     q = query.reshape(B, Nq * Tq, H, D).transpose(1, 2)
     k = key.reshape(B, Nk * Tk, H, D).transpose(1, 2)
     v = value.reshape(B, Nk * Tk, H, Dv).transpose(1, 2)
@@ -381,7 +377,7 @@ def _fused(query, key, value, block_index, scale, bias, key_mask, impl):
     if bias is not None:
         # expanded to all heads; the head-sum of the gradient flows back through expand
         b = bias.to(_acc_dtype(query.dtype)).expand(B, H, Nq, topk).contiguous()
-    kbias = _key_bias(key_mask, _acc_dtype(query.dtype))
+    kbias = None if key_mask is None else _key_bias(key_mask, _acc_dtype(query.dtype))
     out, _ = _bsa_fwd_op(query, key, value, idx, b, kbias, float(scale), impl)
     return out
 
@@ -455,7 +451,8 @@ def block_sparse_attention(
     if scale is None:
         scale = query.shape[-1] ** -0.5
     if torch.jit.is_scripting():
-        return block_sparse_attention_reference(query, key, value, block_index, scale, bias, key_mask)
+        # TorchScript: the pure-PyTorch gather path (the official algorithm; no custom ops, no dispatch)
+        return _block_sparse_gather(query, key, value, block_index, scale, bias, key_mask)
     _check_inputs(query, key, value, block_index, bias, key_mask, check_index)
     if backend == 'auto' and torch.compiler.is_compiling():
         # get_backend logs its choice, which dynamo cannot trace (fullgraph); make the same choice without logging

@@ -23,7 +23,10 @@ from torch import Tensor
 
 from .block_sparse import block_sparse_attention
 
-__all__ = ['bilevel_routing_attention', 'region_partition', 'region_reverse', 'topk_routing']
+__all__ = [
+    'bilevel_routing_attention', 'bilevel_routing_attention_with_index', 'region_partition', 'region_reverse',
+    'topk_routing',
+]
 
 
 def region_partition(x: Tensor, n_win: int) -> Tensor:
@@ -81,46 +84,66 @@ def bilevel_routing_attention(
     Returns:
         ``[B, H, W, dim]`` (and the routing indices if ``return_index``).
     """
+    out, idx = bilevel_routing_attention_with_index(q, k, v, num_heads, n_win, topk, scale, padding, backend)
+    if return_index:
+        return out, idx
+    return out
+
+
+def bilevel_routing_attention_with_index(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        num_heads: int,
+        n_win: int,
+        topk: int,
+        scale: Optional[float] = None,
+        padding: str = 'masked',
+        backend: str = 'auto',
+) -> Tuple[Tensor, Tensor]:
+    """:func:`bilevel_routing_attention` returning ``(output, routing indices)`` (TorchScript-friendly)."""
     if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             f'bilevel_routing_attention expects q, k [B, H, W, qk_dim] and v [B, H, W, dim], '
-            f'got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}')
+            f'got {q.shape}, {k.shape}, {v.shape}')
     B, H, W, Cqk = q.shape
     C = v.shape[-1]
-    if Cqk % num_heads or C % num_heads:
+    if Cqk % num_heads != 0 or C % num_heads != 0:
         raise ValueError(f'qk_dim {Cqk} and dim {C} must be divisible by num_heads {num_heads}')
     n_regions = n_win * n_win
-    if not 1 <= topk <= n_regions:
+    if topk < 1 or topk > n_regions:
         raise ValueError(f'topk must lie in [1, n_win ** 2 = {n_regions}], got {topk}')
-    if padding not in ('masked', 'none'):
-        raise ValueError(f"padding must be 'masked' or 'none', got {padding!r}")
-    if scale is None:
-        scale = Cqk ** -0.5
+    if padding != 'masked' and padding != 'none':
+        raise ValueError(f"padding must be 'masked' or 'none', got '{padding}'")
+    scale_: float = Cqk ** -0.5 if scale is None else scale
     pad_b, pad_r = (n_win - H % n_win) % n_win, (n_win - W % n_win) % n_win
     padded = pad_b > 0 or pad_r > 0
     if padded and padding == 'none':
         raise ValueError(f"padding='none' needs H, W divisible by n_win={n_win}, got H={H}, W={W}")
     if padded:
-        q, k, v = (F.pad(t, (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
+        q = F.pad(q, (0, 0, 0, pad_r, 0, pad_b))
+        k = F.pad(k, (0, 0, 0, pad_r, 0, pad_b))
+        v = F.pad(v, (0, 0, 0, pad_r, 0, pad_b))
     Hp, Wp = H + pad_b, W + pad_r
 
     q_reg = region_partition(q, n_win)  # [B, R, T, Cqk]
     k_reg = region_partition(k, n_win)
     v_reg = region_partition(v, n_win)
-    key_mask = valid = None
+    key_mask: Optional[Tensor] = None
+    valid: Optional[Tensor] = None
     if padded:
         mask = torch.zeros((1, Hp, Wp, 1), dtype=q.dtype, device=q.device)
         mask[:, :H, :W] = 1
         mask_reg = region_partition(mask, n_win)  # [1, R, T, 1]
-        count = mask_reg.sum(dim=2)  # [1, R, 1]
+        count = mask_reg.sum(dim=2).clamp(min=1)  # [1, R, 1]
         # padded tokens are zero, so the sum over a region is the sum over its real tokens
-        q_r = q_reg.sum(dim=2) / count.clamp(min=1)
-        k_r = k_reg.sum(dim=2) / count.clamp(min=1)
-        valid = (count[..., 0] > 0).expand(B, n_regions)
+        q_r = q_reg.sum(dim=2) / count
+        k_r = k_reg.sum(dim=2) / count
+        valid = (mask_reg.sum(dim=2)[..., 0] > 0).expand(B, n_regions)
         key_mask = (mask_reg[..., 0] > 0).expand(B, n_regions, mask_reg.shape[2])
     else:
         q_r, k_r = q_reg.mean(dim=2), k_reg.mean(dim=2)
-    idx = topk_routing(q_r, k_r, topk, scale, valid)  # [B, R, topk]
+    idx = topk_routing(q_r, k_r, topk, scale_, valid)  # [B, R, topk]
 
     T = q_reg.shape[2]
     out = block_sparse_attention(
@@ -128,7 +151,7 @@ def bilevel_routing_attention(
         k_reg.reshape(B, n_regions, T, num_heads, Cqk // num_heads),
         v_reg.reshape(B, n_regions, T, num_heads, C // num_heads),
         idx[:, None],
-        scale=scale,
+        scale=scale_,
         key_mask=key_mask,
         backend=backend,
         check_index=False,  # topk indices are in range
@@ -136,6 +159,4 @@ def bilevel_routing_attention(
     out = region_reverse(out.reshape(B, n_regions, T, C), n_win, Hp, Wp)
     if padded:
         out = out[:, :H, :W].contiguous()
-    if return_index:
-        return out, idx
-    return out
+    return out, idx
