@@ -71,6 +71,17 @@ def test_official_float32(name):
     assert err <= max(2 * t['official_fp32_diff'].item(), 1e-5), (err, t['official_fp32_diff'].item())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('name', CASES)
+def test_official_float32_cuda_triton(name):
+    kw, state, t = _load(name)
+    m = _module(kw, state, torch.float32, backend='triton').cuda()
+    with torch.no_grad():
+        out = m(t['input'].float().cuda())
+    assert (out.double().cpu() - t['output']).abs().max() <= 1e-4
+
+
 def test_official_keys_map_exactly():
     kw, state, _ = _load('qkdim')
     m = BiLevelRoutingAttention(**kw)

@@ -90,6 +90,7 @@ def bilevel_routing_attention(
     return out
 
 
+@register_notrace_function
 def bilevel_routing_attention_with_index(
         q: Tensor,
         k: Tensor,
