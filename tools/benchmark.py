@@ -3,10 +3,12 @@
 
 Subcommands:
     gna   generalized neighborhood attention backends side by side (tools/benchmark_gna.py)
+    bsa   block-sparse attention backends on BiFormer's routing shapes: official gather vs blocked vs Triton
+          (tools/benchmark_bsa.py)
 
-Example:
+Examples:
     python tools/benchmark.py gna --device cpu
-    python tools/benchmark.py gna --device cuda --dtype float16 --out work_dirs/benchmark/gna_h100.json
+    python tools/benchmark.py bsa --device cuda --dtype float16 --out work_dirs/benchmark/bsa_h100.json
 """
 import argparse
 import sys
@@ -17,16 +19,19 @@ for p in (ROOT, ROOT / 'tools'):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from benchmark_bsa import add_bsa_parser, bsa_main  # noqa: E402
 from benchmark_gna import add_gna_parser, run_gna  # noqa: E402
+
+COMMANDS = {'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='cmd', required=True)
-    add_gna_parser(sub)
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
     args = parser.parse_args(argv)
-    if args.cmd == 'gna':
-        run_gna(args)
+    COMMANDS[args.cmd][1](args)
 
 
 if __name__ == '__main__':

@@ -5,13 +5,10 @@ Used by ``tools/benchmark.py gna``; times are medians of ``--repeat`` runs after
 """
 import datetime
 import json
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from bench_utils import machine_info, time_ms
 
 # name: (batch, spatial shape, heads, head_dim, kernel_size, stride, dilation, is_causal, rpb)
 GNA_SHAPES = {
@@ -24,51 +21,6 @@ GNA_SHAPES = {
     'video_3d': (1, (8, 16, 16), 4, 32, (3, 5, 5), 1, 1, False, False),
     'tiny': (1, (8, 8), 2, 16, 3, 1, 1, False, True),                # smoke test only, not in the default set
 }
-
-
-def machine_info(device: str) -> dict:
-    info = {
-        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'platform': platform.platform(),
-        'python': platform.python_version(),
-        'torch': torch.__version__,
-        'cpu_count': os.cpu_count(),
-        'torch_threads': torch.get_num_threads(),
-        'loadavg_1_5_15': list(os.getloadavg()),
-        'device': device,
-    }
-    try:
-        import triton
-        info['triton'] = triton.__version__
-    except ImportError:
-        info['triton'] = None
-    try:
-        with open('/proc/cpuinfo') as f:
-            info['cpu'] = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), None)
-    except OSError:
-        info['cpu'] = platform.processor()
-    if device == 'cuda':
-        info['gpu'] = torch.cuda.get_device_name()
-        info['cuda'] = torch.version.cuda
-    return info
-
-
-def _sync(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, warmup, repeat):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def gna_measure(name, backend, device, dtype, warmup, repeat):
@@ -104,7 +56,7 @@ def gna_measure(name, backend, device, dtype, warmup, repeat):
                 fn()
                 torch.cuda.synchronize()
                 res[f'{mode}_peak_mib'] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-            res[f'{mode}_ms'] = _time(fn, device, warmup, repeat)
+            res[f'{mode}_ms'] = time_ms(fn, device, warmup, repeat)
         except Exception as e:  # a backend that cannot run a case (e.g. reference out of memory) is reported
             res[f'{mode}_error'] = f'{type(e).__name__}: {str(e)[:200]}'
     return res

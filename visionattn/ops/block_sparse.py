@@ -1,0 +1,459 @@
+"""Block-sparse attention: each query block attends to the key blocks named in an index list.
+
+Layout (heads-last, like the project's other ops): tokens are grouped in blocks (regions) up front, so
+
+* ``query``: ``[B, Nq, Tq, heads, D]`` (``Nq`` query blocks of ``Tq`` tokens),
+* ``key``:   ``[B, Nk, Tk, heads, D]``,
+* ``value``: ``[B, Nk, Tk, heads, Dv]``,
+* ``block_index``: integer ``[B, heads or 1, Nq, topk]``, the key blocks each query block attends to,
+* ``bias`` (optional): float ``[B, heads or 1, Nq, topk]``, added to the logits of every key of that slot,
+* ``key_mask`` (optional): bool ``[B, Nk, Tk]``, ``False`` marks keys that no query may attend (e.g. padding).
+
+Query token ``t`` of block ``n`` attends to the union of the listed key blocks with one softmax over all of them:
+``softmax_j,s(scale * q . k[idx[n, j], s] + bias[n, j])``. The list is a multiset: a block listed twice contributes its
+keys twice to the softmax (what the official BiFormer gather does), i.e. the same as listing it once with
+``bias + log(2)``. A query whose listed keys are all masked gets a zero output (and zero gradients).
+
+Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops._dispatch``):
+
+* ``triton``: fused forward and backward reading key blocks through the index list; CUDA tensors only (or any
+  tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
+* ``blocked``: pure PyTorch, memory-aware: loops over the ``topk`` slots with an online softmax, gathering one key
+  block per query block at a time, and has a hand-written backward that recomputes per slot, so neither pass holds
+  the ``topk``-times gathered K/V.
+* ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
+* ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
+"""
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
+from torch import Tensor
+
+from ._dispatch import get_backend, register_backend
+
+__all__ = ['block_sparse_attention', 'block_sparse_attention_reference']
+
+_OP = 'block_sparse_attention'
+
+
+def _check_inputs(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        block_index: Tensor,
+        bias: Optional[Tensor],
+        key_mask: Optional[Tensor],
+        check_index: bool = True,
+) -> None:
+    if query.ndim != 5 or key.ndim != 5 or value.ndim != 5:
+        raise ValueError(
+            f'block_sparse_attention expects query/key/value of shape [B, n_blocks, block_tokens, heads, head_dim], '
+            f'got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}')
+    B, Nq, Tq, H, D = query.shape
+    Bk, Nk, Tk, Hk, Dk = key.shape
+    if (Bk, Hk, Dk) != (B, H, D) or value.shape[:4] != key.shape[:4]:
+        raise ValueError(
+            f'block_sparse_attention: key must be [B={B}, Nk, Tk, heads={H}, head_dim={D}] and value '
+            f'[B, Nk, Tk, heads, Dv] with the same Nk, Tk; got query {tuple(query.shape)}, key {tuple(key.shape)}, '
+            f'value {tuple(value.shape)}')
+    if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
+        raise ValueError(
+            f'block_sparse_attention: query/key/value must share one floating dtype, got {query.dtype}, {key.dtype}, '
+            f'{value.dtype}')
+    if block_index.ndim != 4 or block_index.shape[0] != B or block_index.shape[1] not in (1, H) \
+            or block_index.shape[2] != Nq or block_index.shape[3] < 1:
+        raise ValueError(
+            f'block_sparse_attention: block_index must be [B={B}, heads={H} or 1, Nq={Nq}, topk>=1], '
+            f'got {tuple(block_index.shape)}')
+    if block_index.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f'block_sparse_attention: block_index must be an integer tensor, got {block_index.dtype}')
+    if bias is not None:
+        topk = block_index.shape[3]
+        if bias.ndim != 4 or bias.shape[0] != B or bias.shape[1] not in (1, H) or tuple(bias.shape[2:]) != (Nq, topk):
+            raise ValueError(
+                f'block_sparse_attention: bias must be [B={B}, heads={H} or 1, Nq={Nq}, topk={topk}], '
+                f'got {tuple(bias.shape)}')
+        if not bias.is_floating_point():
+            raise ValueError(f'block_sparse_attention: bias must be floating point, got {bias.dtype}')
+    if key_mask is not None:
+        if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, Nk, Tk):
+            raise ValueError(
+                f'block_sparse_attention: key_mask must be a bool tensor [B={B}, Nk={Nk}, Tk={Tk}], '
+                f'got {key_mask.dtype} {tuple(key_mask.shape)}')
+    if check_index and block_index.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(block_index.min()), int(block_index.max())
+        if lo < 0 or hi >= Nk:
+            raise ValueError(
+                f'block_sparse_attention: block_index values must lie in [0, Nk={Nk}), got min {lo}, max {hi}')
+
+
+def _key_bias(key_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """bool mask [B, Nk, Tk] -> additive bias (0 or -inf)."""
+    zero = torch.zeros((), dtype=dtype, device=key_mask.device)
+    return torch.where(key_mask, zero, torch.full_like(zero, float('-inf')))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# reference (oracle)
+# --------------------------------------------------------------------------------------------------------------------
+
+def block_sparse_attention_reference(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        block_index: Tensor,
+        scale: float,
+        bias: Optional[Tensor] = None,
+        key_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """The oracle: dense attention of every query over every key, with the index lists turned into a logit bias.
+
+    The bias of query block ``n`` towards key block ``m`` is ``log(sum_j [idx[n, j] == m] * exp(bias[n, j]))``, which is
+    ``-inf`` for unlisted blocks, ``0`` for a block listed once without bias and ``log(c)`` for a block listed ``c``
+    times (the multiset semantics). Computed in the input dtype.
+    """
+    B, Nq, Tq, H, D = query.shape
+    _, Nk, Tk, _, Dv = value.shape
+    topk = block_index.shape[-1]
+    dtype = query.dtype
+    if bias is None:
+        bias = torch.zeros((B, 1, Nq, topk), dtype=dtype, device=query.device)
+    onehot = F.one_hot(block_index.long(), Nk).to(torch.bool)  # [B, Hi, Nq, topk, Nk]
+    slot_bias = bias.to(dtype)[..., None]  # [B, Hb, Nq, topk, 1]
+    block_bias = torch.where(onehot, slot_bias, torch.full_like(slot_bias, float('-inf'))).logsumexp(dim=3)
+    block_bias = block_bias.expand(B, H, Nq, Nk)
+    token_bias = block_bias[:, :, :, None, :, None].expand(B, H, Nq, Tq, Nk, Tk).reshape(B, H, Nq * Tq, Nk * Tk)
+    if key_mask is not None:
+        token_bias = token_bias + _key_bias(key_mask, dtype).reshape(B, 1, 1, Nk * Tk)
+    q = query.reshape(B, Nq * Tq, H, D).transpose(1, 2)
+    k = key.reshape(B, Nk * Tk, H, D).transpose(1, 2)
+    v = value.reshape(B, Nk * Tk, H, Dv).transpose(1, 2)
+    logits = (q * scale) @ k.transpose(-2, -1) + token_bias
+    empty = torch.isneginf(logits).all(dim=-1, keepdim=True)  # queries with no attendable key
+    attn = torch.softmax(logits.masked_fill(empty, 0.), dim=-1).masked_fill(empty, 0.)
+    out = attn @ v  # [B, H, Nq*Tq, Dv]
+    return out.transpose(1, 2).reshape(B, Nq, Tq, H, Dv)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# gather (the official BiFormer way)
+# --------------------------------------------------------------------------------------------------------------------
+
+def _block_sparse_gather(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        block_index: Tensor,
+        scale: float,
+        bias: Optional[Tensor] = None,
+        key_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Expand K/V over the query blocks and gather the listed blocks (``topk`` copies of K/V), as BiFormer does."""
+    B, Nq, Tq, H, D = query.shape
+    _, Nk, Tk, _, Dv = value.shape
+    Hi, topk = block_index.shape[1], block_index.shape[3]
+    idx = block_index.long()
+    if Hi == 1:
+        # official layout: gather [B, Nq, topk, Tk, heads * (D + Dv)] from the channel-last K/V
+        kv = torch.cat([key.reshape(B, Nk, Tk, H * D), value.reshape(B, Nk, Tk, H * Dv)], dim=-1)
+        C = kv.shape[-1]
+        kv_sel = torch.gather(
+            kv[:, None].expand(B, Nq, Nk, Tk, C), dim=2, index=idx.view(B, Nq, topk, 1, 1).expand(B, Nq, topk, Tk, C))
+        k_sel, v_sel = kv_sel.split([H * D, H * Dv], dim=-1)
+        k_sel = k_sel.reshape(B, Nq, topk, Tk, H, D).permute(0, 4, 1, 2, 3, 5)  # [B, H, Nq, topk, Tk, D]
+        v_sel = v_sel.reshape(B, Nq, topk, Tk, H, Dv).permute(0, 4, 1, 2, 3, 5)
+    else:
+        kh = key.permute(0, 3, 1, 2, 4)  # [B, H, Nk, Tk, D]
+        vh = value.permute(0, 3, 1, 2, 4)
+        gidx = idx.view(B, H, Nq, topk, 1, 1)
+        k_sel = torch.gather(kh[:, :, None].expand(B, H, Nq, Nk, Tk, D), 3, gidx.expand(B, H, Nq, topk, Tk, D))
+        v_sel = torch.gather(vh[:, :, None].expand(B, H, Nq, Nk, Tk, Dv), 3, gidx.expand(B, H, Nq, topk, Tk, Dv))
+    q = query.permute(0, 3, 1, 2, 4)  # [B, H, Nq, Tq, D]
+    logits = torch.einsum('bhnqd,bhnjkd->bhnqjk', q * scale, k_sel)
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)[:, :, :, None, :, None]
+    if key_mask is not None:
+        kb = _key_bias(key_mask, logits.dtype)  # [B, Nk, Tk]
+        kb_sel = kb[torch.arange(B, device=kb.device).view(B, 1, 1, 1), idx]  # [B, Hi, Nq, topk, Tk]
+        logits = logits + kb_sel[:, :, :, None]
+    logits = logits.flatten(-2)
+    empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
+    attn = torch.softmax(logits.masked_fill(empty, 0.), dim=-1).masked_fill(empty, 0.)
+    out = attn @ v_sel.flatten(3, 4)  # [B, H, Nq, Tq, Dv]
+    return out.permute(0, 2, 3, 1, 4)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# blocked (memory-aware pure PyTorch, online softmax over the topk slots)
+# --------------------------------------------------------------------------------------------------------------------
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _slot_select(x: Tensor, idx_j: Tensor) -> Tensor:
+    """x: [B, H, N, T, C], idx_j: [B, H, Nq] -> x[b, h, idx_j[b, h, n]]: [B, H, Nq, T, C]."""
+    B, H = idx_j.shape[:2]
+    bi = torch.arange(B, device=x.device).view(B, 1, 1)
+    hi = torch.arange(H, device=x.device).view(1, H, 1)
+    return x[bi, hi, idx_j]
+
+
+def _blocked_forward(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        idx: Tensor,
+        scale: float,
+        bias: Optional[Tensor],
+        kbias: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    """q: [B, H, Nq, Tq, D], k/v: [B, H, Nk, Tk, D|Dv], idx/bias: [B, H, Nq, topk], kbias: [B, Nk, Tk] (fp32).
+
+    Returns the output and the log-sum-exp [B, H, Nq, Tq] (-inf where nothing is attendable), both in the
+    accumulation dtype (fp32, fp64 for fp64 inputs).
+    """
+    B, H, Nq, Tq, _ = q.shape
+    Dv = v.shape[-1]
+    acc_dtype = _acc_dtype(q.dtype)
+    qf = q.to(acc_dtype) * scale
+    m = torch.full((B, H, Nq, Tq), float('-inf'), dtype=acc_dtype, device=q.device)
+    den = torch.zeros((B, H, Nq, Tq), dtype=acc_dtype, device=q.device)
+    acc = torch.zeros((B, H, Nq, Tq, Dv), dtype=acc_dtype, device=q.device)
+    for j in range(idx.shape[-1]):
+        idx_j = idx[..., j]
+        s = qf @ _slot_select(k, idx_j).to(acc_dtype).transpose(-2, -1)  # [B, H, Nq, Tq, Tk]
+        if bias is not None:
+            s = s + bias[..., j, None, None]
+        if kbias is not None:
+            s = s + kbias[torch.arange(B, device=q.device).view(B, 1, 1), idx_j][:, :, :, None, :]
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        m_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+        p = torch.exp(s - m_safe[..., None])
+        alpha = torch.exp(m - m_safe)
+        den = den * alpha + p.sum(dim=-1)
+        acc = acc * alpha[..., None] + p @ _slot_select(v, idx_j).to(acc_dtype)
+        m = m_new
+    has = den > 0
+    out = torch.where(has[..., None], acc / torch.where(has, den, torch.ones_like(den))[..., None], 0.)
+    m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    lse = torch.where(has, m_safe + torch.log(torch.where(has, den, torch.ones_like(den))), float('-inf'))
+    return out, lse
+
+
+def _blocked_backward(
+        dout: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        idx: Tensor,
+        scale: float,
+        bias: Optional[Tensor],
+        kbias: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Recompute per slot; returns dq [B,H,Nq,Tq,D], dk, dv [B,H,Nk,Tk,.], dbias [B,H,Nq,topk] (accumulation dtype)."""
+    B, H, Nq, Tq, _ = q.shape
+    topk = idx.shape[-1]
+    dev = q.device
+    acc_dtype = _acc_dtype(q.dtype)
+    dout = dout.to(acc_dtype)
+    delta = (dout * out.to(acc_dtype)).sum(dim=-1)  # [B, H, Nq, Tq]
+    lse = lse.to(acc_dtype)
+    lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float('inf')), lse)  # p = 0 for empty rows
+    qf = q.to(acc_dtype)
+    dq = torch.zeros_like(qf)
+    dk = torch.zeros(k.shape, dtype=acc_dtype, device=dev)
+    dv = torch.zeros(v.shape, dtype=acc_dtype, device=dev)
+    dbias = torch.zeros((B, H, Nq, topk), dtype=acc_dtype, device=dev)
+    bi = torch.arange(B, device=dev).view(B, 1, 1).expand(B, H, Nq)
+    hi = torch.arange(H, device=dev).view(1, H, 1).expand(B, H, Nq)
+    for j in range(topk):
+        idx_j = idx[..., j]
+        k_j = _slot_select(k, idx_j).to(acc_dtype)
+        v_j = _slot_select(v, idx_j).to(acc_dtype)
+        s = (qf * scale) @ k_j.transpose(-2, -1)
+        if bias is not None:
+            s = s + bias[..., j, None, None]
+        if kbias is not None:
+            s = s + kbias[bi, idx_j][:, :, :, None, :]
+        p = torch.exp(s - lse[..., None])  # [B, H, Nq, Tq, Tk]
+        dv.index_put_((bi, hi, idx_j), p.transpose(-2, -1) @ dout, accumulate=True)
+        ds = p * (dout @ v_j.transpose(-2, -1) - delta[..., None])
+        dbias[..., j] = ds.sum(dim=(-2, -1))
+        ds = ds * scale
+        dq += ds @ k_j
+        dk.index_put_((bi, hi, idx_j), ds.transpose(-2, -1) @ qf, accumulate=True)
+    return dq, dk, dv, dbias
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# custom ops shared by the blocked and triton backends (forward returns out + lse; backward recomputes)
+# --------------------------------------------------------------------------------------------------------------------
+
+def _impl_forward(q, k, v, idx, bias, kbias, scale, impl):
+    """q/k/v in the public layout; idx/bias expanded to [B, H, Nq, topk]; kbias [B, Nk, Tk] fp32 or None."""
+    if impl == 'triton':
+        from .triton.block_sparse import block_sparse_fwd_triton
+        return block_sparse_fwd_triton(q, k, v, idx, bias, kbias, scale)
+    perm = (0, 3, 1, 2, 4)
+    acc_dtype = _acc_dtype(q.dtype)
+    out, lse = _blocked_forward(
+        q.permute(perm), k.permute(perm), v.permute(perm), idx, scale,
+        None if bias is None else bias.to(acc_dtype), None if kbias is None else kbias.to(acc_dtype))
+    return out.permute(0, 2, 3, 1, 4).to(q.dtype), lse
+
+
+def _impl_backward(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
+    if impl == 'triton':
+        from .triton.block_sparse import block_sparse_bwd_triton
+        return block_sparse_bwd_triton(dout, q, k, v, out, lse, idx, bias, kbias, scale)
+    perm = (0, 3, 1, 2, 4)
+    acc_dtype = _acc_dtype(q.dtype)
+    dq, dk, dv, dbias = _blocked_backward(
+        dout.permute(perm), q.permute(perm), k.permute(perm), v.permute(perm), out.permute(perm), lse, idx, scale,
+        None if bias is None else bias.to(acc_dtype), None if kbias is None else kbias.to(acc_dtype))
+    inv = (0, 2, 3, 1, 4)
+    return dq.permute(inv).to(q.dtype), dk.permute(inv).to(k.dtype), dv.permute(inv).to(v.dtype), dbias
+
+
+@torch.library.custom_op('visionattn::block_sparse_attn_fwd', mutates_args=())
+def _bsa_fwd_op(
+        q: Tensor, k: Tensor, v: Tensor, idx: Tensor, bias: Optional[Tensor], kbias: Optional[Tensor],
+        scale: float, impl: str,
+) -> Tuple[Tensor, Tensor]:
+    out, lse = _impl_forward(q, k, v, idx, bias, kbias, scale, impl)
+    return out.contiguous(), lse.contiguous()
+
+
+@_bsa_fwd_op.register_fake
+def _(q, k, v, idx, bias, kbias, scale, impl):
+    B, Nq, Tq, H, _ = q.shape
+    out = q.new_empty((B, Nq, Tq, H, v.shape[-1]))
+    lse = q.new_empty((B, H, Nq, Tq), dtype=_acc_dtype(q.dtype))
+    return out, lse
+
+
+@torch.library.custom_op('visionattn::block_sparse_attn_bwd', mutates_args=())
+def _bsa_bwd_op(
+        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, idx: Tensor,
+        bias: Optional[Tensor], kbias: Optional[Tensor], scale: float, impl: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, dbias = _impl_backward(dout.contiguous(), q, k, v, out, lse, idx, bias, kbias, scale, impl)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias.contiguous()
+
+
+@_bsa_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lse.new_empty(idx.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, idx, bias, kbias, scale, impl = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, idx, bias, kbias)
+    ctx.scale, ctx.impl = scale, impl
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, idx, bias, kbias = ctx.saved_tensors
+    dq, dk, dv, dbias = _bsa_bwd_op(dout, q, k, v, out, lse, idx, bias, kbias, ctx.scale, ctx.impl)
+    return dq, dk, dv, None, (dbias if ctx.has_bias else None), None, None, None
+
+
+_bsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _fused(query, key, value, block_index, scale, bias, key_mask, impl):
+    B, Nq, _, H, _ = query.shape
+    topk = block_index.shape[-1]
+    idx = block_index.to(torch.int64).expand(B, H, Nq, topk).contiguous()
+    b = None
+    if bias is not None:
+        # expanded to all heads; the head-sum of the gradient flows back through expand
+        b = bias.to(_acc_dtype(query.dtype)).expand(B, H, Nq, topk).contiguous()
+    kbias = None if key_mask is None else _key_bias(key_mask, _acc_dtype(query.dtype))
+    out, _ = _bsa_fwd_op(query, key, value, idx, b, kbias, float(scale), impl)
+    return out
+
+
+def _block_sparse_blocked(query, key, value, block_index, scale, bias=None, key_mask=None):
+    """Memory-aware pure PyTorch backend (online softmax over the topk slots, recomputing backward)."""
+    return _fused(query, key, value, block_index, scale, bias, key_mask, 'blocked')
+
+
+def _block_sparse_triton(query, key, value, block_index, scale, bias=None, key_mask=None):
+    """Fused Triton backend (reads key blocks through the index list; never materialises gathered K/V)."""
+    return _fused(query, key, value, block_index, scale, bias, key_mask, 'triton')
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def _triton_unsupported(query: Tensor, **kwargs) -> Optional[str]:
+    if not (query.is_cuda or _triton_interpret()):
+        return 'needs CUDA tensors (or TRITON_INTERPRET=1)'
+    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f'dtype {query.dtype} not supported (fp32, fp16, bf16 only)'
+    if query.dtype == torch.bfloat16 and not query.is_cuda:
+        return 'bf16 is not supported by the Triton interpreter (numpy has no bf16)'
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return 'triton is not installed'
+    if max(query.shape[-1], kwargs['value'].shape[-1]) > 256:
+        return f'head_dim {query.shape[-1]} > 256'
+    return None
+
+
+register_backend(_OP, 'triton', _block_sparse_triton, priority=30, unsupported=_triton_unsupported)
+register_backend(_OP, 'blocked', _block_sparse_blocked, priority=20)
+register_backend(_OP, 'gather', _block_sparse_gather, priority=10)
+register_backend(_OP, 'reference', block_sparse_attention_reference, priority=0)
+
+
+@register_notrace_function
+def block_sparse_attention(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        block_index: Tensor,
+        scale: Optional[float] = None,
+        bias: Optional[Tensor] = None,
+        key_mask: Optional[Tensor] = None,
+        backend: str = 'auto',
+        check_index: bool = True,
+) -> Tensor:
+    """Attention of query blocks over the key blocks listed in ``block_index`` (see the module docstring).
+
+    Args:
+        query: ``[B, Nq, Tq, heads, D]``, tokens grouped in ``Nq`` blocks of ``Tq``.
+        key: ``[B, Nk, Tk, heads, D]``.
+        value: ``[B, Nk, Tk, heads, Dv]``.
+        block_index: integer ``[B, heads or 1, Nq, topk]``, values in ``[0, Nk)``; duplicates count twice.
+        scale: logit scale, ``D ** -0.5`` if None.
+        bias: optional ``[B, heads or 1, Nq, topk]`` added to the logits of each listed block (differentiable).
+        key_mask: optional bool ``[B, Nk, Tk]``, ``False`` excludes a key.
+        backend: ``'auto'``, ``'triton'``, ``'blocked'``, ``'gather'`` or ``'reference'``.
+        check_index: check (eagerly) that the indices lie in ``[0, Nk)``; costs a device sync on CUDA. Callers whose
+            indices are in range by construction (e.g. from ``topk``) pass False. Out-of-range indices are undefined
+            behaviour for the Triton backend.
+
+    Returns:
+        ``[B, Nq, Tq, heads, Dv]``.
+    """
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    if torch.jit.is_scripting():
+        # TorchScript: the pure-PyTorch gather path (the official algorithm; no custom ops, no dispatch)
+        return _block_sparse_gather(query, key, value, block_index, scale, bias, key_mask)
+    _check_inputs(query, key, value, block_index, bias, key_mask, check_index)
+    fn = get_backend(
+        _OP, backend, query=query, key=key, value=value, block_index=block_index, bias=bias, key_mask=key_mask)
+    return fn(query, key, value, block_index, scale, bias, key_mask)

@@ -1,0 +1,222 @@
+"""Fused Triton kernels for block-sparse attention (``visionattn.ops.block_sparse``).
+
+Forward: one program per (query tile, query block, batch * head); it walks the ``topk`` listed key blocks, reading K/V
+straight from the ``[B, Nk, Tk, heads, D]`` tensors through the index list (nothing is gathered), with an online
+softmax, and stores the output and the log-sum-exp. Backward: the same walk recomputes the probabilities from the
+log-sum-exp, accumulates dQ in registers and adds dK/dV (and the per-slot bias gradient) into fp32 buffers with
+atomics, so duplicate indices and blocks listed by many query blocks need no inverse index.
+The PyTorch reference of these kernels is the ``blocked`` backend next to them (same math, same fp32 accumulation).
+"""
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ['block_sparse_fwd_triton', 'block_sparse_bwd_triton']
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision='ieee')
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _bsa_fwd_kernel(
+        Q, K, V, IDX, BIAS, KB, OUT, LSE,
+        sqb, sqn, sqt, sqh, sqd,
+        skb, skn, skt, skh, skd,
+        svb, svn, svt, svh, svd,
+        sob, son, sot, soh, sod,
+        sib, sih, sin, sij,
+        skbb, skbn, skbt,
+        H, Nq, Tq, Tk, TOPK, scale,
+        D: tl.constexpr, DV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_KB: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    m_mask = offs_m < Tq
+    d_mask = offs_d < D
+    dv_mask = offs_dv < DV
+    q = tl.load(
+        Q + b * sqb + n * sqn + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
+        mask=m_mask[:, None] & d_mask[None, :], other=0.)
+    m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    slot = b * sib + h * sih + n * sin
+    for j in range(0, TOPK):
+        blk = tl.load(IDX + slot + j * sij)
+        for n0 in range(0, Tk, BLOCK_N):
+            kn = n0 + offs_n
+            n_mask = kn < Tk
+            k = tl.load(
+                K + b * skb + blk * skn + kn[:, None] * skt + h * skh + offs_d[None, :] * skd,
+                mask=n_mask[:, None] & d_mask[None, :], other=0.)
+            s = _dot(q, tl.trans(k), IEEE) * scale
+            if HAS_BIAS:
+                s += tl.load(BIAS + slot + j * sij)
+            if HAS_KB:
+                kb = tl.load(KB + b * skbb + blk * skbn + kn * skbt, mask=n_mask, other=0.)
+                s += kb[None, :]
+            s = tl.where(n_mask[None, :], s, float('-inf'))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float('-inf'), 0., m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(
+                V + b * svb + blk * svn + kn[:, None] * svt + h * svh + offs_dv[None, :] * svd,
+                mask=n_mask[:, None] & dv_mask[None, :], other=0.)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+            m_i = m_new
+    has = l_i > 0.
+    den = tl.where(has, l_i, 1.)
+    out = tl.where(has[:, None], acc / den[:, None], 0.)
+    lse = tl.where(has, tl.where(m_i == float('-inf'), 0., m_i) + tl.log(den), float('-inf'))
+    tl.store(
+        OUT + b * sob + n * son + offs_m[:, None] * sot + h * soh + offs_dv[None, :] * sod,
+        out.to(OUT.dtype.element_ty), mask=m_mask[:, None] & dv_mask[None, :])
+    tl.store(LSE + (bh * Nq + n) * Tq + offs_m, lse, mask=m_mask)
+
+
+@triton.jit
+def _bsa_bwd_kernel(
+        Q, K, V, DO, LSE, DELTA, IDX, BIAS, KB, DQ, DK, DV, DBIAS,
+        sqb, sqn, sqt, sqh, sqd,
+        skb, skn, skt, skh, skd,
+        svb, svn, svt, svh, svd,
+        sdb, sdn, sdt, sdh, sdd,
+        sib, sih, sin, sij,
+        skbb, skbn, skbt,
+        H, Nq, Tq, Tk, TOPK, scale,
+        D: tl.constexpr, DV_: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_KB: tl.constexpr, IEEE: tl.constexpr,
+):
+    # DQ has q's layout and strides; DK / DV are fp32 buffers with k's / v's (contiguous) layout and strides; DO has
+    # its own strides (sd*); DBIAS is fp32 with IDX's strides.
+    pid_m = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    m_mask = offs_m < Tq
+    d_mask = offs_d < D
+    dv_mask = offs_dv < DV_
+    q = tl.load(
+        Q + b * sqb + n * sqn + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
+        mask=m_mask[:, None] & d_mask[None, :], other=0.)
+    do = tl.load(
+        DO + b * sdb + n * sdn + offs_m[:, None] * sdt + h * sdh + offs_dv[None, :] * sdd,
+        mask=m_mask[:, None] & dv_mask[None, :], other=0.)
+    row = (bh * Nq + n) * Tq + offs_m
+    lse = tl.load(LSE + row, mask=m_mask, other=float('inf'))
+    lse = tl.where(lse == float('-inf'), float('inf'), lse)  # rows with nothing attendable: p = 0
+    delta = tl.load(DELTA + row, mask=m_mask, other=0.)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    slot = b * sib + h * sih + n * sin
+    for j in range(0, TOPK):
+        blk = tl.load(IDX + slot + j * sij)
+        dsum = tl.zeros([BLOCK_M], tl.float32)
+        for n0 in range(0, Tk, BLOCK_N):
+            kn = n0 + offs_n
+            n_mask = kn < Tk
+            k_off = b * skb + blk * skn + kn[:, None] * skt + h * skh + offs_d[None, :] * skd
+            v_off = b * svb + blk * svn + kn[:, None] * svt + h * svh + offs_dv[None, :] * svd
+            kmask = n_mask[:, None] & d_mask[None, :]
+            vmask = n_mask[:, None] & dv_mask[None, :]
+            k = tl.load(K + k_off, mask=kmask, other=0.)
+            v = tl.load(V + v_off, mask=vmask, other=0.)
+            s = _dot(q, tl.trans(k), IEEE) * scale
+            if HAS_BIAS:
+                s += tl.load(BIAS + slot + j * sij)
+            if HAS_KB:
+                kb = tl.load(KB + b * skbb + blk * skbn + kn * skbt, mask=n_mask, other=0.)
+                s += kb[None, :]
+            s = tl.where(n_mask[None, :], s, float('-inf'))
+            p = tl.exp(s - lse[:, None])
+            tl.atomic_add(DV + v_off, _dot(tl.trans(p.to(do.dtype)), do, IEEE), mask=vmask)
+            dp = _dot(do, tl.trans(v), IEEE)
+            ds = p * (dp - delta[:, None])
+            dsum += tl.sum(ds, 1)
+            ds = ds * scale
+            dq += _dot(ds.to(k.dtype), k, IEEE)
+            tl.atomic_add(DK + k_off, _dot(tl.trans(ds.to(q.dtype)), q, IEEE), mask=kmask)
+        if HAS_BIAS:
+            tl.atomic_add(DBIAS + slot + j * sij, tl.sum(dsum, 0))
+    tl.store(
+        DQ + b * sqb + n * sqn + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
+        dq.to(DQ.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def _blocks(q: Tensor, v: Tensor, Tk: int):
+    Tq, D, Dv = q.shape[2], q.shape[-1], v.shape[-1]
+    block_m = max(16, min(64, triton.next_power_of_2(Tq)))
+    block_n = max(16, min(64, triton.next_power_of_2(Tk)))
+    return block_m, block_n, max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
+
+
+def block_sparse_fwd_triton(
+        q: Tensor, k: Tensor, v: Tensor, idx: Tensor, bias: Optional[Tensor], kbias: Optional[Tensor], scale: float,
+) -> Tuple[Tensor, Tensor]:
+    """q/k/v: public layout; idx (int64) and bias (fp32): contiguous [B, H, Nq, topk]; kbias fp32 [B, Nk, Tk]."""
+    B, Nq, Tq, H, D = q.shape
+    _, Nk, Tk, _, Dv = v.shape
+    out = torch.empty((B, Nq, Tq, H, Dv), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Nq, Tq), dtype=torch.float32, device=q.device)
+    bm, bn, bd, bdv = _blocks(q, v, Tk)
+    kb_strides = kbias.stride() if kbias is not None else (0, 0, 0)
+    grid = (triton.cdiv(Tq, bm), Nq, B * H)
+    _bsa_fwd_kernel[grid](
+        q, k, v, idx, bias if bias is not None else q, kbias if kbias is not None else q, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *idx.stride(), *kb_strides,
+        H, Nq, Tq, Tk, idx.shape[-1], scale,
+        D=D, DV=Dv, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
+        HAS_BIAS=bias is not None, HAS_KB=kbias is not None, IEEE=q.dtype == torch.float32,
+    )
+    return out, lse
+
+
+def block_sparse_bwd_triton(
+        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, idx: Tensor,
+        bias: Optional[Tensor], kbias: Optional[Tensor], scale: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns dq, dk, dv (input dtypes) and dbias (fp32 [B, H, Nq, topk])."""
+    B, Nq, Tq, H, D = q.shape
+    _, Nk, Tk, _, Dv = v.shape
+    delta = (dout.float() * out.float()).sum(-1).permute(0, 3, 1, 2).contiguous()  # [B, H, Nq, Tq]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    dq = torch.empty_like(q)
+    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    dbias = torch.zeros(idx.shape, dtype=torch.float32, device=q.device)
+    bm, bn, bd, bdv = _blocks(q, v, Tk)
+    kb_strides = kbias.stride() if kbias is not None else (0, 0, 0)
+    grid = (triton.cdiv(Tq, bm), Nq, B * H)
+    _bsa_bwd_kernel[grid](
+        q, k, v, dout, lse, delta, idx, bias if bias is not None else q, kbias if kbias is not None else q,
+        dq, dk, dv, dbias,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *idx.stride(), *kb_strides,
+        H, Nq, Tq, Tk, idx.shape[-1], scale,
+        D=D, DV_=Dv, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
+        HAS_BIAS=bias is not None, HAS_KB=kbias is not None, IEEE=q.dtype == torch.float32,
+    )
+    return dq, dk.to(k.dtype), dv.to(v.dtype), dbias
