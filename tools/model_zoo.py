@@ -12,9 +12,10 @@ import timm
 import torch
 from timm.models._registry import _model_entrypoints, _model_to_module
 
-import visionattn
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)  # the checkout's package, also when it is not installed
+import visionattn  # noqa: E402
+
 ZOO = os.path.join(ROOT, 'model_zoo.md')
 
 
