@@ -90,7 +90,8 @@ def resolve_dilations(
         return [[p[j % len(p)] for j in range(n)] for p, n in zip(patterns, depths)]
     out = [list(s) for s in dilations]
     if len(out) != len(depths) or any(len(s) != n for s, n in zip(out, depths)):
-        raise ValueError(f'dilations {dilations} do not match depths {list(depths)} (one list per stage, one per layer)')
+        raise ValueError(
+            f'dilations {dilations} do not match depths {list(depths)} (one list per stage, one entry per layer)')
     if any(not isinstance(d, int) or d < 1 for s in out for d in s):
         raise ValueError(f'dilations must be ints >= 1, got {dilations}')
     return out
