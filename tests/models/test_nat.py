@@ -68,12 +68,12 @@ def test_fixture_exercises_rpb_and_layer_scale():
     # the fixtures would not catch a wrong rpb/layer-scale mapping if those barely moved the outputs
     cfg, sd, t = _load('nat_conv_ls')
     x = t['input'].double()
-    ref, _ = _run(_ours(cfg, sd, torch.float64), x)
+    ref = _run(_ours(cfg, sd, torch.float64), x)[1]
     for key in ('levels.0.blocks.1.attn.rpb', 'levels.2.blocks.0.gamma1'):
         bad = dict(sd)
         bad[key] = sd[key].flip(-1)
-        out, _ = _run(_ours(cfg, bad, torch.float64), x)
-        assert (out - ref).abs().max() > 1e-3, key
+        out = _run(_ours(cfg, bad, torch.float64), x)[1]
+        assert max((a - b).abs().max() for a, b in zip(out, ref)) > 1e-3, key
 
 
 def _to_hf(sd, prefix='dinat.'):
@@ -165,7 +165,7 @@ def test_named_dilations_match_official_configs():
     assert set(NAT_DILATIONS['conv']) == set(NAT_DILATIONS['patch'])
     model = timm.create_model('dinat_mini', dilations='ade20k')
     assert [b.attn.dilation[0] for b in model.stages[1].blocks] == [1, 4, 1, 8]
-    assert timm.create_model('nat_mini').dilations == [[1] * 3, [1] * 4, [1] * 6, [1] * 5]
+    assert resolve_dilations(None, (3, 4, 6, 5)) == [[1] * 3, [1] * 4, [1] * 6, [1] * 5]
     with pytest.raises(ValueError, match='unknown dilation schedule'):
         resolve_dilations('cityscapes', tiny)
     with pytest.raises(ValueError, match='do not match depths'):
@@ -211,8 +211,8 @@ def _check_sizes(sizes, small_input, stem_type='conv'):
     model = _tiny_dinat(small_input, stem_type)
     for h, w in sizes:
         with torch.no_grad():
-            feats = model.forward_intermediates(torch.randn(1, 3, h, w), intermediates_only=True)
-            out = model(torch.randn(1, 3, h, w))
+            final, feats = model.forward_intermediates(torch.randn(1, 3, h, w))
+            out = model.forward_head(final)
         assert out.shape == (1, 5) and torch.isfinite(out).all(), (h, w)
         for i, f in enumerate(feats):
             r = 4 * 2 ** i
@@ -234,8 +234,8 @@ def test_random_sizes_more(small_input, stem_type):
 
 def test_clamp_equals_pad_when_maps_are_large_enough():
     x = torch.randn(1, 3, 224, 224)  # 56, 28, 14, 7: the in1k schedule fits, so both modes are the same function
-    a = NAT(embed_dim=8, depths=(3, 4, 2, 1), num_heads=(1, 1, 2, 2), dilations='in1k', small_input='pad').eval()
-    b = NAT(embed_dim=8, depths=(3, 4, 2, 1), num_heads=(1, 1, 2, 2), dilations='in1k', small_input='clamp').eval()
+    a = NAT(embed_dim=8, depths=(2, 2, 2, 1), num_heads=(1, 1, 2, 2), dilations='in1k', small_input='pad').eval()
+    b = NAT(embed_dim=8, depths=(2, 2, 2, 1), num_heads=(1, 1, 2, 2), dilations='in1k', small_input='clamp').eval()
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
