@@ -1,0 +1,805 @@
+"""NAT, DiNAT and DiNAT_s: hierarchical transformers over (dilated) neighborhood attention.
+
+Papers:
+    - `Neighborhood Attention Transformer` - https://arxiv.org/abs/2204.07143 (Hassani, Walton, Li, Li, Shi;
+      CVPR 2023)
+    - `Dilated Neighborhood Attention Transformer` - https://arxiv.org/abs/2209.15001 (Hassani, Shi; 2022)
+
+Official code and weights: https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (MIT license;
+``classification/nat.py``, ``dinat.py``, ``dinats.py``). The attention runs on visionattn's GNA op
+(``visionattn.ops.neighborhood``) with the NAT relative positional bias, so NATTEN is not needed.
+
+What this version adds over the official classification code: any input size, square or not (see ``small_input``
+below), per-layer dilations as a constructor argument with the official downstream schedules by name
+(``dilations='coco'``, ``'ade20k'``, ...), working gradient checkpointing, ``features_only`` /
+``forward_intermediates`` returning NCHW stage maps (the maps before each downsampler, as the official detection and
+segmentation backbones take them), and a ``checkpoint_filter_fn`` that reads official classification checkpoints,
+mmdet/mmseg backbone checkpoints and the Hugging Face ``transformers`` NAT/DiNAT layout (separate q/k/v).
+
+Layout: NHWC inside the model; ``forward_features`` returns NHWC (``output_fmt = 'NHWC'``, like timm's Swin), the
+intermediates are NCHW. Stage ``i > 0`` starts with the downsampler that the official code runs at the end of stage
+``i - 1`` (timm's Swin convention), so a stage's output is the official pre-downsample map.
+"""
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerScale, Mlp, register_notrace_module, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
+from visionattn.ops.neighborhood import gna_blocked, neighborhood_attention
+
+__all__ = ['NAT', 'NAT_DILATIONS']
+
+_NAT_PAPER = dict(paper_ids='arXiv:2204.07143', paper_name='Neighborhood Attention Transformer')
+_DINAT_PAPER = dict(paper_ids='arXiv:2209.15001', paper_name='Dilated Neighborhood Attention Transformer')
+
+# Official per-stage dilation patterns, by architecture ('conv' stem: NAT/DiNAT, 'patch' stem: DiNAT_s) and name.
+# Each stage's pattern is repeated to the stage depth (the official lists are these patterns repeated, e.g.
+# [1, 2] x 9 for an 18-layer stage). Sources: classification/dinat.py, dinats.py (ImageNet, 224 and 384),
+# detection/configs/dinat*/ (COCO, 3x schedule), segmentation/configs/dinat*/ (ADE20K 512, DiNAT-L 640).
+NAT_DILATIONS: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {
+    'conv': {
+        'in1k': ((1, 8, 1), (1, 4, 1, 4), (1, 2), (1,)),
+        'in1k_384': ((1, 13, 1), (1, 6, 1, 6), (1, 3), (1,)),
+        'coco': ((1, 28, 1), (1, 7, 1, 14), (1, 3, 1, 5, 1, 7), (1, 3, 1, 3, 1)),
+        'ade20k': ((1, 16, 1), (1, 4, 1, 8), (1, 2, 1, 3, 1, 4), (1, 2, 1, 2, 1)),
+        'ade20k_640': (
+            (1, 20, 1), (1, 5, 1, 10), (1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5), (1, 2, 1, 2, 1)),
+    },
+    'patch': {
+        'in1k': ((1, 8), (1, 4), (1, 2), (1,)),
+        'in1k_384': ((1, 13), (1, 6), (1, 3), (1,)),
+        'coco': ((1, 28), (1, 14), (1, 3, 1, 5, 1, 7), (1, 3)),
+        'ade20k': ((1, 16), (1, 8), (1, 2, 1, 3, 1, 4), (1, 2)),
+        'ade20k_640': ((1, 20), (1, 10), (1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5), (1, 2)),
+    },
+}
+_SMALL_INPUT = ('pad', 'clamp')
+
+
+def resolve_dilations(
+        dilations: Union[None, int, str, Sequence[Sequence[int]]],
+        depths: Sequence[int],
+        stem_type: str = 'conv',
+) -> List[List[int]]:
+    """Per-layer dilations ``[[d, ...] per stage]`` from None (all 1), an int, a schedule name or explicit lists.
+
+    Names (``NAT_DILATIONS``): ``'in1k'`` (ImageNet 224), ``'in1k_384'``, ``'coco'`` (official detection),
+    ``'ade20k'`` (official UPerNet 512), ``'ade20k_640'`` (DiNAT-L UPerNet 640); the DiNAT_s tables apply to the
+    ``'patch'`` stem.
+    """
+    if dilations is None or isinstance(dilations, int):
+        d = 1 if dilations is None else dilations
+        if d < 1:
+            raise ValueError(f'dilation must be >= 1, got {d}')
+        return [[d] * n for n in depths]
+    if isinstance(dilations, str):
+        table = NAT_DILATIONS[stem_type]
+        if dilations not in table:
+            raise ValueError(f'unknown dilation schedule {dilations!r}; known: {sorted(table)}')
+        patterns = table[dilations]
+        if len(patterns) != len(depths):
+            raise ValueError(f'schedule {dilations!r} has {len(patterns)} stages, the model {len(depths)}')
+        return [[p[j % len(p)] for j in range(n)] for p, n in zip(patterns, depths)]
+    out = [list(s) for s in dilations]
+    if len(out) != len(depths) or any(len(s) != n for s, n in zip(out, depths)):
+        raise ValueError(
+            f'dilations {dilations} do not match depths {list(depths)} (one list per stage, one entry per layer)')
+    if any(not isinstance(d, int) or d < 1 for s in out for d in s):
+        raise ValueError(f'dilations must be ints >= 1, got {dilations}')
+    return out
+
+
+@register_notrace_module  # reason: pads or clamps the dilation from the feature map size, which FX cannot trace
+class NeighborhoodAttention(NeighborhoodAttention2d):
+    """NAT's neighborhood attention (fused qkv, relative positional bias ``rpb``, output projection) over
+    ``[B, H, W, C]``, with the handling of maps smaller than ``kernel_size * dilation`` chosen by ``small_input``:
+
+    * ``'pad'``: zero-pad the input at the bottom/right to ``kernel_size * dilation`` and crop the output, exactly
+      what NATTEN <= 0.14.6 (and Hugging Face ``transformers``) did, so the official downstream models see what they
+      were trained with.
+    * ``'clamp'``: lower the dilation of that axis to the largest valid value ``max(1, size // kernel_size)``; maps
+      smaller than the kernel itself are then still padded.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            kernel_size: int = 7,
+            dilation: int = 1,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            small_input: str = 'pad',
+            backend: str = 'auto',
+    ):
+        if small_input not in _SMALL_INPUT:
+            raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
+        super().__init__(
+            dim, num_heads, kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale, rel_pos_bias=True,
+            attn_drop=attn_drop, proj_drop=proj_drop, pad_input=True, backend=backend)
+        self.small_input = small_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f'NeighborhoodAttention expects [B, H, W, C], got {tuple(x.shape)}')
+        B, H, W, C = x.shape
+        dilation = self.dilation
+        if self.small_input == 'clamp':
+            dilation = tuple(max(1, min(d, s // k)) for d, k, s in zip(self.dilation, self.kernel_size, (H, W)))
+        pad_h = max(0, self.kernel_size[0] * dilation[0] - H)
+        pad_w = max(0, self.kernel_size[1] * dilation[1] - W)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        q, k, v = self.qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
+        if self.training and self.attn_drop_p > 0:
+            x = gna_blocked(
+                q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
+                dropout_p=self.attn_drop_p)
+        else:
+            x = neighborhood_attention(
+                q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
+                backend=self.backend)
+        x = x.reshape(*x.shape[:-2], C)
+        if pad_h or pad_w:
+            x = x[:, :H, :W]
+        return self.proj_drop(self.proj(x))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', small_input={self.small_input!r}'
+
+
+class ConvTokenizer(nn.Module):
+    """NAT stem: two 3x3 stride-2 convolutions (``in -> C/2 -> C``), then LayerNorm; returns NHWC."""
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 64, norm_layer: Type[nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
+        )
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchEmbed(nn.Module):
+    """DiNAT_s stem: a ``patch_size`` x ``patch_size`` patchify convolution (inputs padded bottom/right to a multiple
+    of it), then LayerNorm; returns NHWC."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 96,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            patch_size: int = 4,
+    ):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        x = F.pad(x, (0, (p - x.shape[-1] % p) % p, 0, (p - x.shape[-2] % p) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class ConvDownsampler(nn.Module):
+    """NAT downsampler: 3x3 stride-2 convolution ``C -> 2C`` without bias, then LayerNorm (NHWC in and out)."""
+
+    def __init__(self, dim: int, out_dim: int, norm_layer: Type[nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.reduction = nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.norm = norm_layer(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """DiNAT_s (Swin) downsampler: concatenate 2x2 neighbours (odd maps padded), LayerNorm, Linear ``4C -> 2C``."""
+
+    def __init__(self, dim: int, out_dim: int, norm_layer: Type[nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.norm = norm_layer(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
+        # official channel order: (0, 0), (1, 0), (0, 1), (1, 1) as (row, col) offsets
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class NATBlock(nn.Module):
+    """Pre-norm transformer layer: ``x + drop_path(ls1(attn(norm1(x))))``, then the same with the MLP."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            kernel_size: int = 7,
+            dilation: int = 1,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            layer_scale: Optional[float] = None,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            small_input: str = 'pad',
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = NeighborhoodAttention(
+            dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
+            attn_drop=attn_drop, proj_drop=proj_drop, small_input=small_input)
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+class NATStage(nn.Module):
+    """Optional downsampler (from the previous stage's width), then ``depth`` NAT blocks; NHWC in and out."""
+
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            depth: int,
+            num_heads: int,
+            dilations: Sequence[int],
+            downsample: Optional[Callable[..., nn.Module]] = None,
+            drop_path: Sequence[float] = (),
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = downsample(dim, out_dim, norm_layer=norm_layer) if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            NATBlock(
+                out_dim, num_heads, dilation=dilations[i], drop_path=drop_path[i] if drop_path else 0.,
+                norm_layer=norm_layer, **block_kwargs)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class NAT(nn.Module):
+    """NAT / DiNAT / DiNAT_s.
+
+    ``stem_type='conv'`` gives NAT and DiNAT (overlapping conv tokenizer, conv downsamplers); ``'patch'`` gives
+    DiNAT_s (Swin-style 4x4 patch embedding and patch merging). DiNAT is NAT with per-layer ``dilations``.
+
+    Small feature maps (NAT issue #106: ``kernel_size * dilation`` larger than a stage's map, e.g. the detection
+    dilation 28 under multi-scale resizing): ``small_input='pad'`` (default) zero-pads such maps to
+    ``kernel_size * dilation`` and crops the result, which is what NATTEN <= 0.14.6 did when the official detection
+    and segmentation models were trained, so their checkpoints see the same function; ``small_input='clamp'`` lowers
+    the dilation of the short axis to the largest valid value (``size // kernel_size``, at least 1) instead, and pads
+    only maps smaller than the kernel itself. Either way every input size of at least 1x1 runs.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 64,
+            depths: Sequence[int] = (3, 4, 6, 5),
+            num_heads: Sequence[int] = (2, 4, 8, 16),
+            kernel_size: int = 7,
+            dilations: Union[None, int, str, Sequence[Sequence[int]]] = None,
+            mlp_ratio: float = 3.,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            layer_scale: Optional[float] = None,
+            stem_type: str = 'conv',
+            small_input: str = 'pad',
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.2,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+    ):
+        """
+        Args:
+            in_chans: Input image channels.
+            num_classes: Classes of the head (0 for none).
+            global_pool: ``'avg'`` or ``''`` (no pooling).
+            embed_dim: Width of the first stage; stage ``i`` is ``embed_dim * 2 ** i`` wide.
+            depths: Layers per stage.
+            num_heads: Attention heads per stage.
+            kernel_size: Neighborhood size (7 for all releases but the DiNAT-L 11x11 variants).
+            dilations: Per-layer dilations: None (NAT), an int, a schedule name of ``NAT_DILATIONS`` (``'in1k'``,
+                ``'in1k_384'``, ``'coco'``, ``'ade20k'``, ``'ade20k_640'``) or one list per stage.
+            mlp_ratio: MLP hidden width over the block width.
+            qkv_bias: Bias of the qkv projection.
+            qk_scale: Logit scale (default ``head_dim ** -0.5``).
+            layer_scale: Initial value of per-channel layer scale on both branches (None: no layer scale).
+            stem_type: ``'conv'`` (NAT/DiNAT) or ``'patch'`` (DiNAT_s).
+            small_input: ``'pad'`` (old NATTEN) or ``'clamp'``: handling of maps smaller than kernel x dilation.
+            drop_rate: Dropout before the classifier.
+            proj_drop_rate: Dropout after the stem, the attention projection and in the MLP (official ``drop_rate``).
+            attn_drop_rate: Dropout on attention probabilities.
+            drop_path_rate: Stochastic depth, increasing linearly over all layers.
+            act_layer: MLP activation.
+            norm_layer: Norm layer.
+        """
+        super().__init__()
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if stem_type not in ('conv', 'patch'):
+            raise ValueError(f"stem_type must be 'conv' or 'patch', got {stem_type!r}")
+        if small_input not in _SMALL_INPUT:
+            raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
+        if len(num_heads) != len(depths):
+            raise ValueError(f'num_heads {list(num_heads)} and depths {list(depths)} differ in length')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.output_fmt = 'NHWC'
+        self.dilations = resolve_dilations(dilations, depths, stem_type)
+        num_stages = len(depths)
+        dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
+        self.num_features = self.head_hidden_size = dims[-1]
+
+        if stem_type == 'conv':
+            self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer=norm_layer)
+            downsample = ConvDownsampler
+        else:
+            self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer=norm_layer)
+            downsample = PatchMerging
+        self.pos_drop = nn.Dropout(p=proj_drop_rate)
+
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        stages = []
+        self.feature_info = []
+        for i in range(num_stages):
+            start = sum(depths[:i])
+            stages.append(NATStage(
+                dim=dims[max(i - 1, 0)],
+                out_dim=dims[i],
+                depth=depths[i],
+                num_heads=num_heads[i],
+                dilations=self.dilations[i],
+                downsample=downsample if i > 0 else None,
+                drop_path=dpr[start:start + depths[i]],
+                norm_layer=norm_layer,
+                kernel_size=kernel_size,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                layer_scale=layer_scale,
+                act_layer=act_layer,
+                small_input=small_input,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+        self.norm = norm_layer(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.zeros_(m.bias)
+            nn.init.ones_(m.weight)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('', 'avg'):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        w = next(self.parameters())
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the selected stage maps.
+
+        Args:
+            x: Input images ``[B, C, H, W]``.
+            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
+            norm: Apply the final norm to the last stage's map (the other stages have no norm of their own).
+            stop_early: Stop after the last stage needed.
+            output_fmt: ``'NCHW'`` or ``'NHWC'``.
+            intermediates_only: Return only the intermediates.
+
+        Returns:
+            ``(features, intermediates)`` or only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
+        stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last_idx else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _split_hf_key(k: str, v: torch.Tensor, out: dict, pending: dict) -> None:
+    """Map one Hugging Face ``transformers`` Nat/Dinat key; q/k/v wait in ``pending`` to be fused."""
+    k = k.replace('embeddings.patch_embeddings.projection.', 'patch_embed.proj.')
+    k = k.replace('embeddings.norm.', 'patch_embed.norm.')
+    if k.startswith('encoder.levels.'):
+        parts = k.split('.')
+        i = int(parts[2])
+        rest = '.'.join(parts[3:])
+        if rest.startswith('downsample.'):
+            out[f'stages.{i + 1}.{rest}'] = v
+            return
+        _, j, name = rest.split('.', 2)  # layers.{j}.{name}
+        prefix = f'stages.{i}.blocks.{j}.'
+        if name == 'layer_scale_parameters':
+            out[prefix + 'ls1.gamma'], out[prefix + 'ls2.gamma'] = v[0], v[1]
+            return
+        for a, b in (('layernorm_before.', 'norm1.'), ('layernorm_after.', 'norm2.'),
+                     ('attention.output.dense.', 'attn.proj.'), ('intermediate.dense.', 'mlp.fc1.'),
+                     ('output.dense.', 'mlp.fc2.'), ('attention.self.rpb', 'attn.rpb')):
+            if name.startswith(a):
+                out[prefix + b + name[len(a):]] = v
+                return
+        for qkv in ('query', 'key', 'value'):
+            if name.startswith(f'attention.self.{qkv}.'):
+                pending.setdefault(prefix + 'attn.qkv.' + name.rsplit('.', 1)[1], {})[qkv] = v
+                return
+        raise KeyError(f'unexpected Hugging Face key {k!r}')
+    if k.startswith('layernorm.'):
+        k = 'norm.' + k[len('layernorm.'):]
+    elif k.startswith('classifier.'):
+        k = 'head.' + k[len('classifier.'):]
+    out[k] = v
+
+
+def checkpoint_filter_fn(state_dict: dict, model: NAT) -> dict:
+    """Convert an official NAT/DiNAT/DiNAT_s checkpoint to this model.
+
+    Accepts raw state dicts and training dicts (``'model'``/``'state_dict'``/``'model_ema'``), official
+    classification keys (``levels.i`` for NAT/DiNAT, ``layers.i`` for DiNAT_s, ``gamma1``/``gamma2`` layer scale),
+    mmdet/mmseg checkpoints (``backbone.`` prefix; their per-output ``norm{i}`` are dropped) and the Hugging Face
+    ``transformers`` NAT/DiNAT layout (``nat.``/``dinat.`` prefix, separate q/k/v fused here, ``layer_scale_parameters``
+    split). A relative positional bias saved for another kernel size is resized bicubically (how the official 11x11
+    DiNAT-L weights were made from the 7x7 ones).
+    """
+    for key in ('model', 'state_dict', 'model_ema'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    hf = any(k.startswith(('nat.', 'dinat.', 'embeddings.patch_embeddings.')) for k in state_dict)
+    out, pending = {}, {}
+    for k, v in state_dict.items():
+        if hf:
+            k = k.removeprefix('dinat.').removeprefix('nat.')
+            if k.startswith('hidden_states_norms.'):
+                continue
+            _split_hf_key(k, v, out, pending)
+            continue
+        parts = k.split('.')
+        if parts[0] in ('levels', 'layers') and len(parts) > 2:
+            i = int(parts[1])
+            if parts[2] == 'downsample':
+                k = '.'.join([f'stages.{i + 1}'] + parts[2:])
+            else:
+                k = '.'.join([f'stages.{i}'] + parts[2:])
+                k = k.replace('.gamma1', '.ls1.gamma').replace('.gamma2', '.ls2.gamma')
+        elif parts[0].startswith('norm') and parts[0][4:].isdigit():
+            continue  # per-output norms of the mmdet/mmseg backbones
+        out[k] = v
+    for k, qkv in pending.items():
+        if set(qkv) != {'query', 'key', 'value'}:
+            raise KeyError(f'incomplete q/k/v for {k}: {sorted(qkv)}')
+        out[k] = torch.cat([qkv['query'], qkv['key'], qkv['value']], dim=0)
+    own = model.state_dict()
+    for k, v in out.items():
+        if k.endswith('.rpb') and k in own and v.shape != own[k].shape:
+            out[k] = F.interpolate(
+                v[None].float(), size=own[k].shape[-2:], mode='bicubic', align_corners=False)[0].to(v.dtype)
+    return out
+
+
+def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        NAT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', paper: Optional[dict] = None, **kwargs) -> dict:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj.0', 'classifier': 'head', 'license': 'mit',
+        'origin_url': 'https://github.com/SHI-Labs/Neighborhood-Attention-Transformer',
+        **(paper or _DINAT_PAPER),
+        **kwargs,
+    }
+
+
+_NAT_URL = 'https://shi-labs.com/projects/nat/checkpoints/CLS/'
+_DINAT_URL = 'https://shi-labs.com/projects/dinat/checkpoints/'
+_in22k = dict(num_classes=21841)
+_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
+_nat_cfg = partial(_cfg, paper=_NAT_PAPER)
+# DiNAT_s: patch stem. The code's URLs are used; classification/DiNAT.md links the same files without 'in'
+# (dinat_s_*_1k_224.pth).
+_dinat_s_cfg = partial(_cfg, first_conv='patch_embed.proj')
+
+default_cfgs = generate_default_cfgs({
+    'nat_mini.in1k': _nat_cfg(url=_NAT_URL + 'nat_mini.pth'),
+    'nat_tiny.in1k': _nat_cfg(url=_NAT_URL + 'nat_tiny.pth'),
+    'nat_small.in1k': _nat_cfg(url=_NAT_URL + 'nat_small.pth'),
+    'nat_base.in1k': _nat_cfg(url=_NAT_URL + 'nat_base.pth'),
+    'dinat_mini.in1k': _cfg(url=_DINAT_URL + 'imagenet1k/dinat_mini_in1k_224.pth'),
+    'dinat_tiny.in1k': _cfg(url=_DINAT_URL + 'imagenet1k/dinat_tiny_in1k_224.pth'),
+    'dinat_small.in1k': _cfg(url=_DINAT_URL + 'imagenet1k/dinat_small_in1k_224.pth'),
+    'dinat_base.in1k': _cfg(url=_DINAT_URL + 'imagenet1k/dinat_base_in1k_224.pth'),
+    'dinat_large.in22k_ft_in1k': _cfg(url=_DINAT_URL + 'imagenet1k/dinat_large_in22k_in1k_224.pth'),
+    'dinat_large.in22k': _cfg(url=_DINAT_URL + 'imagenet22k/dinat_large_in22k_224.pth', **_in22k),
+    'dinat_large_384.in22k_ft_in1k': _cfg(url=_DINAT_URL + 'imagenet1k/dinat_large_in22k_in1k_384.pth', **_384),
+    'dinat_large_11x11_384.in22k_ft_in1k': _cfg(
+        url=_DINAT_URL + 'imagenet1k/dinat_large_in22k_in1k_384_11x11.pth', **_384),
+    # the 22K weights of dinat_large with the rpb resized to 11x11 (the start of the 11x11 384 fine-tuning)
+    'dinat_large_11x11_384.in22k': _cfg(
+        url=_DINAT_URL + 'imagenet22k/dinat_large_in22k_224_11x11interp.pth', **_in22k,
+        input_size=(3, 224, 224), pool_size=(7, 7)),
+    'dinat_s_tiny.in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_tiny_in1k_224.pth'),
+    'dinat_s_small.in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_small_in1k_224.pth'),
+    'dinat_s_base.in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_base_in1k_224.pth'),
+    'dinat_s_large.in22k_ft_in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_large_in1k_224.pth'),
+    'dinat_s_large.in22k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet22k/dinat_s_large_in22k_224.pth', **_in22k),
+    'dinat_s_large_384.in22k_ft_in1k': _dinat_s_cfg(
+        url=_DINAT_URL + 'imagenet1k/dinat_s_large_in1k_384.pth', **_384),
+})
+
+
+@register_model
+def nat_mini(pretrained: bool = False, **kwargs) -> NAT:
+    """NAT-Mini: depths 3-4-6-5, 64 wide (81.8% top-1)."""
+    model_args = dict(depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2)
+    return _create_nat('nat_mini', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def nat_tiny(pretrained: bool = False, **kwargs) -> NAT:
+    """NAT-Tiny: depths 3-4-18-5, 64 wide (83.2% top-1)."""
+    model_args = dict(depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2)
+    return _create_nat('nat_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def nat_small(pretrained: bool = False, **kwargs) -> NAT:
+    """NAT-Small: depths 3-4-18-5, 96 wide, layer scale (83.7% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=2, drop_path_rate=0.3,
+        layer_scale=1e-5)
+    return _create_nat('nat_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def nat_base(pretrained: bool = False, **kwargs) -> NAT:
+    """NAT-Base: depths 3-4-18-5, 128 wide, layer scale (84.3% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), embed_dim=128, mlp_ratio=2, drop_path_rate=0.5,
+        layer_scale=1e-5)
+    return _create_nat('nat_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_mini(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Mini: NAT-Mini with NA/DiNA alternating (81.8% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2,
+        dilations='in1k')
+    return _create_nat('dinat_mini', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_tiny(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Tiny (82.7% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2,
+        dilations='in1k')
+    return _create_nat('dinat_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_small(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Small (83.8% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=2, drop_path_rate=0.3,
+        dilations='in1k')
+    return _create_nat('dinat_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_base(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Base, layer scale (84.4% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), embed_dim=128, mlp_ratio=2, drop_path_rate=0.5,
+        layer_scale=1e-5, dilations='in1k')
+    return _create_nat('dinat_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_large(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Large, ImageNet-22K pre-trained (86.6% top-1 at 224 after 1K fine-tuning)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
+        dilations='in1k')
+    return _create_nat('dinat_large', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_large_384(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Large at 384 with the 384 dilations 13/6/3 (87.4% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
+        dilations='in1k_384')
+    return _create_nat('dinat_large_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_large_11x11_384(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT-Large with 11x11 neighborhoods at 384, the 224 dilations as released (87.5% top-1)."""
+    model_args = dict(
+        depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
+        kernel_size=11, dilations='in1k')
+    return _create_nat('dinat_large_11x11_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_s_tiny(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT_s-Tiny: Swin-T layout with NA/DiNA in place of (shifted) windows (81.8% top-1)."""
+    model_args = dict(
+        depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=4, drop_path_rate=0.2,
+        dilations='in1k', stem_type='patch')
+    return _create_nat('dinat_s_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_s_small(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT_s-Small (83.5% top-1)."""
+    model_args = dict(
+        depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=4, drop_path_rate=0.3,
+        dilations='in1k', stem_type='patch')
+    return _create_nat('dinat_s_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_s_base(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT_s-Base (83.8% top-1)."""
+    model_args = dict(
+        depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), embed_dim=128, mlp_ratio=4, drop_path_rate=0.5,
+        dilations='in1k', stem_type='patch')
+    return _create_nat('dinat_s_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_s_large(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT_s-Large, ImageNet-22K pre-trained (86.5% top-1 at 224 after 1K fine-tuning)."""
+    model_args = dict(
+        depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=4, drop_path_rate=0.35,
+        dilations='in1k', stem_type='patch')
+    return _create_nat('dinat_s_large', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_s_large_384(pretrained: bool = False, **kwargs) -> NAT:
+    """DiNAT_s-Large at 384 with the 384 dilations 13/6/3 (87.4% top-1)."""
+    model_args = dict(
+        depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=4, drop_path_rate=0.35,
+        dilations='in1k_384', stem_type='patch')
+    return _create_nat('dinat_s_large_384', pretrained=pretrained, **dict(model_args, **kwargs))
