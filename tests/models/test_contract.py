@@ -10,12 +10,12 @@ import visionattn
 from . import contract
 
 MODELS = visionattn.list_models()
-# the first registered variant of each family (families register smallest first) runs every check in the default
-# tier; the larger variants run the costly checks (backward, FX, torch.compile with inductor) in the slow tier
+# The first registered variant of each family (families register smallest first) runs every check in the default
+# tier; the larger variants (up to 200M parameters at 384) run a forward there and every check in the slow tier.
 _order = {n: i for i, n in enumerate(_model_entrypoints)}
 SMALLEST = {
     min((n for n in MODELS if _model_to_module[n] == m), key=_order.get) for m in {_model_to_module[n] for n in MODELS}}
-HEAVY = [n if n in SMALLEST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
+TIERED = [n if n in SMALLEST else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
 
 
 def _create(name):
@@ -43,47 +43,47 @@ def test_forward(name):
     contract.check_forward(_create(name))
 
 
-@pytest.mark.parametrize('name', HEAVY)
+@pytest.mark.parametrize('name', TIERED)
 def test_backward(name):
     contract.check_backward(_create(name))
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', TIERED)
 def test_default_cfg(name):
     contract.check_default_cfg(_create(name))
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', TIERED)
 def test_features_only(name):
     contract.check_features_only(_create(name))
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', TIERED)
 def test_forward_intermediates(name):
     contract.check_forward_intermediates(_create(name))
 
 
-@pytest.mark.parametrize('name', HEAVY)
+@pytest.mark.parametrize('name', TIERED)
 def test_fx(name):
     contract.check_fx(_create(name))
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', TIERED)
 def test_compile(name):
     # dynamo traces the whole model (fullgraph) through AOT autograd; inductor code generation is in test_inductor
     contract.check_compile(_create(name), backend='aot_eager')
 
 
-@pytest.mark.parametrize('name', HEAVY)
+@pytest.mark.parametrize('name', TIERED)
 def test_inductor(name):
     contract.check_compile(_create(name), backend='inductor')
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', TIERED)
 def test_input_sizes(name):
     contract.check_input_sizes(_create(name))
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', TIERED)
 def test_wrong_channels(name):
     contract.check_wrong_channels(_create(name))
