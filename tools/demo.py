@@ -66,7 +66,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--data', default=os.path.join(ROOT, 'demo_data', 'shapes'))
     parser.add_argument('--model', default='va_convit_tiny')
-    parser.add_argument('--epochs', type=int, default=8)
+    parser.add_argument('--epochs', type=int, default=12)
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--lr', type=float, default=2e-3)
     parser.add_argument('--out', default=os.path.join(ROOT, 'work_dirs', 'demo'))
