@@ -573,8 +573,7 @@ def checkpoint_filter_fn(state_dict: dict, model: EViT) -> dict:
         if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
             raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
         if k == 'patch_embed.proj.weight' and v.ndim < 4:
-            O, I, H, W = model.patch_embed.proj.weight.shape
-            v = v.reshape(O, -1, H, W)
+            v = v.reshape(model.patch_embed.proj.weight.shape)
         elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
             n = v.shape[1] - 1
             side = int(math.isqrt(n))
