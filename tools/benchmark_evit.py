@@ -7,7 +7,10 @@ Used by ``tools/benchmark.py evit``. Models, side by side in one run, inference 
 - ``evit``: our EViT at ``--keep-rate`` (blocks 3, 6, 9) with or without token fusion.
 
 All share the same (random) weights. The models are timed in turn within each repeat, so a load change on the
-machine hits all of them; times are medians of ``--repeat`` runs after ``--warmup`` runs.
+machine hits all of them; times are medians of ``--repeat`` runs after ``--warmup`` runs. Measured 2026-11-22 on
+the shared 2-core CPU (load 3-8 from other jobs), DeiT-S vs EViT-DeiT-S keep 0.7 with fusion: 1 thread 1.44x at
+batch 1 and 1.50x at batch 32; 2 threads 1.04-1.48x at batch 1 (thread contention dominates) and 1.39-1.47x at
+batch 32.
 """
 import datetime
 import json
@@ -31,7 +34,8 @@ def add_evit_parser(sub):
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeat', type=int, default=7)
-    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch CPU threads (0: torch default; 1 is the least disturbed by other load)')
     p.add_argument('--out', default='', help='JSON path (default: work_dirs/benchmark/evit_<device>_<time>.json)')
     return p
 
