@@ -5,6 +5,7 @@ Subcommands:
     gna   generalized neighborhood attention backends side by side (tools/benchmark_gna.py)
     bsa   block-sparse attention backends on BiFormer's routing shapes: official gather vs blocked vs Triton
           (tools/benchmark_bsa.py)
+    evit  EViT-DeiT against DeiT with the same weights, batch 1 and 32 (tools/benchmark_evit.py)
 
 Examples:
     python tools/benchmark.py gna --device cpu
@@ -20,9 +21,10 @@ for p in (ROOT, ROOT / 'tools'):
         sys.path.insert(0, str(p))
 
 from benchmark_bsa import add_bsa_parser, bsa_main  # noqa: E402
+from benchmark_evit import add_evit_parser, run_evit  # noqa: E402
 from benchmark_gna import add_gna_parser, run_gna  # noqa: E402
 
-COMMANDS = {'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main)}
+COMMANDS = {'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main), 'evit': (add_evit_parser, run_evit)}
 
 
 def main(argv=None):
