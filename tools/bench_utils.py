@@ -1,10 +1,13 @@
 """Shared helpers of the benchmark tools: machine/library info for the JSON reports, timing, peak memory."""
 import datetime
+import json
 import os
 import platform
 import resource
 import statistics
 import time
+from pathlib import Path
+from typing import Dict, List
 
 import torch
 
@@ -57,3 +60,21 @@ def time_ms(fn, device, warmup, repeat):
 def maxrss_mib() -> float:
     """Peak resident set of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def select_shapes(arg: str, table: Dict[str, tuple]) -> List[str]:
+    """Shape names from the comma list ``arg`` (default: all but the ``tiny`` smoke shape), checked in ``table``."""
+    shapes = arg.split(',') if arg else [s for s in table if s != 'tiny']
+    for s in shapes:
+        if s not in table:
+            raise ValueError(f'unknown shape {s!r}; choose from {list(table)}')
+    return shapes
+
+
+def write_report(report: dict, name: str, device: str, out: str = '') -> Path:
+    """Write a benchmark's JSON report to ``out`` (default ``work_dirs/benchmark/<name>_<device>_<time>.json``)."""
+    path = Path(out or f'work_dirs/benchmark/{name}_{device}_{datetime.datetime.now():%Y%m%d_%H%M%S}.json')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f'wrote {path}')
+    return path

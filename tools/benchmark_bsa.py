@@ -7,14 +7,13 @@ inputs; on CPU the growth of the process's peak resident set (``ru_maxrss``) ove
 a fresh process (so one backend's peak cannot hide another's).
 """
 import argparse
-import datetime
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from bench_utils import machine_info, maxrss_mib, time_ms
+from bench_utils import machine_info, maxrss_mib, select_shapes, time_ms, write_report
 
 BENCHMARK_CLI = Path(__file__).resolve().parent / 'benchmark.py'
 
@@ -103,10 +102,7 @@ def run_bsa(args):
         torch.set_num_threads(args.threads)
     backends = args.backends.split(',') if args.backends else (
         ['gather', 'blocked'] + (['triton'] if args.device == 'cuda' else []))
-    shapes = args.shapes.split(',') if args.shapes else [s for s in BSA_SHAPES if s != 'tiny']
-    for s in shapes:
-        if s not in BSA_SHAPES:
-            raise ValueError(f'unknown shape {s!r}; choose from {list(BSA_SHAPES)}')
+    shapes = select_shapes(args.shapes, BSA_SHAPES)
     results = []
     for s in shapes:
         B, H, W, C, heads, n_win, topk = BSA_SHAPES[s]
@@ -146,10 +142,7 @@ def run_bsa(args):
         memory = 'growth of peak RSS over the inputs, fresh process per backend and mode'
     report = {'benchmark': 'bsa', 'machine': machine_info(args.device), 'dtype': args.dtype, 'warmup': args.warmup,
               'repeat': args.repeat, 'memory': memory, 'results': results}
-    out = Path(args.out or f'work_dirs/benchmark/bsa_{args.device}_{datetime.datetime.now():%Y%m%d_%H%M%S}.json')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f'wrote {out}')
+    write_report(report, 'bsa', args.device, args.out)
     return report
 
 

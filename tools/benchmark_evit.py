@@ -12,14 +12,11 @@ the shared 2-core CPU (load 3-8 from other jobs), DeiT-S vs EViT-DeiT-S keep 0.7
 batch 1 and 1.50x at batch 32; 2 threads 1.04-1.48x at batch 1 (thread contention dominates) and 1.39-1.47x at
 batch 32.
 """
-import datetime
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from bench_utils import machine_info, sync
+from bench_utils import machine_info, sync, write_report
 
 
 def add_evit_parser(sub):
@@ -99,8 +96,5 @@ def run_evit(args):
         'baseline': args.baseline, 'keep_rate': args.keep_rate, 'fuse_token': not args.no_fuse,
         'img_size': args.img_size, 'final_tokens': tokens, 'warmup': args.warmup, 'repeat': args.repeat,
         'results': results}
-    out = Path(args.out or f'work_dirs/benchmark/evit_{args.device}_{datetime.datetime.now():%Y%m%d_%H%M%S}.json')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f'wrote {out}')
+    write_report(report, 'evit', args.device, args.out)
     return report

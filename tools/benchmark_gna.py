@@ -3,12 +3,9 @@
 Used by ``tools/benchmark.py gna``; times are medians of ``--repeat`` runs after ``--warmup`` runs, for inference
 (forward under no_grad) and training (forward + backward); on CUDA also the peak memory above the inputs.
 """
-import datetime
-import json
-from pathlib import Path
 
 import torch
-from bench_utils import machine_info, time_ms
+from bench_utils import machine_info, select_shapes, time_ms, write_report
 
 # name: (batch, spatial shape, heads, head_dim, kernel_size, stride, dilation, is_causal, rpb)
 GNA_SHAPES = {
@@ -87,10 +84,7 @@ def run_gna(args):
         torch.set_num_threads(args.threads)
     backends = args.backends.split(',') if args.backends else (
         ['reference', 'blocked'] + (['triton'] if args.device == 'cuda' else []))
-    shapes = args.shapes.split(',') if args.shapes else [s for s in GNA_SHAPES if s != 'tiny']
-    for s in shapes:
-        if s not in GNA_SHAPES:
-            raise ValueError(f'unknown shape {s!r}; choose from {list(GNA_SHAPES)}')
+    shapes = select_shapes(args.shapes, GNA_SHAPES)
     results = []
     for s in shapes:
         b, shape, heads, dim, ks, st, dil, causal, has_rpb = GNA_SHAPES[s]
@@ -109,8 +103,5 @@ def run_gna(args):
         results.append(row)
     report = {'benchmark': 'gna', 'machine': machine_info(args.device), 'dtype': args.dtype, 'warmup': args.warmup,
               'repeat': args.repeat, 'results': results}
-    out = Path(args.out or f'work_dirs/benchmark/gna_{args.device}_{datetime.datetime.now():%Y%m%d_%H%M%S}.json')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f'wrote {out}')
+    write_report(report, 'gna', args.device, args.out)
     return report
