@@ -32,7 +32,7 @@ def test_module_matches_manual(cls, shape, kw):
 
 
 def test_rpb_layout_and_pad_input():
-    m = NeighborhoodAttention2d(16, 4, kernel_size=(5, 3), dilation=2, rel_pos_bias=True, pad_input=True).eval()
+    m = NeighborhoodAttention2d(16, 4, kernel_size=(5, 3), dilation=2, rel_pos_bias=True, small_input='pad').eval()
     assert m.rpb.shape == (4, 9, 5)
     x = torch.randn(1, 7, 9, 16)  # height 7 < 5 * 2: padded to 10, width 9 >= 3 * 2 untouched
     ref = _manual(m, F.pad(x, (0, 0, 0, 0, 0, 3)))[:, :7]

@@ -7,6 +7,7 @@ layer scale on and off, kernels 3 and 5, dilations up to 6, padded small maps, o
 every parameter perturbed with seeded noise. Each holds the official float32 state dict, the input, and the official
 logits and stage maps (NCHW, before each downsampler) computed in float64 and in float32.
 """
+import functools
 import json
 import random
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from visionattn.models.nat import NAT, NAT_DILATIONS, NeighborhoodAttention, checkpoint_filter_fn, resolve_dilations
+from visionattn.layers import NeighborhoodAttention2d
+from visionattn.models.nat import NAT, NAT_DILATIONS, checkpoint_filter_fn, resolve_dilations
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures'
 NAMES = ('nat_conv_ls', 'nat_conv', 'nat_patch')
@@ -175,6 +177,7 @@ def test_named_dilations_match_official_configs():
 
 
 def test_small_input_modes_are_what_they_claim():
+    NeighborhoodAttention = functools.partial(NeighborhoodAttention2d, rel_pos_bias=True)  # NAT's attention
     torch.manual_seed(0)
     x = torch.randn(2, 9, 30, 16)  # [B, H, W, C]; kernel 7 x dilation 5 = 35 > 9 and > 30
     pad = NeighborhoodAttention(16, 2, kernel_size=7, dilation=5, small_input='pad').eval()

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from visionattn.ops.neighborhood import gna_blocked, neighborhood_attention
 
@@ -17,6 +17,9 @@ __all__ = ['NeighborhoodAttention1d', 'NeighborhoodAttention2d', 'NeighborhoodAt
 
 def _tup(x, n: int) -> tuple:
     return tuple(x) if isinstance(x, (list, tuple)) else (x,) * n
+
+
+SMALL_INPUT_MODES = ('error', 'pad', 'clamp')
 
 
 class _NeighborhoodAttentionNd(nn.Module):
@@ -35,7 +38,7 @@ class _NeighborhoodAttentionNd(nn.Module):
             rel_pos_bias: bool = False,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
-            pad_input: bool = False,
+            small_input: str = 'error',
             backend: str = 'auto',
     ):
         """
@@ -51,12 +54,17 @@ class _NeighborhoodAttentionNd(nn.Module):
             rel_pos_bias: learn a relative positional bias ``rpb`` of shape ``[heads, 2k-1, ...]``.
             attn_drop: dropout on the attention probabilities (training only).
             proj_drop: dropout after the output projection.
-            pad_input: zero-pad (end of each axis) inputs smaller than ``kernel_size * dilation`` and crop the
-                output, as NATTEN <= 0.15 modules did; otherwise such inputs raise ValueError.
+            small_input: inputs smaller than ``kernel_size * dilation`` on an axis: ``'error'`` raises a ValueError
+                naming the axis and sizes; ``'pad'`` zero-pads the end of the axis to ``kernel_size * dilation`` and
+                crops the output, as NATTEN <= 0.15 modules (and the official NAT/DiNAT downstream models) did;
+                ``'clamp'`` lowers that axis' dilation to ``max(1, size // kernel_size)``, padding maps still smaller
+                than the kernel.
             backend: op backend (``'auto'``, ``'blocked'``, ``'triton'``, ``'reference'``).
         """
         super().__init__()
         n = self.na_dim
+        if small_input not in SMALL_INPUT_MODES:
+            raise ValueError(f'small_input must be one of {SMALL_INPUT_MODES}, got {small_input!r}')
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
@@ -66,7 +74,7 @@ class _NeighborhoodAttentionNd(nn.Module):
         self.stride = _tup(stride, n)
         self.dilation = _tup(dilation, n)
         self.is_causal = _tup(is_causal, n)
-        self.pad_input = pad_input
+        self.small_input = small_input
         self.backend = backend
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         if rel_pos_bias:
@@ -89,22 +97,24 @@ class _NeighborhoodAttentionNd(nn.Module):
         if x.dim() != n + 2:
             raise ValueError(f'{type(self).__name__} expects input [B, {n} spatial axes, C], got {tuple(x.shape)}')
         shape = tuple(x.shape[1:-1])
-        if self.pad_input:
-            window = [k * d for k, d in zip(self.kernel_size, self.dilation)]
+        dilation = self.dilation
+        if self.small_input == 'clamp':
+            dilation = tuple(max(1, min(d, s // k)) for d, k, s in zip(self.dilation, self.kernel_size, shape))
+        if self.small_input != 'error':
             pad = []
             for i in reversed(range(n)):
-                pad += [0, max(0, window[i] - shape[i])]
+                pad += [0, max(0, self.kernel_size[i] * dilation[i] - shape[i])]
             if any(pad):
                 x = nn.functional.pad(x, [0, 0] + pad)
         c = x.shape[-1]
         q, k, v = self.qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
         if self.training and self.attn_drop_p > 0:
             x = gna_blocked(
-                q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal, self.rpb, self.scale,
+                q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
                 additional_keys, additional_values, dropout_p=self.attn_drop_p)
         else:
             x = neighborhood_attention(
-                q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal, self.rpb, self.scale,
+                q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
                 additional_keys, additional_values, backend=self.backend)
         x = x.reshape(*x.shape[:-2], c)
         if tuple(x.shape[1:-1]) != shape:
@@ -114,19 +124,22 @@ class _NeighborhoodAttentionNd(nn.Module):
     def extra_repr(self) -> str:
         return (f'head_dim={self.head_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, '
                 f'stride={self.stride}, dilation={self.dilation}, is_causal={self.is_causal}, '
-                f'rel_pos_bias={self.rpb is not None}')
+                f'rel_pos_bias={self.rpb is not None}, small_input={self.small_input!r}')
 
 
+@register_notrace_module  # reason: pads/clamps from the input size, which FX cannot trace
 class NeighborhoodAttention1d(_NeighborhoodAttentionNd):
     """1-D (generalized) neighborhood attention over ``[B, L, C]``."""
     na_dim = 1
 
 
+@register_notrace_module  # reason: pads/clamps from the input size, which FX cannot trace
 class NeighborhoodAttention2d(_NeighborhoodAttentionNd):
     """2-D (generalized) neighborhood attention over ``[B, H, W, C]`` (NAT/DiNAT)."""
     na_dim = 2
 
 
+@register_notrace_module  # reason: pads/clamps from the input size, which FX cannot trace
 class NeighborhoodAttention3d(_NeighborhoodAttentionNd):
     """3-D (generalized) neighborhood attention over ``[B, T, H, W, C]``."""
     na_dim = 3

@@ -27,13 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, register_notrace_module, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
-from visionattn.ops.neighborhood import gna_blocked, neighborhood_attention
 
 __all__ = ['NAT', 'NAT_DILATIONS']
 
@@ -95,67 +94,6 @@ def resolve_dilations(
     if any(not isinstance(d, int) or d < 1 for s in out for d in s):
         raise ValueError(f'dilations must be ints >= 1, got {dilations}')
     return out
-
-
-@register_notrace_module  # reason: pads or clamps the dilation from the feature map size, which FX cannot trace
-class NeighborhoodAttention(NeighborhoodAttention2d):
-    """NAT's neighborhood attention (fused qkv, relative positional bias ``rpb``, output projection) over
-    ``[B, H, W, C]``, with the handling of maps smaller than ``kernel_size * dilation`` chosen by ``small_input``:
-
-    * ``'pad'``: zero-pad the input at the bottom/right to ``kernel_size * dilation`` and crop the output, exactly
-      what NATTEN <= 0.14.6 (and Hugging Face ``transformers``) did, so the official downstream models see what they
-      were trained with.
-    * ``'clamp'``: lower the dilation of that axis to the largest valid value ``max(1, size // kernel_size)``; maps
-      smaller than the kernel itself are then still padded.
-    """
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            kernel_size: int = 7,
-            dilation: int = 1,
-            qkv_bias: bool = True,
-            qk_scale: Optional[float] = None,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            small_input: str = 'pad',
-            backend: str = 'auto',
-    ):
-        if small_input not in _SMALL_INPUT:
-            raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
-        super().__init__(
-            dim, num_heads, kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale, rel_pos_bias=True,
-            attn_drop=attn_drop, proj_drop=proj_drop, pad_input=True, backend=backend)
-        self.small_input = small_input
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f'NeighborhoodAttention expects [B, H, W, C], got {tuple(x.shape)}')
-        B, H, W, C = x.shape
-        dilation = self.dilation
-        if self.small_input == 'clamp':
-            dilation = tuple(max(1, min(d, s // k)) for d, k, s in zip(self.dilation, self.kernel_size, (H, W)))
-        pad_h = max(0, self.kernel_size[0] * dilation[0] - H)
-        pad_w = max(0, self.kernel_size[1] * dilation[1] - W)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        q, k, v = self.qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
-        if self.training and self.attn_drop_p > 0:
-            x = gna_blocked(
-                q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
-                dropout_p=self.attn_drop_p)
-        else:
-            x = neighborhood_attention(
-                q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
-                backend=self.backend)
-        x = x.reshape(*x.shape[:-2], C)
-        if pad_h or pad_w:
-            x = x[:, :H, :W]
-        return self.proj_drop(self.proj(x))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f', small_input={self.small_input!r}'
 
 
 class ConvTokenizer(nn.Module):
@@ -244,9 +182,9 @@ class NATBlock(nn.Module):
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = NeighborhoodAttention(
+        self.attn = NeighborhoodAttention2d(
             dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
-            attn_drop=attn_drop, proj_drop=proj_drop, small_input=small_input)
+            rel_pos_bias=True, attn_drop=attn_drop, proj_drop=proj_drop, small_input=small_input)
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
