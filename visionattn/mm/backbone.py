@@ -1,0 +1,136 @@
+"""One generic OpenMMLab backbone over the timm model API of every visionattn family.
+
+``dict(type='VisionAttnBackbone', arch='nat_tiny', out_indices=(0, 1, 2, 3), ...)`` builds the registered timm model,
+prunes what the selected outputs do not need (head, final norm, trailing blocks) and returns a tuple of NCHW maps from
+``forward_intermediates``. Pretrained weights (``init_cfg=dict(type='Pretrained', checkpoint=...)``) go through the
+family's ``checkpoint_filter_fn``, so official files, visionattn safetensors and whole detector/segmentor checkpoints
+(``backbone.`` prefix) all load; missing and unexpected keys are reported, and a checkpoint that matches nothing is an
+error.
+"""
+import sys
+from typing import Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.models import group_parameters
+
+import visionattn  # noqa: F401  (registers the models)
+
+__all__ = ['VisionAttnBackbone', 'load_checkpoint_file']
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Read a checkpoint safely: safetensors, or torch files with ``weights_only`` semantics."""
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _unwrap(state_dict: dict, prefix: Optional[str]) -> dict:
+    for key in ('state_dict', 'model', 'model_ema'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    if prefix is None and any(k.startswith('backbone.') for k in state_dict):
+        prefix = 'backbone.'  # a whole detector / segmentor checkpoint
+    if prefix:
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    # our own mm checkpoints nest the timm model under `model.`
+    if state_dict and all(k.startswith('model.') for k in state_dict):
+        state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+class VisionAttnBackbone(BaseModule):
+    """A visionattn (timm-registered) model as an mmseg/mmdet/mmpretrain backbone.
+
+    Args:
+        arch: Registered model name, e.g. ``'nat_tiny'``, ``'va_convit_small'``.
+        out_indices: Indices into the model's ``feature_info`` (stages, or blocks for isotropic models).
+        frozen_stages: Freeze the stem (0) and the first ``frozen_stages`` parameter groups of the model's
+            ``group_matcher(coarse=True)`` (stages for hierarchical models, blocks for isotropic ones); -1: none.
+        norm_eval: Keep BatchNorm layers in eval mode while training.
+        with_cp: Gradient checkpointing (the model's ``set_grad_checkpointing``).
+        drop_path_rate: Stochastic depth rate.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix=None)``; loaded through the family's
+            ``checkpoint_filter_fn``.
+        **model_kwargs: Family options passed to the model (e.g. ``dilations='ade20k'``, ``n_win=8``).
+    """
+
+    def __init__(
+            self,
+            arch: str,
+            out_indices: Sequence[int] = (0, 1, 2, 3),
+            frozen_stages: int = -1,
+            norm_eval: bool = False,
+            with_cp: bool = False,
+            drop_path_rate: float = 0.,
+            init_cfg: Optional[dict] = None,
+            **model_kwargs,
+    ):
+        super().__init__(init_cfg=init_cfg)
+        if arch not in visionattn.list_models():
+            raise ValueError(f'unknown visionattn model {arch!r}; see visionattn.list_models()')
+        model = timm.create_model(arch, pretrained=False, drop_path_rate=drop_path_rate, **model_kwargs)
+        info = timm.models.FeatureInfo(model.feature_info, list(range(len(model.feature_info))))
+        n = len(model.feature_info)
+        if any(not -n <= i < n for i in out_indices):
+            raise ValueError(f'out_indices {tuple(out_indices)} out of range for {arch} with {n} feature levels')
+        self.out_indices = [i % n for i in out_indices]
+        self.channels = [info.channels()[i] for i in self.out_indices]
+        self.reductions = [info.reduction()[i] for i in self.out_indices]
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        model.set_grad_checkpointing(with_cp)
+        # drop what the outputs do not need (head, final norm, trailing blocks); checkpoint keys of those parts are
+        # reported as unexpected when loading
+        self.out_indices = model.prune_intermediate_layers(self.out_indices, prune_norm=True, prune_head=True)
+        self.model = model
+        self._checkpoint_filter = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
+        self._freeze()
+
+    def init_weights(self) -> None:
+        cfg = self.init_cfg if isinstance(self.init_cfg, dict) else None
+        if cfg is None or cfg.get('type') != 'Pretrained':
+            if cfg is not None:
+                super().init_weights()  # other mmengine initialisers; without one the model keeps timm's init
+            self._is_init = True
+            return
+        path = cfg['checkpoint']
+        state_dict = _unwrap(load_checkpoint_file(path), cfg.get('prefix'))
+        if self._checkpoint_filter is not None:
+            state_dict = self._checkpoint_filter(state_dict, self.model)
+        own = self.model.state_dict()
+        matched = [k for k in state_dict if k in own]
+        if not matched:
+            raise ValueError(f'checkpoint {path} matched no parameter of {type(self.model).__name__} '
+                             f'(first keys: {list(state_dict)[:5]})')
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        print_log(f'VisionAttnBackbone: loaded {len(matched)} tensors from {path}; missing keys: {missing}; '
+                  f'unexpected keys: {unexpected}', logger='current')
+        self._is_init = True
+
+    def _freeze(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        groups = group_parameters(self.model, self.model.group_matcher(coarse=True))
+        order = sorted(groups)
+        for gid in order[:self.frozen_stages + 1]:
+            for name in groups[gid]:
+                self.model.get_parameter(name).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'VisionAttnBackbone':
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        return tuple(self.model.forward_intermediates(
+            x, indices=self.out_indices, output_fmt='NCHW', intermediates_only=True))
