@@ -18,6 +18,7 @@ from mmengine.model import BaseModule
 from timm.models import group_parameters
 
 import visionattn  # noqa: F401  (registers the models)
+from visionattn.models._convert import unwrap_state_dict
 
 __all__ = ['VisionAttnBackbone', 'load_checkpoint_file']
 
@@ -31,10 +32,7 @@ def load_checkpoint_file(path: str) -> dict:
 
 
 def _unwrap(state_dict: dict, prefix: Optional[str]) -> dict:
-    for key in ('state_dict', 'model', 'model_ema'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
+    state_dict = unwrap_state_dict(state_dict)
     if prefix is None and any(k.startswith('backbone.') for k in state_dict):
         prefix = 'backbone.'  # a whole detector / segmentor checkpoint
     if prefix:

@@ -35,6 +35,8 @@ from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
 
+from ._convert import unwrap_state_dict
+
 __all__ = ['ConViT']
 
 _PAPER = dict(paper_ids='arXiv:2103.10697', paper_name='ConViT: Improving Vision Transformers with Soft '
@@ -439,13 +441,9 @@ def checkpoint_filter_fn(state_dict: dict, model: ConViT) -> dict:
     Accepts raw state dicts and training dicts (``'model'``/``'state_dict'``); drops cached relative-position
     tensors; resamples a position embedding saved for another grid.
     """
-    for key in ('model', 'state_dict', 'model_ema'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
+    state_dict = unwrap_state_dict(state_dict)
     out = {}
     for k, v in state_dict.items():
-        k = k.removeprefix('module.')
         if k.endswith('rel_indices'):
             continue
         if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:

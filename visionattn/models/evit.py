@@ -39,6 +39,8 @@ from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
 
+from ._convert import unwrap_state_dict
+
 __all__ = ['EViT', 'adjust_keep_rate', 'KeepRateScheduler']
 
 _PAPER = dict(
@@ -563,13 +565,9 @@ def checkpoint_filter_fn(state_dict: dict, model: EViT) -> dict:
     checkpoints keep the weights under ``'model'``), strips ``module.``, reshapes linear patch-embedding weights
     and resamples a position embedding saved for another grid (bicubic, as the official code).
     """
-    for key in ('model', 'state_dict', 'model_ema'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
+    state_dict = unwrap_state_dict(state_dict)
     out = {}
     for k, v in state_dict.items():
-        k = k.removeprefix('module.')
         if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
             raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
         if k == 'patch_embed.proj.weight' and v.ndim < 4:

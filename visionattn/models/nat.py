@@ -34,6 +34,8 @@ from timm.models._manipulate import checkpoint_seq
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
+from ._convert import unwrap_state_dict
+
 __all__ = ['NAT', 'NAT_DILATIONS']
 
 _NAT_PAPER = dict(paper_ids='arXiv:2204.07143', paper_name='Neighborhood Attention Transformer')
@@ -502,11 +504,7 @@ def checkpoint_filter_fn(state_dict: dict, model: NAT) -> dict:
     split). A relative positional bias saved for another kernel size is resized bicubically (how the official 11x11
     DiNAT-L weights were made from the 7x7 ones).
     """
-    for key in ('model', 'state_dict', 'model_ema'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
     hf = any(k.startswith(('nat.', 'dinat.', 'embeddings.patch_embeddings.')) for k in state_dict)
