@@ -2,9 +2,12 @@
 
 Each 64x64 RGB image shows one shape (circle, square or triangle) of random colour, size and position on a
 textured background; its annotation PNG holds the class index per pixel (0 background, 1 circle, 2 square,
-3 triangle). Layout follows mmseg's custom datasets: ``img_dir/{train,val}/*.png``, ``ann_dir/{train,val}/*.png``.
+3 triangle). Layout follows mmseg's custom datasets: ``img_dir/{train,val}/*.png``, ``ann_dir/{train,val}/*.png``;
+``annotations/instances_{train,val}.json`` hold the same shapes as COCO instances (one per image, its mask as
+uncompressed RLE) for the mmdet configs.
 """
 import argparse
+import json
 import os
 
 import numpy as np
@@ -43,6 +46,29 @@ def make_sample(rng: np.random.Generator, size: int = 64):
     return img, mask
 
 
+def coco_instances(mask_dir: str, image_prefix: str) -> dict:
+    """COCO instance annotations of the shapes: one object per image, bbox and RLE mask from the annotation PNG."""
+    images, annotations = [], []
+    for i, name in enumerate(sorted(os.listdir(mask_dir))):
+        mask = np.array(Image.open(os.path.join(mask_dir, name)))
+        cls = int(mask.max())
+        images.append(dict(id=i, file_name=f'{image_prefix}/{name}', height=mask.shape[0], width=mask.shape[1]))
+        if cls == 0:
+            continue
+        ys, xs = np.nonzero(mask)
+        x0, y0 = int(xs.min()), int(ys.min())
+        # uncompressed RLE: run lengths over the column-major mask, starting with a (possibly empty) run of zeros
+        flat = (mask == cls).flatten(order='F').astype(np.int8)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+        counts = np.diff(np.concatenate([[0], edges])).tolist()
+        annotations.append(dict(
+            id=len(annotations) + 1, image_id=i, category_id=cls, iscrowd=0, area=int(flat.sum()),
+            bbox=[x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            segmentation=dict(counts=counts, size=list(mask.shape))))
+    categories = [dict(id=i, name=name) for i, name in enumerate(CLASSES) if i]
+    return dict(images=images, annotations=annotations, categories=categories)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), '..', 'demo_data', 'shapes'))
@@ -58,6 +84,9 @@ def main():
             img, mask = make_sample(rng)
             img.save(os.path.join(args.out, 'img_dir', split, f'{i:04d}.png'))
             mask.save(os.path.join(args.out, 'ann_dir', split, f'{i:04d}.png'))
+        os.makedirs(os.path.join(args.out, 'annotations'), exist_ok=True)
+        with open(os.path.join(args.out, 'annotations', f'instances_{split}.json'), 'w') as f:
+            json.dump(coco_instances(os.path.join(args.out, 'ann_dir', split), split), f, separators=(',', ':'))
     print(f'wrote {args.train} train and {args.val} val samples to {os.path.abspath(args.out)}')
 
 

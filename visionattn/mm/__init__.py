@@ -1,16 +1,23 @@
 """OpenMMLab adapters. Imported only by configs (``custom_imports=dict(imports=['visionattn.mm'])``) or explicitly;
-the core never imports this. Registers ``VisionAttnBackbone`` in mmengine's root MODELS registry and in those of
-mmseg, mmdet and mmpretrain that are installed.
+the core never imports this. Registers ``VisionAttnBackbone`` and one type per family (``FAMILY_TYPES``, e.g.
+``type='NAT'``) in mmengine's root MODELS registry and in those of mmseg, mmdet and mmpretrain that are installed,
+and lets torch's safe (``weights_only``) loader read the checkpoints mmengine writes.
 """
 import importlib
 
 from mmengine.registry import MODELS
 
-from .backbone import VisionAttnBackbone, load_checkpoint_file
+from .backbone import FAMILY_TYPES, VisionAttnBackbone, family_backbones, load_checkpoint_file
+from .checkpoint import allow_mmengine_checkpoints
 
-MODELS.register_module(module=VisionAttnBackbone, force=True)
+_TYPES = dict(VisionAttnBackbone=VisionAttnBackbone, **family_backbones())
+_registries = [MODELS]
 for _pkg in ('mmseg', 'mmdet', 'mmpretrain'):
     try:
-        importlib.import_module(f'{_pkg}.registry').MODELS.register_module(module=VisionAttnBackbone, force=True)
+        _registries.append(importlib.import_module(f'{_pkg}.registry').MODELS)
     except ImportError:
         pass
+for _registry in _registries:
+    for _name, _cls in _TYPES.items():
+        _registry.register_module(name=_name, module=_cls, force=True)
+allow_mmengine_checkpoints()

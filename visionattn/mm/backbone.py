@@ -7,8 +7,9 @@ family's ``checkpoint_filter_fn``, so official files, visionattn safetensors and
 (``backbone.`` prefix) all load; missing and unexpected keys are reported, and a checkpoint that matches nothing is an
 error.
 """
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Type
 
 import timm
 import torch
@@ -20,11 +21,29 @@ from timm.models import group_parameters
 import visionattn  # noqa: F401  (registers the models)
 from visionattn.models._convert import unwrap_state_dict
 
-__all__ = ['VisionAttnBackbone', 'load_checkpoint_file']
+__all__ = ['VisionAttnBackbone', 'FAMILY_TYPES', 'family_backbones', 'load_checkpoint_file']
+
+# The config type of each family (``type='NAT', arch='dinat_tiny'``): the generic adapter restricted to the models of
+# one family module. Every family module needs an entry (tested), so a new family cannot land without one.
+FAMILY_TYPES: Dict[str, str] = {
+    'convit_va': 'VAConViT',
+    'nat': 'NAT',
+    'evit': 'EViT',
+}
 
 
 def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint safely: safetensors, or torch files with ``weights_only`` semantics."""
+    """Read a checkpoint safely: safetensors, or torch files with ``weights_only`` semantics.
+
+    ``http(s)://`` paths are downloaded once into torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``).
+    """
+    if path.startswith(('http://', 'https://')):
+        cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
+        os.makedirs(cache, exist_ok=True)
+        local = os.path.join(cache, os.path.basename(path.split('?')[0]))
+        if not os.path.exists(local):
+            torch.hub.download_url_to_file(path, local, progress=True)
+        path = local
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path)
@@ -59,6 +78,8 @@ class VisionAttnBackbone(BaseModule):
         **model_kwargs: Family options passed to the model (e.g. ``dilations='ade20k'``, ``n_win=8``).
     """
 
+    family: Optional[str] = None  # set by the family types: the one module whose models ``arch`` may name
+
     def __init__(
             self,
             arch: str,
@@ -71,8 +92,7 @@ class VisionAttnBackbone(BaseModule):
             **model_kwargs,
     ):
         super().__init__(init_cfg=init_cfg)
-        if arch not in visionattn.list_models():
-            raise ValueError(f'unknown visionattn model {arch!r}; see visionattn.list_models()')
+        arch = self._resolve_arch(arch)
         model = timm.create_model(arch, pretrained=False, drop_path_rate=drop_path_rate, **model_kwargs)
         info = timm.models.FeatureInfo(model.feature_info, list(range(len(model.feature_info))))
         n = len(model.feature_info)
@@ -90,6 +110,19 @@ class VisionAttnBackbone(BaseModule):
         self.model = model
         self._checkpoint_filter = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
         self._freeze()
+
+    @classmethod
+    def _resolve_arch(cls, arch: str) -> str:
+        names = timm.list_models(module=cls.family) if cls.family else visionattn.list_models()
+        if arch in names:
+            return arch
+        # a family type also takes the variant alone: type='BiFormer', arch='small'
+        matches = [n for n in names if n.endswith(f'_{arch}')] if cls.family else []
+        if len(matches) == 1:
+            return matches[0]
+        where = f'family {cls.__name__}' if cls.family else 'visionattn'
+        hint = f'; candidates: {matches}' if matches else ''
+        raise ValueError(f'unknown {where} model {arch!r}{hint}; see visionattn.list_models()')
 
     def init_weights(self) -> None:
         cfg = self.init_cfg if isinstance(self.init_cfg, dict) else None
@@ -113,16 +146,24 @@ class VisionAttnBackbone(BaseModule):
         self._is_init = True
 
     def _freeze(self) -> None:
+        self._frozen_modules: List[nn.Module] = []
         if self.frozen_stages < 0:
             return
         groups = group_parameters(self.model, self.model.group_matcher(coarse=True))
-        order = sorted(groups)
-        for gid in order[:self.frozen_stages + 1]:
+        for gid in sorted(groups)[:self.frozen_stages + 1]:
             for name in groups[gid]:
                 self.model.get_parameter(name).requires_grad_(False)
+        # modules whose parameters are all frozen also stay in eval mode (dropout, drop path, norm statistics)
+        for m in self.model.modules():
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
+                self._frozen_modules.append(m)
 
     def train(self, mode: bool = True) -> 'VisionAttnBackbone':
         super().train(mode)
+        if mode:
+            for m in self._frozen_modules:
+                m.eval()
         if mode and self.norm_eval:
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -132,3 +173,13 @@ class VisionAttnBackbone(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple:
         return tuple(self.model.forward_intermediates(
             x, indices=self.out_indices, output_fmt='NCHW', intermediates_only=True))
+
+
+def family_backbones() -> Dict[str, Type[VisionAttnBackbone]]:
+    """One subclass of the generic adapter per family type name (``FAMILY_TYPES``), for the registries."""
+    out = {}
+    for module, name in FAMILY_TYPES.items():
+        doc = (f'The visionattn ``{module}`` models as an OpenMMLab backbone: ``VisionAttnBackbone`` whose ``arch`` is '
+               f'one of them, by full name or by its unique suffix.')
+        out[name] = type(name, (VisionAttnBackbone,), dict(family=module, __doc__=doc, __module__=__name__))
+    return out

@@ -29,13 +29,14 @@ from timm.layers import (
     trunc_normal_,
     use_fused_attn,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
+from ._hub import build_model
 
 __all__ = ['ConViT']
 
@@ -459,7 +460,7 @@ def checkpoint_filter_fn(state_dict: dict, model: ConViT) -> dict:
 
 def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_model(
         ConViT,
         variant,
         pretrained,

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from visionattn.layers import check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
+from ._hub import build_model
 
 __all__ = ['EViT', 'adjust_keep_rate', 'KeepRateScheduler']
 
@@ -591,7 +592,7 @@ def _create_evit(variant: str, pretrained: bool = False, **kwargs) -> EViT:
                 f'The official EViT weights for {variant}.{cfg.tag} are on Google Drive, which cannot be '
                 f'downloaded automatically: download {cfg.url} by hand and pass '
                 f'pretrained_cfg_overlay=dict(file=<path>)')
-    return build_model_with_cfg(
+    return build_model(
         EViT,
         variant,
         pretrained,

@@ -28,13 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
+from ._hub import build_model
 
 __all__ = ['NAT', 'NAT_DILATIONS']
 
@@ -541,7 +542,7 @@ def checkpoint_filter_fn(state_dict: dict, model: NAT) -> dict:
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_model(
         NAT,
         variant,
         pretrained,

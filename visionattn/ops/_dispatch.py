@@ -4,12 +4,14 @@ Every op registers its backends here with a priority and an ``unsupported`` chec
 backend can run a call, or a short reason when it cannot. ``backend='auto'`` picks the highest-priority backend that
 can run; with ``VISIONATTN_LOG=debug`` the reasons for every skipped backend are logged (NATTEN style).
 """
+import contextlib
+import contextvars
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-__all__ = ['register_backend', 'get_backend', 'list_backends', 'BackendUnavailable']
+__all__ = ['register_backend', 'get_backend', 'list_backends', 'BackendUnavailable', 'opaque_ops', 'use_opaque_ops']
 
 _logger = logging.getLogger('visionattn.ops')
 if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
@@ -22,6 +24,26 @@ try:
     torch._dynamo.config.ignore_logger_methods.add(_logger.debug)
 except (ImportError, AttributeError):  # older torch without the option
     pass
+
+
+_OPAQUE = contextvars.ContextVar('visionattn_opaque_ops', default=False)
+
+
+@contextlib.contextmanager
+def opaque_ops():
+    """Within this context the pure-PyTorch backends run as their registered custom ops (one opaque call each, as
+    under torch.compile), e.g. so that ``visionattn.ops.flops`` counts an op by its formula, not its tiles."""
+    token = _OPAQUE.set(True)
+    try:
+        yield
+    finally:
+        _OPAQUE.reset(token)
+
+
+def use_opaque_ops() -> bool:
+    """Whether a backend should call its custom op instead of the eager implementation."""
+    import torch
+    return torch.compiler.is_compiling() or _OPAQUE.get()
 
 
 class BackendUnavailable(RuntimeError):

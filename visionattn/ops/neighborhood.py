@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from ._dispatch import get_backend, register_backend
+from ._dispatch import get_backend, register_backend, use_opaque_ops
 from .reference import gna_reference
 
 __all__ = ['na1d', 'na2d', 'na3d', 'neighborhood_attention', 'gna_blocked']
@@ -406,7 +406,7 @@ _gna_blocked_op.register_autograd(_gna_blocked_op_backward, setup_context=_gna_b
 
 def _blocked_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
                      additional_values):
-    if torch.compiler.is_compiling():
+    if use_opaque_ops():
         return _gna_blocked_op(
             query, key, value, list(kernel_size), list(stride), list(dilation), list(is_causal), rpb, scale,
             additional_keys, additional_values)

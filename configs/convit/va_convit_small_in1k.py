@@ -1,0 +1,13 @@
+_base_ = [
+    '../_base_/models/image_classifier_visionattn.py', '../_base_/datasets/imagenet_bs128_224.py',
+    '../_base_/default_runtime_cls.py', '../_base_/schedules/imagenet_adamw_300e.py'
+]
+# ConViT-S ImageNet-1k, DeiT recipe (300 epochs, lr 5e-4 x batch/512, 5 warm-up epochs): 81.4% top-1
+# (facebookresearch/convit README; timm results)
+model = dict(model_name='va_convit_small', drop_path_rate=0.1)
+# 8 GPUs x 128 images
+train_dataloader = dict(batch_size=128)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=5, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5)
+]

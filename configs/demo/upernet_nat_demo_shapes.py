@@ -1,0 +1,44 @@
+# `make demo`: UperNet on a small NAT (2-2-2-2 layers, 32 wide, 5x5 neighborhoods), trained from scratch on the
+# bundled shapes dataset (240 training images of 64x64, upscaled to 128) on a CPU in a few minutes
+_base_ = [
+    '../_base_/models/upernet_visionattn.py', '../_base_/datasets/demo_shapes.py',
+    '../_base_/default_runtime_seg.py'
+]
+crop_size = (128, 128)
+norm_cfg = dict(type='BN', requires_grad=True)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        arch='nat_mini',
+        embed_dim=32,
+        depths=(2, 2, 2, 2),
+        num_heads=(2, 4, 8, 16),
+        kernel_size=5,
+        drop_path_rate=0.1),
+    decode_head=dict(
+        in_channels=[32, 64, 128, 256], channels=64, num_classes=4, norm_cfg=norm_cfg,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True)),
+    auxiliary_head=dict(in_channels=128, channels=64, num_classes=4, norm_cfg=norm_cfg))
+
+max_iters = 600
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.), 'rpb': dict(decay_mult=0.)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=max_iters, by_epoch=False),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
+randomness = dict(seed=0)
+env_cfg = dict(cudnn_benchmark=False)

@@ -1,0 +1,18 @@
+_base_ = [
+    '../_base_/models/upernet_visionattn.py', '../_base_/datasets/ade20k.py',
+    '../_base_/default_runtime_seg.py', '../_base_/schedules/schedule_160k_adamw.py'
+]
+# NAT-Base UperNet, ADE20K 160k, 512x512: 48.5 mIoU single-scale, 49.7 multi-scale (NAT paper / SHI-Labs/Neighborhood-
+# Attention-Transformer README)
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        arch='nat_base',
+        drop_path_rate=0.5,
+        init_cfg=dict(type='Pretrained', checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth')),
+    decode_head=dict(in_channels=[128, 256, 512, 1024], num_classes=150),
+    auxiliary_head=dict(in_channels=512, num_classes=150))
+# 8 GPUs x 2 images
+train_dataloader = dict(batch_size=2)

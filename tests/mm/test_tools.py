@@ -1,0 +1,136 @@
+"""tools/train.py, tools/test.py and tools/dist_train.sh as users run them: a few iterations of the demo segmentor,
+evaluation of the checkpoint, two-process DDP on the CPU (gloo) with identical weights on both ranks, SIGKILL and
+--resume with the same iteration count and learning rate, and safe loading of mmengine's checkpoints."""
+import json
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.mm
+pytest.importorskip('mmseg')
+pytest.importorskip('visionattn.mm')
+
+from .configs import DEMO_ROOT, ROOT  # noqa: E402
+
+CONFIG = osp.join(ROOT, 'configs', 'demo', 'upernet_nat_demo_shapes.py')
+TOOLS = osp.join(ROOT, 'tools')
+
+
+def _options(iters: int, ckpt_interval: int) -> list:
+    return [
+        f'train_dataloader.dataset.data_root={DEMO_ROOT}', f'val_dataloader.dataset.data_root={DEMO_ROOT}',
+        f'test_dataloader.dataset.data_root={DEMO_ROOT}', 'val_dataloader.dataset.indices=2',
+        'test_dataloader.dataset.indices=2', 'train_dataloader.batch_size=2',
+        f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+        f'default_hooks.checkpoint.interval={ckpt_interval}', 'default_hooks.logger.interval=1',
+        f'param_scheduler.1.end={iters}',
+    ]
+
+
+def _run(args, env_extra=None, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env_extra or {}))
+    return subprocess.run(args, env=env, capture_output=True, text=True, **kwargs)
+
+
+def _scalars(work_dir):
+    """(iter, lr) of every logged training iteration, from the runs' scalars.json files, in order."""
+    out = []
+    for run in sorted(os.listdir(work_dir)):
+        path = osp.join(work_dir, run, 'vis_data', 'scalars.json')
+        if osp.exists(path):
+            for line in open(path):
+                rec = json.loads(line)
+                if 'lr' in rec:
+                    out.append((rec['iter'], rec['lr']))
+    return out
+
+
+def test_train_then_test(tmp_path):
+    work = str(tmp_path / 'work')
+    r = _run([sys.executable, osp.join(TOOLS, 'train.py'), CONFIG, '--work-dir', work,
+              '--cfg-options', *_options(2, 2)], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpt = osp.join(work, 'iter_2.pth')
+    assert osp.exists(ckpt)
+    out = str(tmp_path / 'preds.pkl')
+    r = _run([sys.executable, osp.join(TOOLS, 'test.py'), CONFIG, ckpt, '--work-dir', work, '--out', out,
+              '--show-dir', 'vis', '--cfg-options', *_options(2, 2)], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'mIoU' in r.stdout + r.stderr
+    assert osp.exists(out)
+
+
+def test_mmengine_checkpoints_load_safely(tmp_path):
+    from mmengine.logging import HistoryBuffer
+
+    from visionattn.mm import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    import numpy as np
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0, 2.0])},
+                                'runtime_info': {'x': np.float64(1.5), 'arr': np.arange(3)}}}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded['message_hub']['log_scalars']['loss'].current() == 2.0
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('echo pwned',))
+
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': Evil()}, evil)
+    with pytest.raises(Exception, match='weights_only|Unsupported global'):
+        torch.load(evil, weights_only=True)
+
+
+def test_sigkill_then_resume_continues(tmp_path):
+    work = str(tmp_path / 'work')
+    args = [sys.executable, osp.join(TOOLS, 'train.py'), CONFIG, '--work-dir', work, '--cfg-options',
+            *_options(8, 3)]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not osp.exists(osp.join(work, 'iter_3.pth')) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint file be complete
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert osp.exists(osp.join(work, 'iter_3.pth')) and not osp.exists(osp.join(work, 'iter_8.pth'))
+    last = open(osp.join(work, 'last_checkpoint')).read().strip()
+    r = _run([*args[:3], '--work-dir', work, '--resume', '--cfg-options', *_options(8, 3)], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert osp.exists(osp.join(work, 'iter_8.pth'))
+    resumed_from = int(osp.basename(last).split('_')[1].split('.')[0])
+    logged = _scalars(work)
+    # the resumed run starts at the iteration after the checkpoint and ends at 8
+    second = [it for it, _ in logged][-(8 - resumed_from):]
+    assert second == list(range(resumed_from + 1, 9))
+    # and its learning rates are those of an uninterrupted run
+    ref = str(tmp_path / 'ref')
+    r = _run([*args[:3], '--work-dir', ref, '--cfg-options', *_options(8, 3)], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref_lr = dict(_scalars(ref))
+    for it, lr in logged[-(8 - resumed_from):]:
+        assert lr == pytest.approx(ref_lr[it], rel=1e-6)
+
+
+def test_dist_train_two_cpu_processes(tmp_path):
+    work = str(tmp_path / 'work')
+    hook_dir = osp.dirname(__file__)
+    r = _run(['bash', osp.join(TOOLS, 'dist_train.sh'), CONFIG, '2', '--work-dir', work, '--cfg-options',
+              *_options(3, 3), 'custom_imports.imports=[visionattn.mm,_rank_dump_hook]',
+              'custom_hooks=[dict(type=RankDumpHook)]'],
+             env_extra=dict(PYTHONPATH=f'{ROOT}:{hook_dir}', PORT='29533'), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    w0 = torch.load(osp.join(work, 'rank0_weights.pth'), weights_only=True)
+    w1 = torch.load(osp.join(work, 'rank1_weights.pth'), weights_only=True)
+    init = torch.load(osp.join(work, 'rank0_init.pth'), weights_only=True)
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=f'ranks differ at {k}')
+    assert any(not torch.equal(w0[k], init[k]) for k in w0 if w0[k].is_floating_point()), 'no training happened'

@@ -1,0 +1,121 @@
+"""Pretrained weights: download (cached, hash-checked, never a poisoned cache) and safe loading of official files.
+
+``timm.create_model(name, pretrained=True)`` on a visionattn model goes through ``build_model``: the weight file of
+the model's pretrained_cfg (an official URL) is downloaded into torch hub's cache (``$TORCH_HOME/hub/checkpoints``,
+or ``cache_dir=``), read with ``weights_only`` semantics, and handed to timm as a state dict, so timm's own
+machinery (the family's ``checkpoint_filter_fn``, ``num_classes`` and ``in_chans`` adaptation) does the rest.
+
+Official training checkpoints hold harmless non-tensor objects besides the weights: ``argparse.Namespace`` (DeiT/
+EViT/TransNeXt ``args``), a yacs ``CfgNode`` (Swin-style ``config``: Agent attention, LITv2), numpy scalars.
+``OFFICIAL_SAFE_GLOBALS`` allow exactly those, as plain data (yacs need not be installed); anything else that a
+pickle would import or call is refused with a message naming it.
+"""
+import argparse
+import os
+import pickle
+import re
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
+
+__all__ = ['build_model', 'download_pretrained', 'safe_load', 'allow_official_checkpoints']
+
+_HASH = re.compile(r'-([a-f0-9]{8,64})\.')  # torch hub / timm convention: name-<sha256 prefix>.ext
+
+
+def _numpy_globals() -> List[Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = {type(np.dtype(t)) for t in (np.bool_, np.int32, np.int64, np.float32, np.float64)}
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *sorted(dtypes, key=str)]
+
+
+def official_safe_globals() -> List[Any]:
+    """Data-only types that official checkpoints contain besides tensors."""
+    # a yacs CfgNode is a dict with attributes: read as an OrderedDict (whose items and attributes torch's safe
+    # unpickler restores), so yacs need not be installed and nothing of it runs
+    return [argparse.Namespace, (OrderedDict, 'yacs.config.CfgNode'), *_numpy_globals()]
+
+
+def allow_official_checkpoints() -> None:
+    """Add ``official_safe_globals`` to torch's ``weights_only`` allow-list (idempotent; data types only)."""
+    torch.serialization.add_safe_globals(official_safe_globals())
+
+
+def safe_load(path: str) -> Dict[str, Any]:
+    """Read a checkpoint without running pickled code: safetensors, or ``torch.load(weights_only=True)`` with the
+    official data types allowed. A file that needs anything else is refused with the offending names."""
+    if str(path).endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    allow_official_checkpoints()
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            names = []
+        allowed = {'argparse.Namespace', 'yacs.config.CfgNode'}
+        names = [n for n in names if n not in allowed and not n.startswith('numpy')] or [str(e).splitlines()[0]]
+        raise RuntimeError(
+            f'{path}: refused to load, unpickling it would import or call {", ".join(names)}, which is not plain '
+            f'data. visionattn never loads checkpoints with weights_only=False; if you trust the file, convert it '
+            f'in a trusted environment (torch.load(..., weights_only=False), save the state dict as safetensors).'
+        ) from e
+
+
+def _cache_dir(cache_dir: Optional[str]) -> str:
+    return str(cache_dir) if cache_dir else os.path.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def download_pretrained(url: str, cache_dir: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """The checkpoint at ``url``, downloaded once into the cache and read with ``safe_load``.
+
+    A hash prefix in the file name (``name-<sha256 prefix>.pth``) is checked on download; a download that fails or
+    mismatches leaves nothing in the cache, and a cached file that cannot be read is removed, so a retry downloads
+    it again.
+    """
+    cache = _cache_dir(cache_dir)
+    os.makedirs(cache, exist_ok=True)
+    filename = os.path.basename(urlparse(url).path)
+    path = os.path.join(cache, filename)
+    if not os.path.exists(path):
+        m = _HASH.search(filename)
+        # writes to a temporary file and moves it into place only when complete and matching
+        torch.hub.download_url_to_file(url, path, hash_prefix=m.group(1) if m else None, progress=progress)
+    try:
+        return safe_load(path)
+    except Exception as e:
+        os.remove(path)
+        raise RuntimeError(
+            f'pretrained weights from {url} could not be read ({type(e).__name__}: {str(e)[:300]}); the cached file '
+            f'{path} was removed, so the next attempt downloads it again') from e
+
+
+def build_model(
+        model_cls: Callable,
+        variant: str,
+        pretrained: bool,
+        pretrained_filter_fn: Callable,
+        **kwargs,
+) -> torch.nn.Module:
+    """``timm.models.build_model_with_cfg`` with visionattn's download and safe loading of the official weights."""
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+        if cfg.get('url') and not (cfg.get('file') or cfg.get('state_dict') or cfg.get('source') == 'hf-hub'):
+            state_dict = download_pretrained(cfg['url'], cache_dir=kwargs.get('cache_dir'))
+            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict=state_dict)
+        elif cfg.get('file'):
+            kwargs['pretrained_cfg_overlay'] = dict(
+                kwargs.get('pretrained_cfg_overlay') or {}, state_dict=safe_load(cfg['file']))
+    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn, **kwargs)
