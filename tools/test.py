@@ -39,14 +39,14 @@ def _enable_visualization(cfg, show_dir: str) -> None:
     hook = next((hooks[k] for k in ('visualization', 'vis') if k in hooks), None)
     if hook is None:
         raise ValueError('--show-dir needs a visualization hook in default_hooks (the toolbox runtime bases have one)')
-    hook['draw'] = True
+    # each toolbox's own test.py: mmseg saves through the visualizer, mmdet and mmpretrain through the hook
     if cfg.default_scope == 'mmpretrain':
-        hook['enable'] = True
-        hook['out_dir'] = show_dir
+        hook.update(enable=True, out_dir=show_dir)
+    elif cfg.default_scope == 'mmdet':
+        hook.update(draw=True, test_out_dir=show_dir)
     else:
-        hook['test_out_dir'] = show_dir
-    if 'visualizer' in cfg:
-        cfg.visualizer.setdefault('vis_backends', [dict(type='LocalVisBackend')])
+        hook['draw'] = True
+        cfg.visualizer['save_dir'] = show_dir
 
 
 def main(argv=None) -> None:

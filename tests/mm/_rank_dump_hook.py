@@ -1,4 +1,4 @@
-"""A hook for the distributed test: every rank saves its model weights before and after training."""
+"""A hook for the distributed test: every rank saves its model parameters before and after training."""
 import os.path as osp
 
 import torch
@@ -12,7 +12,8 @@ class RankDumpHook(Hook):
 
     def _save(self, runner, tag: str) -> None:
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        # parameters only: BN statistics are per rank between forwards (DDP broadcasts buffers at each forward)
+        state = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
         torch.save(state, osp.join(runner.work_dir, f'rank{get_rank()}_{tag}.pth'))
 
     def before_train(self, runner) -> None:

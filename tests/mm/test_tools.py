@@ -29,12 +29,13 @@ def _options(iters: int, ckpt_interval: int) -> list:
         'test_dataloader.dataset.indices=2', 'train_dataloader.batch_size=2',
         f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
         f'default_hooks.checkpoint.interval={ckpt_interval}', 'default_hooks.logger.interval=1',
-        f'param_scheduler.1.end={iters}',
+        'param_scheduler.0.end=1', 'param_scheduler.1.begin=1', f'param_scheduler.1.end={iters}',
     ]
 
 
 def _run(args, env_extra=None, **kwargs):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env.update(env_extra or {})
     return subprocess.run(args, env=env, capture_output=True, text=True, **kwargs)
 
 
@@ -73,7 +74,7 @@ def test_mmengine_checkpoints_load_safely(tmp_path):
     allow_mmengine_checkpoints()
     import numpy as np
     path = tmp_path / 'ckpt.pth'
-    torch.save({'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0, 2.0])},
+    torch.save({'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0, 2.0], [1, 1])},
                                 'runtime_info': {'x': np.float64(1.5), 'arr': np.arange(3)}}}, path)
     loaded = torch.load(path, weights_only=True)
     assert loaded['message_hub']['log_scalars']['loss'].current() == 2.0
@@ -122,9 +123,12 @@ def test_sigkill_then_resume_continues(tmp_path):
 def test_dist_train_two_cpu_processes(tmp_path):
     work = str(tmp_path / 'work')
     hook_dir = osp.dirname(__file__)
-    r = _run(['bash', osp.join(TOOLS, 'dist_train.sh'), CONFIG, '2', '--work-dir', work, '--cfg-options',
-              *_options(3, 3), 'custom_imports.imports=[visionattn.mm,_rank_dump_hook]',
-              'custom_hooks=[dict(type=RankDumpHook)]'],
+    config = tmp_path / 'dist_demo.py'
+    config.write_text(f"_base_ = ['{CONFIG}']\n"
+                      "custom_imports = dict(imports=['visionattn.mm', '_rank_dump_hook'])\n"
+                      "custom_hooks = [dict(type='RankDumpHook')]\n")
+    r = _run(['bash', osp.join(TOOLS, 'dist_train.sh'), str(config), '2', '--work-dir', work, '--cfg-options',
+              *_options(3, 3)],
              env_extra=dict(PYTHONPATH=f'{ROOT}:{hook_dir}', PORT='29533'), timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     w0 = torch.load(osp.join(work, 'rank0_weights.pth'), weights_only=True)

@@ -1,18 +1,47 @@
+"""model_zoo.md is generated, current, and covers every registered model with measured figures."""
+import json
 import os
 import subprocess
 import sys
 
+import pytest
+
+import visionattn
+
 ROOT = os.path.join(os.path.dirname(__file__), '..', '..')
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import model_zoo  # noqa: E402
+
+sys.path.pop(0)
+
+
+def test_every_model_has_measurements_and_paper_figures():
+    # a family that lands without its zoo entries fails here (run tools/model_zoo.py --measure NAME)
+    with open(model_zoo.MEASUREMENTS) as f:
+        measured = json.load(f)
+    with open(model_zoo.PAPERS) as f:
+        papers = json.load(f)
+    assert '_machine' in measured and measured['_machine'].get('summary')
+    for name in visionattn.list_models():
+        assert name in measured, f'{name}: no measurements (python tools/model_zoo.py --measure {name})'
+        assert name in papers, f'{name}: no entry in tools/model_zoo_papers.json (top1 or a note)'
+        assert papers[name].get('top1') is not None or papers[name].get('note'), name
+        m = measured[name]
+        assert m['macs'] > 0 and m['throughput'] > 0
+    stale = set(measured) - set(visionattn.list_models()) - {'_machine'}
+    assert not stale, f'measurements of models that are not registered: {sorted(stale)}'
+
+
+@pytest.mark.parametrize('name', visionattn.list_models())
+def test_params_column_matches_the_model(name):
+    with open(model_zoo.MEASUREMENTS) as f:
+        measured = json.load(f)
+    if name not in measured:
+        pytest.fail(f'{name}: not measured')
+    assert measured[name]['params'] == model_zoo.count_params(name), f'{name}: re-measure, the model changed'
 
 
 def test_model_zoo_is_generated_and_current():
-    # every registered model must have its row: a family that lands without regenerating model_zoo.md fails here
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        import model_zoo
-    finally:
-        sys.path.pop(0)
-    import visionattn
     text = model_zoo.render()
     for name in visionattn.list_models():
         assert f'| `{name}` |' in text

@@ -5,10 +5,11 @@ and lets torch's safe (``weights_only``) loader read the checkpoints mmengine wr
 """
 import importlib
 
-from mmengine.registry import MODELS
+from mmengine.registry import HOOKS, MODELS
 
 from .backbone import FAMILY_TYPES, VisionAttnBackbone, family_backbones, load_checkpoint_file
 from .checkpoint import allow_mmengine_checkpoints
+from .hooks import KeepRateHook
 
 _TYPES = dict(VisionAttnBackbone=VisionAttnBackbone, **family_backbones())
 _registries = [MODELS]
@@ -20,4 +21,5 @@ for _pkg in ('mmseg', 'mmdet', 'mmpretrain'):
 for _registry in _registries:
     for _name, _cls in _TYPES.items():
         _registry.register_module(name=_name, module=_cls, force=True)
+HOOKS.register_module(module=KeepRateHook, force=True)
 allow_mmengine_checkpoints()

@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-__all__ = ['register_backend', 'get_backend', 'list_backends', 'BackendUnavailable', 'opaque_ops', 'use_opaque_ops']
+__all__ = [
+    'register_backend', 'get_backend', 'list_backends', 'BackendUnavailable', 'force_backend', 'opaque_ops',
+    'use_opaque_ops']
 
 _logger = logging.getLogger('visionattn.ops')
 if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
@@ -27,6 +29,18 @@ except (ImportError, AttributeError):  # older torch without the option
 
 
 _OPAQUE = contextvars.ContextVar('visionattn_opaque_ops', default=False)
+_FORCED = contextvars.ContextVar('visionattn_forced_backend', default=None)
+
+
+@contextlib.contextmanager
+def force_backend(name: str):
+    """Within this context, ops called with ``backend='auto'`` use backend ``name`` where they have one (e.g.
+    ``'reference'`` to run a whole model on the oracles); explicit backend arguments are left alone."""
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 @contextlib.contextmanager
@@ -82,6 +96,8 @@ def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
     backends = _REGISTRY.get(op)
     if not backends:
         raise KeyError(f'No backends registered for op {op!r}')
+    if backend == 'auto' and _FORCED.get() in backends:
+        backend = _FORCED.get()
     if backend != 'auto':
         if backend not in backends:
             raise ValueError(f'Unknown backend {backend!r} for {op}; available: {list_backends(op)}')

@@ -1,0 +1,45 @@
+"""tools/benchmark.py models: every configuration timed side by side, JSON + Markdown table + PNG written;
+the reference backend runs the oracles; MAC counting counts sparse attention by its formulas."""
+import importlib.util
+import json
+from pathlib import Path
+
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_models_benchmark_cli(tmp_path):
+    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'models.json'
+    bench.main(['models', '--models', 'nat_mini', '--sizes', '64,48x80', '--batch-sizes', '1',
+                '--backends', 'eager,reference', '--mode', 'both', '--warmup', '0', '--repeat', '1',
+                '--threads', '1', '--out', str(out)])
+    report = json.loads(out.read_text())
+    assert {'torch', 'cpu_count', 'date'} <= set(report['machine'])
+    rows = report['results']
+    assert len(rows) == 2 * 2 * 2
+    assert all(r['error'] is None and r['latency_ms'] > 0 and r['throughput'] > 0 for r in rows)
+    assert out.with_suffix('.md').read_text().count('`nat_mini`') == 8
+    assert out.with_suffix('.png').stat().st_size > 1000
+
+
+def test_force_backend_and_sparse_macs():
+    import visionattn  # noqa: F401
+    from visionattn.ops import force_backend, get_backend
+    from visionattn.ops.flops import count_macs
+    q = torch.randn(1, 8, 8, 1, 4)
+    with force_backend('reference'):
+        assert get_backend('gna', query=q, key=q, value=q, kernel_size=(3, 3)).__name__ == '_reference_backend'
+    assert get_backend('gna', query=q, key=q, value=q, kernel_size=(3, 3)).__name__ == '_blocked_backend'
+    # NAT-Mini at 224: the paper's 2.7 GFLOPs (MACs); the attention counts 7x7 windows, not 56^2 x 56^2
+    model = timm.create_model('nat_mini').eval()
+    total, per_op = count_macs(model, torch.randn(1, 3, 224, 224))
+    assert abs(total / 1e9 - 2.7) < 0.05
+    heads_dims = [(2, 32, 56), (4, 32, 28), (8, 32, 14), (16, 32, 7)]
+    depths = (3, 4, 6, 5)
+    expected = sum(d * h * (s * s) * 49 * hd * 2 for (h, hd, s), d in zip(heads_dims, depths))
+    assert per_op['visionattn.gna_blocked'] == expected
