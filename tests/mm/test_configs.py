@@ -84,10 +84,21 @@ def test_config_builds(path):
         assert list(cfg.model.neck.in_channels) == model.backbone.channels
 
 
-@pytest.mark.parametrize('path', [
-    'nat/upernet_nat_mini_ade20k.py',
-    'nat/mask_rcnn_nat_mini_fpn_3x_coco.py',
-])
+def _demo_runs():
+    # default tier: UperNet and Mask R-CNN on NAT; slow tier: the first segmentor, detector and RetinaNet config of
+    # every family
+    default = ['nat/upernet_nat_mini_ade20k.py', 'nat/mask_rcnn_nat_mini_fpn_3x_coco.py']
+    slow = []
+    for paths in families_with_configs().values():
+        for prefix in ('upernet_', 'fpn_', 'mask_rcnn_', 'retinanet_'):
+            first = next((p for p in paths if osp.basename(p).startswith(prefix)), None)
+            if first and first not in default and not (prefix == 'fpn_' and any(
+                    osp.basename(p).startswith('upernet_') for p in paths)):
+                slow.append(first)
+    return default + [pytest.param(p, marks=pytest.mark.slow) for p in sorted(slow)]
+
+
+@pytest.mark.parametrize('path', _demo_runs())
 def test_train_iteration_and_evaluation_on_demo_data(path, tmp_path):
     from mmengine.runner import Runner
 

@@ -8,10 +8,10 @@ crop_size = (128, 128)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(128, 128), ratio_range=(0.75, 1.5), keep_ratio=True),
+    # no smaller than the crop: no padded (ignored) pixels, which mmseg 1.2.2's class-weighted loss cannot take
+    dict(type='RandomResize', scale=(128, 128), ratio_range=(1.0, 1.75), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
