@@ -46,8 +46,9 @@ def _load(path: str) -> dict:
         return json.load(f)
 
 
-def measure(name: str, repeats: int = 3) -> dict:
-    """Parameters, MACs and CPU batch-8 forward throughput of one model at its default input size."""
+def measure(name: str, repeats: int = 2) -> dict:
+    """Parameters, MACs and CPU batch-8 forward throughput of one model at its default input size (the MAC count's
+    batch-1 forward is the warm-up; the throughput is the median of ``repeats`` timed batch-8 forwards)."""
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
     size = model.pretrained_cfg['input_size']
@@ -55,7 +56,6 @@ def measure(name: str, repeats: int = 3) -> dict:
     x = torch.randn(BATCH, *size)
     times = []
     with torch.no_grad():
-        model(x)  # warm-up
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(x)
@@ -86,7 +86,7 @@ def render(measurements: dict = None, papers: dict = None) -> str:
         '- **GMACs**: multiply-accumulates of one forward at the input size (what papers call FLOPs), counted by',
         '  `visionattn.ops.flops.count_macs` (torch\'s FlopCounterMode; neighborhood and block-sparse attention count',
         '  the query-key pairs they attend, not the dense N^2).',
-        f'- **img/s**: CPU forward throughput, batch {BATCH}, float32, eager, median of timed runs after warm-up, on: '
+        f'- **img/s**: CPU forward throughput, batch {BATCH}, float32, eager, median of 2 timed runs after a warm-up: '
         f'{meta.get("summary", "n/a")}. Only ratios between rows mean something.',
         '- **paper**: the paper\'s / official README\'s ImageNet-1k top-1 and dense-prediction results (source given);',
         '  configs/ hold the matching training recipes.',
