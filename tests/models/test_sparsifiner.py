@@ -206,3 +206,16 @@ def test_bad_config():
         Sparsifiner(depth=1, embed_dim=32, num_heads=2, attn_keep_rate=0.)
     with pytest.raises(ValueError, match='4 entries'):
         Sparsifiner(depth=4, embed_dim=32, num_heads=2, attn_keep_rate=(0.5, 0.5))
+
+
+def test_pretrained_from_a_deit_file(tmp_path, caplog):
+    # the pretrained path with the DeiT weights (served from a local file here): backbone loaded, predictor at init
+    deit = timm.create_model('deit_small_patch16_224', depth=2)
+    path = tmp_path / 'deit_small_patch16_224-cd65a155.pth'
+    torch.save({'model': deit.state_dict()}, path)
+    with caplog.at_level(logging.WARNING):
+        model = timm.create_model('sparsifiner_deit_small_patch16_224', depth=2, pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path)))
+    assert 'connectivity-predictor' in caplog.text
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, deit.blocks[1].attn.qkv.weight)
+    torch.testing.assert_close(model.pos_embed, deit.pos_embed)
