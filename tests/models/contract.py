@@ -51,17 +51,38 @@ def check_forward(create: Create) -> None:
     torch.testing.assert_close(out2, out, rtol=1e-4, atol=1e-5, msg='grad checkpointing changes the output')
 
 
+def _aux_loss_params(model: nn.Module) -> set:
+    """Names in ``model.aux_loss_params``: parameters trained only by an auxiliary loss, ``model.aux_loss(x)``
+    (e.g. Sparsifiner's connectivity predictor, trained by attention reconstruction; the main output reaches it only
+    through a discrete, detached mask). They are exempt from the main-output gradient checks, and
+    ``check_backward`` checks instead that ``model.aux_loss(x)`` reaches every one of them."""
+    names = set(getattr(model, 'aux_loss_params', ()))
+    unknown = names - {n for n, _ in model.named_parameters()}
+    assert not unknown, f'aux_loss_params names no parameter: {sorted(unknown)}'
+    assert not names or callable(getattr(model, 'aux_loss', None)), 'aux_loss_params without an aux_loss(x) method'
+    return names
+
+
 def check_backward(create: Create) -> None:
-    """Train mode, num_classes=42, batch 2: every parameter gets a gradient, no NaN."""
+    """Train mode, num_classes=42, batch 2: every parameter gets a gradient (parameters listed in
+    ``model.aux_loss_params`` from ``model.aux_loss(x)`` instead), no NaN."""
     torch.manual_seed(0)
     model = create(num_classes=42).train()
+    aux = _aux_loss_params(model)
     x = _input(BWD_SIZE, model, batch_size=2)
     out = _cat(model(x))
     assert out.shape[-1] == 42, f'output width {out.shape[-1]} != num_classes 42'
     out.mean().backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None and n not in aux]
     assert not no_grad, f'parameters without gradient: {no_grad}'
     assert not torch.isnan(out).any(), 'output has NaNs'
+    if aux:
+        model.zero_grad(set_to_none=True)
+        loss = model.aux_loss(x)
+        assert loss.ndim == 0 and torch.isfinite(loss), f'aux_loss must be a finite scalar, got {loss}'
+        loss.backward()
+        no_grad = [n for n, p in model.named_parameters() if n in aux and p.grad is None]
+        assert not no_grad, f'aux_loss_params without gradient from aux_loss: {no_grad}'
     # and with gradient checkpointing, the same gradients
     model.zero_grad(set_to_none=True)
     model.set_grad_checkpointing(True)
@@ -69,7 +90,7 @@ def check_backward(create: Create) -> None:
     model.eval()  # no dropout / drop path randomness between the two passes
     out_a = _cat(model(x))
     out_a.mean().backward()
-    grads_a = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads_a = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     model.set_grad_checkpointing(False)
     _cat(model(x)).mean().backward()
@@ -181,10 +202,11 @@ def check_fx(create: Create) -> None:
         fx_out = _cat(list(_fx_model(model)(x).values()))
     torch.testing.assert_close(fx_out, out, rtol=1e-4, atol=1e-5)
     model = create(num_classes=42).train()
+    aux = _aux_loss_params(model)
     fx = _fx_model(model, train=True)
     out = _cat(list(fx(_input(BWD_SIZE, model, batch_size=2)).values()))
     out.mean().backward()
-    no_grad = [n for n, p in fx.named_parameters() if p.grad is None]
+    no_grad = [n for n, p in fx.named_parameters() if p.grad is None and n not in aux]
     assert not no_grad, f'FX backward: parameters without gradient: {no_grad}'
 
 

@@ -55,6 +55,27 @@ class NoChannelCheck(TinyNet):
         return self.head(self.stem(x).mean((2, 3)))
 
 
+class AuxTrained(TinyNet):
+    """A sound model with a parameter trained only by an auxiliary loss (like Sparsifiner's predictor)."""
+    aux_loss_params = ('aux',)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.aux = nn.Parameter(torch.ones(8))
+
+    def aux_loss(self, x):
+        return (self.stem(x).mean((0, 2, 3)) * self.aux).sum()
+
+
+class AuxLossMissesParam(AuxTrained):
+    def aux_loss(self, x):
+        return self.stem(x).mean()
+
+
+class AuxListsUnknownParam(AuxTrained):
+    aux_loss_params = ('aux', 'nonexistent')
+
+
 def _create(cls):
     return functools.partial(cls)
 
@@ -64,6 +85,7 @@ def test_sound_model_passes():
     contract.check_backward(_create(TinyNet))
     contract.check_input_sizes(_create(TinyNet))
     contract.check_wrong_channels(_create(TinyNet))
+    contract.check_backward(_create(AuxTrained))
 
 
 @pytest.mark.parametrize('cls, check, match', [
@@ -71,6 +93,8 @@ def test_sound_model_passes():
     (CheckpointChangesOutput, contract.check_forward, 'grad checkpointing'),
     (CrashesOnOddSizes, contract.check_input_sizes, 'raised RuntimeError'),
     (NoChannelCheck, contract.check_wrong_channels, 'not a ValueError'),
+    (AuxLossMissesParam, contract.check_backward, 'without gradient from aux_loss.*aux'),
+    (AuxListsUnknownParam, contract.check_backward, 'names no parameter.*nonexistent'),
 ])
 def test_broken_models_fail(cls, check, match):
     with pytest.raises(AssertionError, match=match):

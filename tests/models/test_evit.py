@@ -208,3 +208,33 @@ def test_bad_config():
         EViT(depth=4, drop_loc=(3, 6))
     with pytest.raises(ValueError, match='keep_rate'):
         EViT(depth=2, keep_rate=(1, 0.))
+
+
+def test_set_tokens_absolute_counts():
+    # the official `tokens` argument: an absolute number of kept tokens per block, overriding the keep rate
+    torch.manual_seed(0)
+    model = EViT(img_size=64, patch_size=8, embed_dim=24, num_heads=2, depth=4, keep_rate=0.7, drop_loc=(1, 3),
+                 num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        model.set_tokens([None, 45, None, 33])  # = ceil(0.7 * 64) and ceil(0.7 * (45 + 1 fused))
+        torch.testing.assert_close(model(x), ref)
+        model.set_tokens([20, None, None, None])  # block 0 (keep rate 1) reorganizes too, as the official code
+        seen = []
+        hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o.shape[1] - 1)) for b in model.blocks]
+        model(x)
+        assert seen == [21, 16, 16, 13]  # 20 kept + 1 fused, then ceil(0.7 * 21) + 1, ceil(0.7 * 16) + 1
+        model.set_tokens(21)  # a scalar applies to every block: 21 of 21 is a no-op after the first
+        seen.clear()
+        model(x)
+        assert seen == [22, 22, 22, 22]
+        for h in hooks:
+            h.remove()
+        model.set_tokens(None)
+        torch.testing.assert_close(model(x), ref)
+        model.set_tokens([None, 65, None, None])
+        with pytest.raises(ValueError, match='cannot keep 65 of 64'):
+            model(x)
+    with pytest.raises(ValueError, match='4 blocks'):
+        model.set_tokens([1, 2])

@@ -17,12 +17,12 @@ token is ranked like any other token in later reorganizing blocks.
 What this version changes: distinct names (``evit_deit_*``; the official code overwrites timm's ``deit_*``), any
 input size (the position embedding is resampled bicubically as the official code does, also for non-square grids;
 inputs not divisible by the patch size are padded at the bottom/right), the keep rate as model state
-(``set_keep_rate``) with the official warm-up schedule as a training hook (``adjust_keep_rate``,
-``KeepRateScheduler``), working gradient checkpointing, and ``features_only``/``forward_intermediates`` returning
-NCHW maps although tokens are dropped (see ``EViT.forward_intermediates``). On speed: with a fused attention kernel
-only the class-token row of the attention is recomputed for ranking, tokens are gathered once per reorganizing
-block and the fusion weights come from one small scatter over ``[B, N]`` scores, without the official
-``complement_idx`` (scatter + sort + gather).
+(``set_keep_rate``; absolute token counts, the official ``tokens`` argument, with ``set_tokens``) with the official
+warm-up schedule as a training hook (``adjust_keep_rate``, ``KeepRateScheduler``), working gradient checkpointing,
+and ``features_only``/``forward_intermediates`` returning NCHW maps although tokens are dropped (see
+``EViT.forward_intermediates``). On speed: with a fused attention kernel only the class-token row of the attention
+is recomputed for ranking, tokens are gathered once per reorganizing block and the fusion weights come from one
+small scatter over ``[B, N]`` scores, without the official ``complement_idx`` (scatter + sort + gather).
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Type, Union
@@ -155,6 +155,7 @@ def reorganize_tokens(
         cls_attn: torch.Tensor,
         keep_rate: float,
         fuse_token: bool,
+        tokens: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Keep the most attended tokens of ``x`` ``[B, 1 + N, C]`` (class token first) and optionally fuse the rest.
 
@@ -163,13 +164,17 @@ def reorganize_tokens(
         cls_attn: ``[B, N]`` class-token attention to the other tokens, averaged over heads.
         keep_rate: Fraction of the N non-class tokens kept: ``ceil(keep_rate * N)``.
         fuse_token: Append ``sum_j cls_attn_j x_j`` over the dropped tokens as one token.
+        tokens: Keep exactly this many of the N tokens instead (the official ``tokens`` argument; overrides
+            ``keep_rate``).
 
     Returns:
         The new sequence ``[cls, kept (descending attention), fused?]`` and the ``[B, kept]`` indices of the kept
         tokens among the N (``None`` and ``x`` unchanged when all are kept, as in the official code).
     """
     B, N1, C = x.shape
-    left = math.ceil(keep_rate * (N1 - 1))
+    left = math.ceil(keep_rate * (N1 - 1)) if tokens is None else tokens
+    if not 1 <= left <= N1 - 1:
+        raise ValueError(f'cannot keep {left} of {N1 - 1} tokens (tokens={tokens}, keep_rate={keep_rate})')
     if left >= N1 - 1:
         return x, None
     _, idx = torch.topk(cls_attn, left, dim=1, largest=True, sorted=True)
@@ -259,6 +264,9 @@ class Block(nn.Module):
         # rate it uses now, which set_keep_rate / the warm-up schedule change
         self.reorganize = keep_rate < 1
         self.keep_rate = keep_rate
+        # an absolute number of tokens to keep (the official `tokens`, see EViT.set_tokens): this block then
+        # reorganizes whatever its keep rate
+        self.tokens: Optional[int] = None
         self.fuse_token = fuse_token
 
     def forward(
@@ -266,12 +274,12 @@ class Block(nn.Module):
             x: torch.Tensor,
             return_index: bool = False,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        active = self.reorganize and self.keep_rate < 1
+        active = (self.reorganize and self.keep_rate < 1) or self.tokens is not None
         y, cls_attn = self.attn(self.norm1(x), need_cls_attn=active)
         x = x + self.drop_path1(y)
         idx = None
         if active:
-            x, idx = reorganize_tokens(x, cls_attn, self.keep_rate, self.fuse_token)
+            x, idx = reorganize_tokens(x, cls_attn, self.keep_rate, self.fuse_token, self.tokens)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return (x, idx) if return_index else x
 
@@ -420,6 +428,26 @@ class EViT(nn.Module):
                 raise ValueError(f'keep rates must be in (0, 1], got {r}')
         for b, r in zip(reorg, rates):
             b.keep_rate = r
+
+    def set_tokens(self, tokens: Optional[Union[int, Sequence[Optional[int]]]] = None) -> None:
+        """Keep an absolute number of tokens (the official ``model(x, tokens=...)``) instead of a rate.
+
+        Args:
+            tokens: One count per block (None entries use the keep rate), one count for every block (as the official
+                code broadcasts a scalar), or None to go back to the keep rates. A block given a count reorganizes
+                even if built with keep rate 1, keeping that many of its non-class tokens (nothing when it equals
+                their number); a count larger than the tokens a block receives raises a ValueError.
+        """
+        if tokens is None or isinstance(tokens, int):
+            tokens = [tokens] * len(self.blocks)
+        tokens = list(tokens)
+        if len(tokens) != len(self.blocks):
+            raise ValueError(f'{len(tokens)} token counts for {len(self.blocks)} blocks')
+        for t in tokens:
+            if t is not None and (not isinstance(t, int) or t < 1):
+                raise ValueError(f'token counts must be positive integers or None, got {t!r}')
+        for b, t in zip(self.blocks, tokens):
+            b.tokens = t
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

@@ -1,0 +1,872 @@
+"""Sparsifiner: learned instance-dependent sparse attention on DeiT.
+
+Paper: `Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers`
+    - https://arxiv.org/abs/2303.13755 (Wei, Duke, Jiang, Aarabi, Taylor, Shkurti, CVPR 2023)
+
+Official code: https://github.com/lim142857/Sparsifiner (``src/models/sparsifiner.py``; the repository has no license
+file: the code is read and reproduced here, not copied). **No Sparsifiner checkpoints were released**: the official
+training starts from the DeiT weights (``deit_small_patch16_224-cd65a155.pth``), which are this family's pretrained
+weights. Loaded that way, the backbone is DeiT and the connectivity predictor is at its initialisation: train the
+predictor with the attention-reconstruction loss (``aux_loss``) before using the sparse attention for anything.
+
+Mechanism (as the official code, default config ``sparsifiner_default_config.yaml``): every block is a DeiT block
+whose attention holds a low-rank *connectivity predictor* (``MaskPredictor``) fed with the block's own per-head
+``q, k`` (``[B, H, N, d]``):
+
+1. channel down-projection shared by the heads: ``q' = proj_c_q(q)``, ``k' = proj_c_k(k)`` (``d -> d / 2``);
+2. token down-projection of the keys (Linformer style): ``K' = k'^T proj_n`` with ``proj_n`` ``[N, N // 6]``;
+3. ``coef = softmax((q' K') * num_heads ** -0.5)`` without the class-token query row (the scale is the official
+   ``num_heads ** -0.5``, not ``head_dim ** -0.5``);
+4. sparse mode: only the top-8 coefficients of each row are kept, and the up-projection basis is
+   ``|proj_back_n^T|`` with entries ``<= 0.02`` zeroed; reconstruction mode: dense coefficients, signed basis;
+5. ``approx_attn = coef @ basis`` (``[B, H, N - 1, N]``); each query row keeps its top ``ceil(keep_rate * N)``
+   keys (25%: 50 of 197), the class-token row stays dense; the mask carries no gradient;
+6. the attention is the block's dense ``q k^T / sqrt(d)`` softmax restricted to the mask.
+
+Training (official two phases): first the *attention-reconstruction* phase (``set_attn_recon(True)``, train mode):
+attention runs dense, only the predictor is trained, with ``0.01 * mean_layers MSE_sum(approx_attn, teacher_attn)``
+(``aux_loss``; the teacher is DeiT with the same weights, which is the model's own dense attention while the backbone
+is frozen); then the backbone is fine-tuned in sparse mode with the predictor frozen. Optional token pruning (off by
+default, ``token_pruning_loc``) zeroes and masks the least cls-attended tokens at the given blocks (EViT-like, the
+tokens stay in place, so the patch grid is kept).
+
+What this version changes: distinct names (``sparsifiner_deit_*``); any input size (the official model is fixed to
+N = 197, see ``resample_token_proj``: ``proj_n`` and ``proj_back_n`` are resampled along the token axis like the
+position embedding); the masked attention runs through ``F.scaled_dot_product_attention`` with the boolean mask
+instead of the official dense softmax + masked softmax (the official code also keeps an unmasked softmax for every
+layer; here it is computed only by ``forward_sparsifiner``); the official ``attn_drop`` (never applied by the official
+code) is applied; the official predictor stores the token budget across calls (``self.attn_budget``), here it is
+recomputed per call (the same value at a fixed size); ``features_only``/``forward_intermediates`` give NCHW maps of
+the patch tokens of every block.
+
+On the sparse attention kernel: each query row keeps its own set of keys, so visionattn's block-sparse op applies only
+with one-token blocks (the class-token row, which is dense, apart). Measured on CPU (1 thread, DeiT-S, batch 8, 224,
+one layer): dense SDPA with the additive mask about 18 ms (the same as without a mask; with a boolean mask about
+34 ms), the block-sparse op with one-token blocks and 50 keys per query 30-40x slower (its ``blocked`` and
+``gather`` backends). So the masked attention is dense SDPA; the FLOP savings of the paper are analytical, as in the
+official code. The per-row top-k of the predictor (``topk`` over N keys) is the largest overhead over DeiT on CPU.
+"""
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    register_notrace_function,
+    register_notrace_module,
+    trunc_normal_,
+    use_fused_attn,
+)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
+
+from visionattn.layers import check_image_input, drop_path_rates
+
+from ._convert import unwrap_state_dict
+from .evit import resample_pos_embed
+
+__all__ = ['Sparsifiner', 'MaskPredictor', 'attn_recon_loss', 'resample_token_proj']
+
+_logger = logging.getLogger(__name__)
+
+_PAPER = dict(
+    paper_ids='arXiv:2303.13755',
+    paper_name='Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers',
+    # the official repository has no license file; the weights are DeiT's (Apache-2.0)
+    license='apache-2.0')
+
+
+@register_notrace_function  # reason: the grid sizes decide whether to resample
+def resample_token_proj(
+        proj: torch.Tensor,
+        feat_size: Tuple[int, int],
+        base_size: Tuple[int, int],
+        sum_normalize: bool = False,
+) -> torch.Tensor:
+    """A ``[1 + H*W, r]`` token-axis projection of a ``base_size`` grid resampled to ``feat_size``.
+
+    The official predictor's ``proj_n`` / ``proj_back_n`` have one row per token (class token first, then the patch
+    grid row-major), so they are tied to the training size like the position embedding, and are resampled the same
+    way: the class-token row is kept, the grid rows are interpolated bicubically (``align_corners=False``, as the
+    position embedding). With ``sum_normalize`` the grid rows are also scaled by ``base_tokens / new_tokens``:
+    ``proj_n`` *sums* over the tokens (``K' = k'^T proj_n``), and the scaling keeps that sum (a Riemann sum over the
+    image) at the magnitude the predictor was trained with, so the softmax over its logits keeps its temperature.
+    ``proj_back_n`` is not normalised: it scores keys, the per-row top-k is invariant to a common scale, and its
+    0.02 threshold keeps its meaning. At the training size both are returned unchanged.
+    """
+    if tuple(feat_size) == tuple(base_size):
+        return proj
+    out = resample_pos_embed(proj.unsqueeze(0), feat_size, base_size, num_prefix_tokens=1)[0]
+    if sum_normalize:
+        ratio = (base_size[0] * base_size[1]) / (feat_size[0] * feat_size[1])
+        out = torch.cat([out[:1], out[1:] * ratio], dim=0)
+    return out
+
+
+@register_notrace_module  # reason: the attention budget is computed from the token count
+class MaskPredictor(nn.Module):
+    """The connectivity predictor: low-rank attention scores ``approx_attn`` and the top-k sparse attention mask."""
+
+    def __init__(
+            self,
+            head_dim: int,
+            num_heads: int,
+            num_tokens: int,
+            grid_size: Tuple[int, int],
+            attn_keep_rate: float = 0.25,
+            reduce_n_factor: float = 6,
+            reduce_c_factor: int = 2,
+            share_inout_proj: bool = False,
+            basis_threshold: float = 2e-2,
+            basis_topk: Optional[int] = 8,
+            basis_coef_threshold: float = 5e-2,
+            attn_score_topk: bool = True,
+            attn_score_threshold: float = 1e-4,
+            prune_attn_rows: bool = False,
+            prev_token_keep_rate: Optional[float] = None,
+    ):
+        """
+        Args:
+            head_dim: Per-head width of q and k.
+            num_heads: Attention heads (the low-rank logits are scaled by ``num_heads ** -0.5``, as the official code).
+            num_tokens: Tokens at the training size (class token included); rows of ``proj_n`` / ``proj_back_n``.
+            grid_size: Patch grid at the training size (``num_tokens == 1 + H * W``).
+            attn_keep_rate: Each query row keeps ``ceil(attn_keep_rate * N)`` keys (official ``ATTN_KEEP_RATE``).
+            reduce_n_factor: ``proj_n`` has ``int(num_tokens // reduce_n_factor)`` columns (``REDUCE_N_FACTOR``).
+            reduce_c_factor: q, k are projected to ``head_dim // reduce_c_factor`` channels (``REDUCE_C_FACTOR``).
+            share_inout_proj: Use ``proj_n`` as ``proj_back_n`` (``SHARE_INOUT_PROJ``).
+            basis_threshold: Sparse mode: basis entries ``|.| <= basis_threshold`` are zeroed (``BASIS_THRESHOLD``).
+            basis_topk: Sparse mode: keep the top-k coefficients per row (``BASIS_COEF.TOPK``); None to threshold them
+                at ``basis_coef_threshold`` instead (``BASIS_COEF.USE_TOPK False``; 0 keeps them dense).
+            basis_coef_threshold: See ``basis_topk``.
+            attn_score_topk: Keep the top ``ceil(attn_keep_rate * N)`` keys per row (``ATTN_SCORE.USE_TOPK``); False
+                to keep the keys whose score is above ``attn_score_threshold``.
+            attn_score_threshold: See ``attn_score_topk``.
+            prune_attn_rows: With token pruning, pruned tokens' query rows are masked too (``PRUNE_ATTN_MATRIX_ROW``).
+            prev_token_keep_rate: Keep rate of the last token-pruning block before this one (None: no pruning yet);
+                the attention budget is capped at the number of tokens it left, as the official code.
+        """
+        super().__init__()
+        if not 0 < attn_keep_rate <= 1:
+            raise ValueError(f'attn_keep_rate must be in (0, 1], got {attn_keep_rate}')
+        self.num_heads = num_heads
+        self.num_tokens = num_tokens
+        self.grid_size = tuple(grid_size)
+        self.reduced_c = head_dim // reduce_c_factor
+        self.reduced_n = int(num_tokens // reduce_n_factor)
+        if self.reduced_n < 1 or self.reduced_c < 1:
+            raise ValueError(f'reduce factors leave {self.reduced_n} tokens x {self.reduced_c} channels')
+        if basis_topk is not None and basis_topk > self.reduced_n:
+            raise ValueError(f'basis_topk {basis_topk} > the {self.reduced_n} reduced tokens (num_tokens {num_tokens}'
+                             f' // reduce_n_factor {reduce_n_factor})')
+        self.scale = num_heads ** -0.5
+        self.attn_keep_rate = attn_keep_rate
+        self.basis_threshold = basis_threshold
+        self.basis_topk = basis_topk
+        self.basis_coef_threshold = basis_coef_threshold
+        self.attn_score_topk = attn_score_topk
+        self.attn_score_threshold = attn_score_threshold
+        self.prune_attn_rows = prune_attn_rows
+        self.prev_token_keep_rate = prev_token_keep_rate
+        self.share_inout_proj = share_inout_proj
+
+        self.proj_c_q = nn.Linear(head_dim, self.reduced_c)
+        self.proj_c_k = nn.Linear(head_dim, self.reduced_c)
+        self.proj_n = nn.Parameter(torch.zeros(num_tokens, self.reduced_n))
+        trunc_normal_(self.proj_n, std=.02)
+        if share_inout_proj:
+            self.proj_back_n = self.proj_n
+        else:
+            self.proj_back_n = nn.Parameter(torch.zeros(num_tokens, self.reduced_n))
+            trunc_normal_(self.proj_back_n, std=.02)
+
+    def attn_budget(self, num_tokens: int) -> int:
+        """Keys kept per query row for ``num_tokens`` tokens (class token included)."""
+        budget = math.ceil(self.attn_keep_rate * num_tokens)
+        if self.prev_token_keep_rate is not None:
+            budget = min(budget, math.ceil(self.prev_token_keep_rate * (num_tokens - 1)))
+        return budget
+
+    def forward(
+            self,
+            q: torch.Tensor,
+            k: torch.Tensor,
+            token_mask: Optional[torch.Tensor] = None,
+            feat_size: Optional[Tuple[int, int]] = None,
+            recon: bool = False,
+            need_mask: bool = True,
+            additive: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """Predict the connectivity.
+
+        Args:
+            q: Queries ``[B, H, N, d]`` (class token first).
+            k: Keys ``[B, H, N, d]``.
+            token_mask: ``[B, N - 1]`` bool, False for pruned tokens (token pruning), or None.
+            feat_size: Patch grid of the input (the training grid if None).
+            recon: Reconstruction mode: dense coefficients and the signed basis (the official training with
+                ``USE_ATTN_RECON``).
+            need_mask: Compute the mask (the reconstruction phase does not use it).
+            additive: Return the mask as an additive float mask (0: attend, -inf: not) in q's dtype.
+
+        Returns:
+            ``approx_attn`` ``[B, H, N - 1, N]``, the mask ``[B, H, N, N]`` (bool, True: attend, or additive; None
+            unless ``need_mask``) and the basis coefficients ``[B, H, N - 1, r]``.
+        """
+        B, H, N, _ = q.shape
+        feat_size = self.grid_size if feat_size is None else tuple(feat_size)
+        if N != 1 + feat_size[0] * feat_size[1]:
+            raise ValueError(f'{N} tokens for a {feat_size[0]}x{feat_size[1]} grid plus a class token')
+        proj_n = resample_token_proj(self.proj_n, feat_size, self.grid_size, sum_normalize=True)
+        proj_back_n = resample_token_proj(self.proj_back_n, feat_size, self.grid_size)
+        q, k = self.proj_c_q(q), self.proj_c_k(k)  # [B, H, N, c]
+        if token_mask is not None:
+            keep = F.pad(token_mask, (1, 0), value=True)[:, None, :, None]
+            q, k = q.masked_fill(~keep, 0.), k.masked_fill(~keep, 0.)
+        k = k.transpose(-2, -1) @ proj_n.to(k.dtype)  # [B, H, c, r]
+        basis = proj_back_n.t().to(q.dtype)  # [r, N]
+        coef = ((q[:, :, 1:] @ k) * self.scale).softmax(dim=-1)  # [B, H, N - 1, r], no class-token row
+        if not recon:
+            basis = F.threshold(basis.abs(), self.basis_threshold, 0.)
+            if self.basis_topk is not None:
+                top, idx = coef.topk(self.basis_topk, dim=-1, sorted=False)
+                coef = torch.zeros_like(coef).scatter(-1, idx, top)
+            elif self.basis_coef_threshold > 0:
+                coef = F.threshold(coef, self.basis_coef_threshold, 0.)
+        approx_attn = coef @ basis  # [B, H, N - 1, N]
+        if not need_mask:
+            return approx_attn, None, coef
+
+        score = approx_attn.detach()
+        if token_mask is not None:
+            score = score.masked_fill(~F.pad(token_mask, (1, 0), value=True)[:, None, None, :], float('-inf'))
+        # additive: 0 where attended, -inf elsewhere (SDPA takes it at the speed of no mask; a bool mask costs ~2x
+        # there, measured on CPU at N = 197); the class-token row stays dense
+        if additive:
+            mask = torch.full((B, H, N, N), float('-inf'), dtype=q.dtype, device=q.device)
+            keep, drop = 0., float('-inf')
+        else:
+            mask = torch.zeros((B, H, N, N), dtype=torch.bool, device=q.device)
+            keep, drop = True, False
+        mask[:, :, 0] = keep
+        if self.attn_score_topk:
+            idx = score.topk(self.attn_budget(N), dim=-1, sorted=False)[1]
+            mask[:, :, 1:].scatter_(-1, idx, keep)
+        elif self.attn_score_threshold > 0:
+            mask[:, :, 1:].masked_fill_(score > self.attn_score_threshold, keep)
+        else:
+            raise ValueError('attn_score_topk=False needs attn_score_threshold > 0')
+        if token_mask is not None and self.prune_attn_rows:
+            mask[:, :, 1:].masked_fill_(~token_mask[:, None, :, None], drop)
+        return approx_attn, mask, coef
+
+
+@register_notrace_function  # reason: the token budget is computed from the token count
+def select_tokens(cls_attn: torch.Tensor, token_mask: Optional[torch.Tensor], keep_rate: float) -> torch.Tensor:
+    """Token pruning: the ``[B, N - 1]`` mask of the ``ceil(keep_rate * (N - 1))`` tokens that the class token attends
+    to most (``cls_attn`` ``[B, H, N - 1]``, averaged over heads), among those still active."""
+    score = cls_attn.mean(dim=1)
+    if token_mask is not None:
+        score = score.masked_fill(~token_mask, float('-inf'))
+    idx = score.topk(math.ceil(keep_rate * score.shape[-1]), dim=-1, sorted=False)[1]
+    return torch.zeros(score.shape, dtype=torch.bool, device=score.device).scatter(-1, idx, True)
+
+
+class Attention(nn.Module):
+    """DeiT multi-head self-attention restricted to the connectivity predictor's mask."""
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            num_tokens: int,
+            grid_size: Tuple[int, int],
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            token_keep_rate: Optional[float] = None,
+            **predictor_kwargs,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.attn_recon = False
+        self.token_keep_rate = token_keep_rate  # not None: this block prunes tokens
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.mask_predictor = MaskPredictor(
+            self.head_dim, num_heads, num_tokens, grid_size, **predictor_kwargs)
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            token_mask: Optional[torch.Tensor] = None,
+            feat_size: Optional[Tuple[int, int]] = None,
+            need_info: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Dict[str, torch.Tensor]]]:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if token_mask is not None and not self.attn_recon:
+            keep = F.pad(token_mask, (1, 0), value=True)[:, None, :, None]
+            q, k, v = q.masked_fill(~keep, 0.), k.masked_fill(~keep, 0.), v.masked_fill(~keep, 0.)
+        recon = self.training and self.attn_recon
+        explicit = need_info or not self.fused_attn or (self.prune_rows_active(token_mask) and not recon)
+        approx_attn, mask, coef = self.mask_predictor(
+            q, k, token_mask, feat_size, recon, need_info or not recon, not explicit)
+        prune = self.token_keep_rate is not None and not self.attn_recon
+        drop = self.attn_drop.p if self.training else 0.
+        info = None
+        cls_attn = None
+        if explicit:
+            attn = (q @ k.transpose(-2, -1)) * self.scale
+            unmasked = attn.softmax(dim=-1)
+            if recon:
+                attn = unmasked
+            else:
+                attn = attn.masked_fill(~mask, float('-inf')).softmax(dim=-1).nan_to_num()  # pruned rows: zeros
+            if prune:
+                cls_attn = attn[:, :, 0, 1:]
+            if need_info:
+                info = dict(approx_attn=approx_attn, attn_mask=mask, basis_coef=coef, unmasked_attn=unmasked,
+                            masked_attn=attn)
+            x = self.attn_drop(attn) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
+            if prune:  # the class-token row is dense: recompute just that row for the ranking
+                cls_attn = ((q[:, :, :1] @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)[:, :, 0, 1:]
+        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        if prune:
+            token_mask = select_tokens(cls_attn, token_mask, self.token_keep_rate)
+        if need_info:
+            info['token_mask'] = token_mask
+        return x, token_mask, info
+
+    def prune_rows_active(self, token_mask: Optional[torch.Tensor]) -> bool:
+        # a query row can be fully masked only when pruned rows are masked: SDPA would give NaN there
+        return token_mask is not None and self.mask_predictor.prune_attn_rows
+
+
+class Block(nn.Module):
+    """Pre-norm DeiT block with Sparsifiner attention; after token pruning the pruned tokens are zeroed."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            num_tokens: int,
+            grid_size: Tuple[int, int],
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            **attn_kwargs,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(
+            dim, num_heads, num_tokens, grid_size, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+            **attn_kwargs)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            token_mask: Optional[torch.Tensor] = None,
+            feat_size: Optional[Tuple[int, int]] = None,
+            need_info: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Dict[str, torch.Tensor]]]:
+        y, token_mask, info = self.attn(self.norm1(x), token_mask, feat_size, need_info)
+        x = x + self.drop_path1(y)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        if token_mask is not None and not self.attn.attn_recon:
+            x = torch.cat([x[:, :1], x[:, 1:].masked_fill(~token_mask.unsqueeze(-1), 0.)], dim=1)
+        return x, token_mask, info
+
+
+def attn_recon_loss(
+        approx_attn: Sequence[torch.Tensor],
+        teacher_attn: Sequence[torch.Tensor],
+        weight: float = 0.01,
+) -> torch.Tensor:
+    """The official attention-reconstruction loss: ``weight * mean_layers sum((approx - teacher[..., 1:, :]) ** 2)``.
+
+    Args:
+        approx_attn: Per layer ``[B, H, N - 1, N]`` predictor scores (``forward_sparsifiner(x)['approx_attn']``).
+        teacher_attn: Per layer the teacher's softmax attention, ``[B, H, N, N]`` (class-token row included, dropped
+            here) or ``[B, H, N - 1, N]``.
+        weight: The official ``LOSS.ATTN_RECON.WEIGHT``.
+    """
+    if len(approx_attn) != len(teacher_attn):
+        raise ValueError(f'{len(approx_attn)} predicted vs {len(teacher_attn)} teacher attention maps')
+    loss = 0.
+    for a, t in zip(approx_attn, teacher_attn):
+        t = t[..., 1:, :] if t.shape[-2] == a.shape[-2] + 1 else t
+        loss = loss + F.mse_loss(a, t.to(a.dtype), reduction='sum')
+    return weight * loss / len(approx_attn)
+
+
+class Sparsifiner(nn.Module):
+    """DeiT with Sparsifiner attention: per-instance top-k attention masks from a low-rank connectivity predictor."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 384,
+            depth: int = 12,
+            num_heads: int = 6,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            attn_keep_rate: Union[float, Sequence[float]] = 0.25,
+            reduce_n_factor: float = 6,
+            reduce_c_factor: int = 2,
+            share_inout_proj: bool = False,
+            basis_threshold: float = 2e-2,
+            basis_topk: Optional[int] = 8,
+            basis_coef_threshold: float = 5e-2,
+            attn_score_topk: bool = True,
+            attn_score_threshold: float = 1e-4,
+            token_pruning_loc: Sequence[int] = (),
+            token_keep_rate: Union[float, Sequence[float]] = 1.,
+            prune_attn_rows: bool = False,
+            attn_recon: bool = False,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            act_layer: Optional[Type[nn.Module]] = None,
+    ):
+        """
+        Args:
+            img_size: Training image size: sets the token count of the position embedding and of the predictor's
+                ``proj_n``/``proj_back_n`` (both are resampled for other input sizes).
+            patch_size: Patch size of the stem.
+            in_chans: Number of input channels.
+            num_classes: Number of classes of the head (0 for none).
+            global_pool: ``'token'`` (class token, as DeiT), ``'avg'`` (mean of the patch tokens) or ``''``.
+            embed_dim: Embedding width.
+            depth: Number of blocks.
+            num_heads: Attention heads.
+            mlp_ratio: MLP hidden width over embed_dim.
+            qkv_bias: Bias on the q/k/v projection.
+            attn_keep_rate: Fraction of keys each query keeps (official ``ATTN_KEEP_RATE``), or one per block
+                (``ATTN_KEEP_RATE_LIST``).
+            reduce_n_factor: Token reduction of the predictor (``REDUCE_N_FACTOR``: 197 // 6 = 32).
+            reduce_c_factor: Channel reduction of the predictor (``REDUCE_C_FACTOR``).
+            share_inout_proj: ``proj_back_n`` is ``proj_n`` (``SHARE_INOUT_PROJ``).
+            basis_threshold: ``BASIS_THRESHOLD``.
+            basis_topk: ``BASIS_COEF.TOPK`` (None: ``BASIS_COEF.USE_TOPK False``, threshold instead).
+            basis_coef_threshold: ``BASIS_COEF.THRESHOLD``.
+            attn_score_topk: ``ATTN_SCORE.USE_TOPK``.
+            attn_score_threshold: ``ATTN_SCORE.THRESHOLD``.
+            token_pruning_loc: Blocks that prune tokens after their attention (``TOKEN_PRUNING_LOC``; the paper's
+                token-sparsity setting uses (3, 6, 9)).
+            token_keep_rate: Base token keep rate ``b`` (``TOKEN_KEEP_RATE_BASE``): block ``i`` keeps
+                ``b ** (i // 3)`` of the ``N - 1`` tokens when it prunes (the official list for 12 blocks), or one rate
+                per block.
+            prune_attn_rows: ``PRUNE_ATTN_MATRIX_ROW``.
+            attn_recon: Attention-reconstruction mode (``LOSS.USE_ATTN_RECON``); see ``set_attn_recon``.
+            drop_rate: Head dropout.
+            pos_drop_rate: Dropout after the position embedding.
+            proj_drop_rate: Dropout after projections.
+            attn_drop_rate: Dropout on attention maps.
+            drop_path_rate: Stochastic depth rate (linear over blocks).
+            norm_layer: Norm layer (LayerNorm with eps 1e-6 by default, as DeiT).
+            act_layer: MLP activation (GELU by default).
+        """
+        super().__init__()
+        if global_pool not in ('', 'avg', 'token'):
+            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
+        attn_rates = [float(attn_keep_rate)] * depth if isinstance(attn_keep_rate, (int, float)) \
+            else [float(r) for r in attn_keep_rate]
+        token_rates = [float(token_keep_rate) ** (i // 3) for i in range(depth)] \
+            if isinstance(token_keep_rate, (int, float)) else [float(r) for r in token_keep_rate]
+        if len(attn_rates) != depth or len(token_rates) != depth:
+            raise ValueError(f'per-block keep rates need {depth} entries, got {len(attn_rates)} and {len(token_rates)}')
+        bad = [i for i in token_pruning_loc if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f'token_pruning_loc {tuple(token_pruning_loc)} has blocks outside [0, depth={depth})')
+        norm_layer = norm_layer or (lambda d: nn.LayerNorm(d, eps=1e-6))
+        act_layer = act_layer or nn.GELU
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
+            strict_img_size=False, dynamic_img_pad=True)
+        num_patches = self.patch_embed.num_patches
+        grid_size = tuple(self.patch_embed.grid_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+
+        dpr = drop_path_rates(drop_path_rate, depth)
+        blocks = []
+        prev_rate = None
+        for i in range(depth):
+            blocks.append(Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                num_tokens=num_patches + 1,
+                grid_size=grid_size,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                act_layer=act_layer,
+                norm_layer=norm_layer,
+                token_keep_rate=token_rates[i] if i in token_pruning_loc else None,
+                attn_keep_rate=attn_rates[i],
+                reduce_n_factor=reduce_n_factor,
+                reduce_c_factor=reduce_c_factor,
+                share_inout_proj=share_inout_proj,
+                basis_threshold=basis_threshold,
+                basis_topk=basis_topk,
+                basis_coef_threshold=basis_coef_threshold,
+                attn_score_topk=attn_score_topk,
+                attn_score_threshold=attn_score_threshold,
+                prune_attn_rows=prune_attn_rows,
+                prev_token_keep_rate=prev_rate,
+            ))
+            if i in token_pruning_loc:
+                prev_rate = token_rates[i]
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = norm_layer(embed_dim)
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        self.apply(self._init_weights)
+        self.set_attn_recon(attn_recon)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.zeros_(m.bias)
+            nn.init.ones_(m.weight)
+
+    def set_attn_recon(self, enable: bool = True) -> None:
+        """Attention-reconstruction mode (the official ``cfg.LOSS.USE_ATTN_RECON``, the first training phase).
+
+        In train mode the attention is then dense and the predictor gives dense coefficients over the signed basis
+        (``approx_attn`` for ``aux_loss``); token pruning is off in this mode (train and eval), as the official code.
+        """
+        self.attn_recon = enable
+        for blk in self.blocks:
+            blk.attn.attn_recon = enable
+
+    @property
+    def aux_loss_params(self) -> List[str]:
+        """Parameters trained only by the auxiliary loss (``aux_loss``): the connectivity predictors. The main loss
+        gives them no gradient (the attention mask is discrete and detached, as the official code)."""
+        return [n for n, _ in self.named_parameters() if '.mask_predictor.' in n]
+
+    def predictor_parameters(self) -> List[nn.Parameter]:
+        """The connectivity predictors' parameters (the official first phase optimises only these)."""
+        return [p for n, p in self.named_parameters() if '.mask_predictor.' in n]
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed', 'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^cls_token|pos_embed|patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('', 'avg', 'token'):
+                raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
+            self.global_pool = global_pool
+        w = self.cls_token
+        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
+        feat_size = (x.shape[1], x.shape[2])
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)], dim=1)
+        x = x + resample_pos_embed(self.pos_embed, feat_size, self.patch_embed.grid_size)
+        return self.pos_drop(x), feat_size
+
+    def _block(
+            self,
+            i: int,
+            x: torch.Tensor,
+            token_mask: Optional[torch.Tensor],
+            feat_size: Tuple[int, int],
+            need_info: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Dict[str, torch.Tensor]]]:
+        blk = self.blocks[i]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, token_mask, feat_size, need_info, use_reentrant=False)
+        return blk(x, token_mask, feat_size, need_info)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the patch tokens of the selected blocks as maps.
+
+        Token pruning zeroes pruned tokens in place, so every block's patch tokens are a full grid.
+
+        Args:
+            x: Input images ``[B, C, H, W]``.
+            indices: Take the last n blocks if int, all if None, the listed block indices if a sequence.
+            norm: Apply the final norm to the intermediates.
+            stop_early: Stop after the last block needed.
+            output_fmt: ``'NCHW'`` (maps) or ``'NLC'`` (``[B, H*W, C]``).
+            intermediates_only: Return only the intermediates.
+
+        Returns:
+            ``(features, intermediates)`` or only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, feat_size = self._embed(x)
+        B, C = x.shape[0], x.shape[-1]
+        token_mask = None
+        intermediates = []
+        last = max_index if stop_early else len(self.blocks) - 1
+        for i in range(last + 1):
+            x, token_mask, _ = self._block(i, x, token_mask, feat_size)
+            if i in take_indices:
+                y = x[:, 1:]
+                y = self.norm(y) if norm else y
+                if output_fmt == 'NCHW':
+                    y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, feat_size = self._embed(x)
+        token_mask = None
+        for i in range(len(self.blocks)):
+            x, token_mask, _ = self._block(i, x, token_mask, feat_size)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == 'token':
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_sparsifiner(self, x: torch.Tensor) -> Dict[str, Union[torch.Tensor, List]]:
+        """The official model's output dict, for training losses and analysis.
+
+        Returns:
+            ``logits``; ``features`` (normed patch tokens, the official token-distillation target); and per block
+            lists ``approx_attn`` ``[B, H, N-1, N]``, ``attn_mask`` (bool ``[B, H, N, N]``; None in the
+            reconstruction phase, which does not use it), ``basis_coef``, ``unmasked_attn`` (dense softmax),
+            ``masked_attn`` (the attention used) and ``token_mask`` (``[B, N-1]`` or None).
+        """
+        x, feat_size = self._embed(x)
+        token_mask = None
+        out: Dict[str, Union[torch.Tensor, List]] = {
+            k: [] for k in ('approx_attn', 'attn_mask', 'basis_coef', 'unmasked_attn', 'masked_attn', 'token_mask')}
+        for i in range(len(self.blocks)):
+            x, token_mask, info = self._block(i, x, token_mask, feat_size, True)
+            for k in info:
+                out[k].append(info[k])
+        x = self.norm(x)
+        out['features'] = x[:, 1:]
+        out['logits'] = self.forward_head(x)
+        return out
+
+    @torch.jit.ignore
+    def aux_loss(
+            self,
+            x: torch.Tensor,
+            teacher_attn: Optional[Sequence[torch.Tensor]] = None,
+            weight: float = 0.01,
+    ) -> torch.Tensor:
+        """The attention-reconstruction loss of the official first training phase, for input ``x``.
+
+        Runs ``x`` in reconstruction mode (dense attention; the mode is restored afterwards) and returns
+        ``attn_recon_loss(approx_attn, teacher_attn, weight)``. Without ``teacher_attn`` the target is the model's
+        own dense attention, detached: the official teacher is DeiT with the same weights, which is exactly that
+        while the backbone is frozen (the official first phase optimises only ``predictor_parameters()``).
+        """
+        prev = self.attn_recon
+        self.set_attn_recon(True)
+        try:
+            out = self.forward_sparsifiner(x)
+        finally:
+            self.set_attn_recon(prev)
+        target = teacher_attn if teacher_attn is not None else [a.detach() for a in out['unmasked_attn']]
+        return attn_recon_loss(out['approx_attn'], target, weight)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: Sparsifiner) -> dict:
+    """Convert an official Sparsifiner training checkpoint or a plain DeiT/timm ViT checkpoint to this model.
+
+    Official checkpoints have the DeiT keys plus ``blocks.i.attn.mask_predictor.{proj_c_q,proj_c_k}.{weight,bias}``,
+    ``proj_n`` and ``proj_back_n`` (``[N, N // 6]``), under ``'model'`` in a training dict. A DeiT checkpoint has no
+    predictor: its predictor tensors are taken from ``model`` (its initialisation) and a warning names how many.
+    Linear patch-embedding weights are reshaped; a position embedding or predictor projection saved for another
+    grid is resampled (``resample_token_proj``).
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    own = model.state_dict()
+    grid = tuple(model.patch_embed.grid_size)
+    out = {}
+    for k, v in state_dict.items():
+        if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
+            raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
+        if k == 'patch_embed.proj.weight' and v.ndim < 4:
+            v = v.reshape(model.patch_embed.proj.weight.shape)
+        elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
+            v = resample_pos_embed(v, grid, _square_grid(v.shape[1] - 1, k))
+        elif k.endswith(('mask_predictor.proj_n', 'mask_predictor.proj_back_n')) and k in own \
+                and v.shape[0] != own[k].shape[0]:
+            if v.shape[1] != own[k].shape[1]:
+                raise ValueError(f'{k}: {v.shape[1]} reduced tokens, the model has {own[k].shape[1]}')
+            v = resample_token_proj(v, grid, _square_grid(v.shape[0] - 1, k), sum_normalize=k.endswith('proj_n'))
+        out[k] = v
+    missing = [k for k in own if '.mask_predictor.' in k and k not in out]
+    if missing:
+        _logger.warning(
+            f'{len(missing)} connectivity-predictor tensors are not in the checkpoint (a plain DeiT checkpoint?): '
+            'they keep their initialisation; train them with aux_loss() before using the sparse attention')
+        out.update({k: own[k] for k in missing})
+    return out
+
+
+def _square_grid(n: int, key: str) -> Tuple[int, int]:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f'{key} has {n} patch tokens, not a square grid; cannot resample it')
+    return side, side
+
+
+def _create_sparsifiner(variant: str, pretrained: bool = False, **kwargs) -> Sparsifiner:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        Sparsifiner,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> dict:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'origin_url': 'https://github.com/lim142857/Sparsifiner',
+        **_PAPER,
+        **kwargs,
+    }
+
+
+def _deit(name: str, **kwargs) -> dict:
+    return _cfg(
+        url=f'https://dl.fbaipublicfiles.com/deit/{name}.pth',
+        hf_hub_id=f'timm/{name.rsplit("-", 1)[0]}.fb_in1k',
+        notes=('DeiT weights, the official Sparsifiner training starting point: no Sparsifiner checkpoints were '
+               'released. The connectivity predictor stays at its initialisation (train it with aux_loss first).',),
+        **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'sparsifiner_deit_small_patch16_224.fb_in1k': _deit('deit_small_patch16_224-cd65a155'),
+    'sparsifiner_deit_base_patch16_224.fb_in1k': _deit('deit_base_patch16_224-b5f2ef4d'),
+})
+
+
+@register_model
+def sparsifiner_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> Sparsifiner:
+    """Sparsifiner-S: DeiT-S with 25% attention connectivity (the official default config)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, attn_keep_rate=0.25)
+    return _create_sparsifiner(
+        'sparsifiner_deit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sparsifiner_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> Sparsifiner:
+    """Sparsifiner on DeiT-B with 25% attention connectivity (no official config; the official predictor settings)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, attn_keep_rate=0.25)
+    return _create_sparsifiner(
+        'sparsifiner_deit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
