@@ -29,6 +29,7 @@ FAMILY_TYPES: Dict[str, str] = {
     'convit_va': 'VAConViT',
     'nat': 'NAT',
     'evit': 'EViT',
+    'sparsifiner': 'Sparsifiner',
 }
 
 

@@ -57,7 +57,8 @@ def load_config(
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
         if launcher != 'none':
             # DDP over CPU modules takes no device ids
-            cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+            cfg.model_wrapper_cfg = dict(
+                dict(type='MMDistributedDataParallel'), **cfg.get('model_wrapper_cfg', {}), device_ids=None)
     return cfg
 
 

@@ -63,13 +63,14 @@ from timm.layers import (
     trunc_normal_,
     use_fused_attn,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
+from ._hub import build_model
 from .evit import resample_pos_embed
 
 __all__ = ['Sparsifiner', 'MaskPredictor', 'attn_recon_loss', 'resample_token_proj']
@@ -818,7 +819,7 @@ def _square_grid(n: int, key: str) -> Tuple[int, int]:
 
 def _create_sparsifiner(variant: str, pretrained: bool = False, **kwargs) -> Sparsifiner:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_model(
         Sparsifiner,
         variant,
         pretrained,
