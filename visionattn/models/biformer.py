@@ -33,8 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn)
+from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -345,7 +344,7 @@ class BiFormer(nn.Module):
             if global_pool not in ('', 'avg'):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
-        w = self.norm.weight
+        w = self.stem[0].weight
         self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
             if num_classes > 0 else nn.Identity()
 
