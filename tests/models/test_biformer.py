@@ -196,3 +196,21 @@ def test_bf16_autocast_no_nan(size):
     out.float().mean().backward()
     assert torch.isfinite(out.float()).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_global_attention_fp16_large_logits(fused):
+    """Stage-4 attention stays finite under fp16 autocast where the official (q @ k^T) * scale overflows."""
+    from visionattn.models.biformer import AttentionLePE
+    torch.manual_seed(0)
+    attn = AttentionLePE(512, num_heads=8).eval()  # stage 4 of T/S: head_dim 64, scale 1/8
+    attn.fused_attn = fused
+    with torch.no_grad():
+        attn.qkv.weight.normal_(0, 3.2)
+        x = torch.randn(1, 5, 6, 512)
+        q, k, _ = attn.qkv(x).reshape(1, 30, 3, 8, 64).permute(2, 0, 3, 1, 4)
+        logits = (q @ k.transpose(-2, -1)).abs().max()
+        assert logits > 65504 > logits * attn.scale  # the unscaled logits overflow fp16, the scaled ones do not
+        with torch.autocast('cpu', dtype=torch.float16):
+            out = attn(x)
+    assert torch.isfinite(out).all()

@@ -53,7 +53,9 @@ class AttentionLePE(nn.Module):
     """Global multi-head attention with a depthwise-conv LePE on the attention input (official ``AttentionLePE``).
 
     ``proj(softmax(q k^T * scale) v + lepe(x))`` on NHWC maps; ``side_dwconv=0`` drops the LePE (official
-    ``Attention``, ``topk=-1``).
+    ``Attention``, ``topk=-1``). Unlike the official code, the scale never follows an unscaled ``q @ k^T`` (fused
+    attention, or ``q`` scaled first): under fp16 autocast the official order overflows to inf and NaN once the
+    unscaled logits pass 65504 (head_dim 64 / 96 in stage 4), a source of the fp16 NaN losses of official issue #47.
     """
     fused_attn: torch.jit.Final[bool]
 
@@ -84,7 +86,8 @@ class AttentionLePE(nn.Module):
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            # scale q before the product: the official (q @ k^T) * scale overflows fp16 once |q.k| > 65504
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             out = attn @ v
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
