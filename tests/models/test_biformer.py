@@ -156,6 +156,12 @@ def test_extra_norms(fixture):
         for i, (p, q) in enumerate(zip(a, b)):
             torch.testing.assert_close(q, dense.extra_norms[i](p))
         torch.testing.assert_close(dense(x), plain(x))
+    # as the mm adapter uses it: prune to stages 1-2 (head, norm and the last stage's extra norm go)
+    kept = dense.prune_intermediate_layers([1, 2], prune_norm=True)
+    assert kept == [1, 2] and len(dense.extra_norms) == 3
+    with torch.no_grad():
+        pruned = dense.forward_intermediates(x, indices=kept, intermediates_only=True)
+    torch.testing.assert_close(pruned, b[1:3])
     mm_state = checkpoint_filter_fn({'backbone.' + k: v for k, v in _state(t, 'mm').items()}, plain)
     assert not any(k.startswith('extra_norms') for k in mm_state)
     feats = timm.create_model('biformer_tiny', features_only=True, extra_norms=True, pretrained=False)
