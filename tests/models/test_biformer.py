@@ -220,3 +220,39 @@ def test_global_attention_fp16_large_logits(fused):
         with torch.autocast('cpu', dtype=torch.float16):
             out = attn(x)
     assert torch.isfinite(out).all()
+
+
+def test_pretrained_download_path(fixture, tmp_path):
+    """pretrained=True through the cfg's (url, file name) + custom_load: an official-style training dict served from a
+    local HTTP server at a '/root/content' URL like the OneDrive ones; head and in_chans adaptation."""
+    import argparse
+    import functools
+    import http.server
+    import threading
+
+    cfg, t = fixture
+    serve = tmp_path / 'serve' / 'root'
+    serve.mkdir(parents=True)
+    torch.save({'model': _state(t, 'cls'), 'epoch': 299, 'max_accuracy': 81.4, 'args': argparse.Namespace(lr=5e-4)},
+               serve / 'content')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / 'serve'))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f'http://127.0.0.1:{server.server_address[1]}/root/content'
+        overlay = dict(url=(url, 'biformer_fixture.pth'), custom_load=True)
+        kw = dict(cfg['cls'], pretrained=True, pretrained_cfg_overlay=overlay, cache_dir=str(tmp_path / 'cache'))
+        model = timm.create_model('biformer_tiny', **kw).eval()
+        assert (tmp_path / 'cache' / 'biformer_fixture.pth').is_file()
+        x = t['cls.input']
+        with torch.no_grad():
+            assert (model(x).double() - t['cls.logits']).abs().max() < 1e-3
+        feats = timm.create_model('biformer_tiny', features_only=True, **kw).eval()
+        with torch.no_grad():
+            assert (feats(x)[0].double() - t['cls.stage0']).abs().max() < 1e-3
+        kw.update(num_classes=5, in_chans=1)
+        other = timm.create_model('biformer_tiny', **kw)
+        assert other.head.out_features == 5 and other.stem[0].in_channels == 1
+        torch.testing.assert_close(other.stages[1].blocks[0].attn.qkv.weight, model.stages[1].blocks[0].attn.qkv.weight)
+    finally:
+        server.shutdown()

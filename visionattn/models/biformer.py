@@ -34,9 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 
 from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input, drop_path_rates
 
@@ -351,6 +351,26 @@ class BiFormer(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
             if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load an official (or converted) checkpoint file: timm's ``custom_load`` hook for the released weights.
+
+        The official OneDrive URLs all end in ``/root/content``, so the pretrained cfgs give timm a (url, file name)
+        pair, which timm only downloads for ``custom_load`` models; this then does what timm's loader does for the
+        others: the weights under ``'model'`` (weights-only unpickling, as timm), :func:`checkpoint_filter_fn`, the
+        stem conv adapted to ``in_chans`` and the classifier dropped when ``num_classes`` differs.
+        """
+        state_dict = checkpoint_filter_fn(load_state_dict(checkpoint_path, use_ema=False), self)
+        if self.in_chans != 3:
+            state_dict['stem.0.weight'] = adapt_input_conv(self.in_chans, state_dict['stem.0.weight'])
+        head = state_dict.get('head.weight')
+        strict = head is not None and self.num_classes == head.shape[0]
+        if not strict:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
+        missing, unexpected = self.load_state_dict(state_dict, strict=strict)
+        if unexpected or any(not k.startswith('head.') for k in missing):
+            raise RuntimeError(f'{checkpoint_path}: missing keys {missing}, unexpected keys {unexpected}')
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans)
         if self.stem_type == 'patch':
@@ -523,14 +543,20 @@ def _cfg(url: str = '', **kwargs) -> dict:
     }
 
 
-# The official OneDrive links (README / models/*.py model_urls): full training dicts, weights under 'model'.
+# The official OneDrive links (README / models/*.py model_urls): full training dicts, weights under 'model'. They all
+# end in '/root/content', so each gets a cache file name (as the official hub loader's file_name) and custom_load.
 _URL = 'https://api.onedrive.com/v1.0/shares/{}/root/content'
 
+
+def _onedrive(share: str, name: str) -> dict:
+    return dict(url=(_URL.format(share), f'{name}.pth'), custom_load=True)
+
+
 default_cfgs = generate_default_cfgs({
-    'biformer_tiny.in1k': _cfg(url=_URL.format('s!AkBbczdRlZvChHEOoGkgwgQzEDlM')),
-    'biformer_small.in1k': _cfg(url=_URL.format('s!AkBbczdRlZvChHDyM-x9KWRBZ832')),
-    'biformer_base.in1k': _cfg(url=_URL.format('s!AkBbczdRlZvChHI_XPhoadjaNxtO')),
-    'biformer_stl.in1k': _cfg(url=_URL.format('s!AkBbczdRlZvChSf-m7ujkvx9lIQ1'), first_conv='stem.0'),
+    'biformer_tiny.in1k': _cfg(**_onedrive('s!AkBbczdRlZvChHEOoGkgwgQzEDlM', 'biformer_tiny_in1k')),
+    'biformer_small.in1k': _cfg(**_onedrive('s!AkBbczdRlZvChHDyM-x9KWRBZ832', 'biformer_small_in1k')),
+    'biformer_base.in1k': _cfg(**_onedrive('s!AkBbczdRlZvChHI_XPhoadjaNxtO', 'biformer_base_in1k')),
+    'biformer_stl.in1k': _cfg(**_onedrive('s!AkBbczdRlZvChSf-m7ujkvx9lIQ1', 'biformer_stl_in1k')),
 })
 
 
