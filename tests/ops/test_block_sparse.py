@@ -194,3 +194,22 @@ def test_fx_notrace():
     q, k, v, idx, _, _ = _inputs(dtype=torch.float32)
     fx = create_feature_extractor(M(), return_nodes=['mul'])
     torch.testing.assert_close(fx(q, k, v, idx)['mul'], M()(q, k, v, idx))
+
+
+@pytest.mark.parametrize('step_bytes', [1, 10 ** 9])
+def test_blocked_steps(monkeypatch, step_bytes):
+    """One slot per step (a tiny budget) and all slots in one step give the oracle's output and gradients."""
+    import visionattn.ops.block_sparse as bs
+    monkeypatch.setattr(bs, '_BLOCKED_STEP_BYTES', step_bytes)
+    q, k, v, idx, bias, key_mask = _inputs(Hi=3)
+    key_mask[1, idx[1, 0, 2]] = False
+    inputs = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+    ref_inputs = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+    out = block_sparse_attention(*inputs[:3], idx, 0.37, bias=inputs[3], key_mask=key_mask, backend='blocked')
+    ref = block_sparse_attention_reference(*ref_inputs[:3], idx, 0.37, bias=ref_inputs[3], key_mask=key_mask)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    for a, b in zip(inputs, ref_inputs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-10)

@@ -1,4 +1,4 @@
-"""Bi-Level Routing Attention module (BiFormer, arXiv 2303.08125, https://github.com/rayleizhu/BiFormer, MIT).
+"""Bi-Level Routing Attention module (BiFormer, arXiv 2303.08810, https://github.com/rayleizhu/BiFormer, MIT).
 
 Equals the official legacy module (``ops/bra_legacy.py``: ``kv_downsample_mode='identity'``, ``param_routing=False``,
 ``diff_routing=False``, ``soft_routing=False``, ``param_attention='qkvo'``) that all released BiFormer checkpoints use.

@@ -18,9 +18,10 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 
 * ``triton``: fused forward and backward reading key blocks through the index list; CUDA tensors only (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
-* ``blocked``: pure PyTorch, memory-aware: loops over the ``topk`` slots with an online softmax, gathering one key
-  block per query block at a time, and has a hand-written backward that recomputes per slot, so neither pass holds
-  the ``topk``-times gathered K/V.
+* ``blocked``: pure PyTorch, memory-aware: loops over the ``topk`` slots in steps with an online softmax, each step
+  gathering (one ``index_select``) as many key blocks per query block as fit a fixed budget (64 MiB, env
+  ``VISIONATTN_BLOCKED_STEP_MB``; at least one block), and has a hand-written backward that recomputes per step, so
+  neither pass holds the ``topk``-times gathered K/V of large maps.
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
 * ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
 """
@@ -194,12 +195,42 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _slot_select(x: Tensor, idx_j: Tensor) -> Tensor:
-    """x: [B, H, N, T, C], idx_j: [B, H, Nq] -> x[b, h, idx_j[b, h, n]]: [B, H, Nq, T, C]."""
-    B, H = idx_j.shape[:2]
-    bi = torch.arange(B, device=x.device).view(B, 1, 1)
-    hi = torch.arange(H, device=x.device).view(1, H, 1)
-    return x[bi, hi, idx_j]
+# extra memory of one step of the blocked backend: it gathers as many key blocks per query block at once as fit this
+# budget (gathered K/V plus logits), at least one; all ``topk`` at once for small maps
+_BLOCKED_STEP_BYTES = int(os.environ.get('VISIONATTN_BLOCKED_STEP_MB', '64')) * 2 ** 20
+
+
+def _slots_per_step(B: int, H: int, Nq: int, Tq: int, Tk: int, D: int, Dv: int, topk: int, elem: int) -> int:
+    per_slot = B * H * Nq * Tk * (D + Dv + 3 * Tq) * elem  # gathered k, v; logits, probabilities, their gradient
+    return max(1, min(topk, _BLOCKED_STEP_BYTES // max(per_slot, 1)))
+
+
+def _flat_rows(idx: Tensor, H: int, Nk: int) -> Tensor:
+    """idx [B, Hi, Nq, c] (Hi = H) -> flat row indices into a [B * H * Nk, ...] view of [B, H, Nk, ...]."""
+    B = idx.shape[0]
+    dev = idx.device
+    base = (torch.arange(B, device=dev).view(B, 1, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1, 1)) * Nk
+    return (base + idx).reshape(-1)
+
+
+def _step_bias(
+        bias: Optional[Tensor],
+        kbias_rows: Optional[Tensor],
+        idx_c: Tensor,
+        j0: int,
+        Tk: int,
+) -> Optional[Tensor]:
+    """Additive logit bias [B, H, Nq, 1, c * Tk] of the slots ``j0 : j0 + c`` (slot bias and key mask), or None."""
+    B, H, Nq, c = idx_c.shape
+    out: Optional[Tensor] = None
+    if bias is not None:
+        out = bias[..., j0:j0 + c].repeat_interleave(Tk, dim=-1)[..., None, :]
+    if kbias_rows is not None:
+        Nk = kbias_rows.shape[0] // B
+        rows = (torch.arange(B, device=idx_c.device).view(B, 1, 1, 1) * Nk + idx_c).reshape(-1)
+        kb = kbias_rows.index_select(0, rows).view(B, H, Nq, 1, c * Tk)
+        out = kb if out is None else out + kb
+    return out
 
 
 def _blocked_forward(
@@ -213,29 +244,36 @@ def _blocked_forward(
 ) -> Tuple[Tensor, Tensor]:
     """q: [B, H, Nq, Tq, D], k/v: [B, H, Nk, Tk, D|Dv], idx/bias: [B, H, Nq, topk], kbias: [B, Nk, Tk] (fp32).
 
-    Returns the output and the log-sum-exp [B, H, Nq, Tq] (-inf where nothing is attendable), both in the
-    accumulation dtype (fp32, fp64 for fp64 inputs).
+    Online softmax over steps of ``c`` slots (``_slots_per_step``): each step gathers ``c`` key/value blocks per query
+    block with one ``index_select``. Returns the output and the log-sum-exp [B, H, Nq, Tq] (-inf where nothing is
+    attendable), both in the accumulation dtype (fp32, fp64 for fp64 inputs).
     """
-    B, H, Nq, Tq, _ = q.shape
-    Dv = v.shape[-1]
+    B, H, Nq, Tq, D = q.shape
+    Nk, Tk, Dv = k.shape[2], k.shape[3], v.shape[-1]
+    topk = idx.shape[-1]
     acc_dtype = _acc_dtype(q.dtype)
     qf = q.to(acc_dtype) * scale
+    kf = k.to(acc_dtype).reshape(B * H * Nk, Tk, D)
+    vf = v.to(acc_dtype).reshape(B * H * Nk, Tk, Dv)
+    kbias_rows = None if kbias is None else kbias.reshape(B * Nk, Tk)
+    c = _slots_per_step(B, H, Nq, Tq, Tk, D, Dv, topk, torch.finfo(acc_dtype).bits // 8)
     m = torch.full((B, H, Nq, Tq), float('-inf'), dtype=acc_dtype, device=q.device)
     den = torch.zeros((B, H, Nq, Tq), dtype=acc_dtype, device=q.device)
     acc = torch.zeros((B, H, Nq, Tq, Dv), dtype=acc_dtype, device=q.device)
-    for j in range(idx.shape[-1]):
-        idx_j = idx[..., j]
-        s = qf @ _slot_select(k, idx_j).to(acc_dtype).transpose(-2, -1)  # [B, H, Nq, Tq, Tk]
-        if bias is not None:
-            s = s + bias[..., j, None, None]
-        if kbias is not None:
-            s = s + kbias[torch.arange(B, device=q.device).view(B, 1, 1), idx_j][:, :, :, None, :]
+    for j0 in range(0, topk, c):
+        idx_c = idx[..., j0:j0 + c]
+        cc = idx_c.shape[-1]
+        rows = _flat_rows(idx_c, H, Nk)
+        s = qf @ kf.index_select(0, rows).view(B, H, Nq, cc * Tk, D).transpose(-2, -1)  # [B, H, Nq, Tq, cc * Tk]
+        sb = _step_bias(bias, kbias_rows, idx_c, j0, Tk)
+        if sb is not None:
+            s = s + sb
         m_new = torch.maximum(m, s.amax(dim=-1))
         m_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
         p = torch.exp(s - m_safe[..., None])
         alpha = torch.exp(m - m_safe)
         den = den * alpha + p.sum(dim=-1)
-        acc = acc * alpha[..., None] + p @ _slot_select(v, idx_j).to(acc_dtype)
+        acc = acc * alpha[..., None] + p @ vf.index_select(0, rows).view(B, H, Nq, cc * Tk, Dv)
         m = m_new
     has = den > 0
     out = torch.where(has[..., None], acc / torch.where(has, den, torch.ones_like(den))[..., None], 0.)
@@ -256,8 +294,9 @@ def _blocked_backward(
         bias: Optional[Tensor],
         kbias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Recompute per slot; returns dq [B,H,Nq,Tq,D], dk, dv [B,H,Nk,Tk,.], dbias [B,H,Nq,topk] (accumulation dtype)."""
-    B, H, Nq, Tq, _ = q.shape
+    """Recompute per step of slots; returns dq [B,H,Nq,Tq,D], dk, dv [B,H,Nk,Tk,.], dbias [B,H,Nq,topk] (acc dtype)."""
+    B, H, Nq, Tq, D = q.shape
+    Nk, Tk, Dv = k.shape[2], k.shape[3], v.shape[-1]
     topk = idx.shape[-1]
     dev = q.device
     acc_dtype = _acc_dtype(q.dtype)
@@ -266,29 +305,32 @@ def _blocked_backward(
     lse = lse.to(acc_dtype)
     lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float('inf')), lse)  # p = 0 for empty rows
     qf = q.to(acc_dtype)
+    kf = k.to(acc_dtype).reshape(B * H * Nk, Tk, D)
+    vf = v.to(acc_dtype).reshape(B * H * Nk, Tk, Dv)
+    kbias_rows = None if kbias is None else kbias.reshape(B * Nk, Tk)
     dq = torch.zeros_like(qf)
-    dk = torch.zeros(k.shape, dtype=acc_dtype, device=dev)
-    dv = torch.zeros(v.shape, dtype=acc_dtype, device=dev)
+    dk = torch.zeros((B * H * Nk, Tk, D), dtype=acc_dtype, device=dev)
+    dv = torch.zeros((B * H * Nk, Tk, Dv), dtype=acc_dtype, device=dev)
     dbias = torch.zeros((B, H, Nq, topk), dtype=acc_dtype, device=dev)
-    bi = torch.arange(B, device=dev).view(B, 1, 1).expand(B, H, Nq)
-    hi = torch.arange(H, device=dev).view(1, H, 1).expand(B, H, Nq)
-    for j in range(topk):
-        idx_j = idx[..., j]
-        k_j = _slot_select(k, idx_j).to(acc_dtype)
-        v_j = _slot_select(v, idx_j).to(acc_dtype)
-        s = (qf * scale) @ k_j.transpose(-2, -1)
-        if bias is not None:
-            s = s + bias[..., j, None, None]
-        if kbias is not None:
-            s = s + kbias[bi, idx_j][:, :, :, None, :]
-        p = torch.exp(s - lse[..., None])  # [B, H, Nq, Tq, Tk]
-        dv.index_put_((bi, hi, idx_j), p.transpose(-2, -1) @ dout, accumulate=True)
-        ds = p * (dout @ v_j.transpose(-2, -1) - delta[..., None])
-        dbias[..., j] = ds.sum(dim=(-2, -1))
+    c = _slots_per_step(B, H, Nq, Tq, Tk, D, Dv, topk, torch.finfo(acc_dtype).bits // 8)
+    for j0 in range(0, topk, c):
+        idx_c = idx[..., j0:j0 + c]
+        cc = idx_c.shape[-1]
+        rows = _flat_rows(idx_c, H, Nk)
+        k_c = kf.index_select(0, rows).view(B, H, Nq, cc * Tk, D)
+        v_c = vf.index_select(0, rows).view(B, H, Nq, cc * Tk, Dv)
+        s = (qf * scale) @ k_c.transpose(-2, -1)
+        sb = _step_bias(bias, kbias_rows, idx_c, j0, Tk)
+        if sb is not None:
+            s = s + sb
+        p = torch.exp(s - lse[..., None])  # [B, H, Nq, Tq, cc * Tk]
+        dv.index_add_(0, rows, (p.transpose(-2, -1) @ dout).reshape(B * H * Nq * cc, Tk, Dv))
+        ds = p * (dout @ v_c.transpose(-2, -1) - delta[..., None])
+        dbias[..., j0:j0 + cc] = ds.view(B, H, Nq, Tq, cc, Tk).sum(dim=(3, 5))
         ds = ds * scale
-        dq += ds @ k_j
-        dk.index_put_((bi, hi, idx_j), ds.transpose(-2, -1) @ qf, accumulate=True)
-    return dq, dk, dv, dbias
+        dq += ds @ k_c
+        dk.index_add_(0, rows, (ds.transpose(-2, -1) @ qf).reshape(B * H * Nq * cc, Tk, D))
+    return dq, dk.view(B, H, Nk, Tk, D), dv.view(B, H, Nk, Tk, Dv), dbias
 
 
 # --------------------------------------------------------------------------------------------------------------------

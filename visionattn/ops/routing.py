@@ -1,4 +1,4 @@
-"""Bi-level routing attention (BiFormer, arXiv 2303.08125): region routing + block-sparse token attention.
+"""Bi-level routing attention (BiFormer, arXiv 2303.08810): region routing + block-sparse token attention.
 
 The 2-D map is split into ``n_win x n_win`` regions; each region's query and key descriptors are the means of its
 queries and keys; every query region keeps the ``topk`` key regions with the largest (detached, scaled) descriptor
