@@ -69,7 +69,7 @@ def _source(cfg) -> str:
     if cfg.hf_hub_id:
         return f'hf-hub `{cfg.hf_hub_id}`'
     if cfg.url:
-        return f'[url]({cfg.url})'
+        return f'[url]({cfg.url[0] if isinstance(cfg.url, (tuple, list)) else cfg.url})'
     return 'none released'
 
 

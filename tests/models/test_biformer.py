@@ -240,7 +240,8 @@ def test_pretrained_download_path(fixture, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f'http://127.0.0.1:{server.server_address[1]}/root/content'
-        overlay = dict(url=(url, 'biformer_fixture.pth'), custom_load=True)
+        # the served checkpoint has the fixture's 10 classes (pretrained_cfg num_classes, as timm adapts heads by it)
+        overlay = dict(url=(url, 'biformer_fixture.pth'), custom_load=True, num_classes=10)
         kw = dict(cfg['cls'], pretrained=True, pretrained_cfg_overlay=overlay, cache_dir=str(tmp_path / 'cache'))
         model = timm.create_model('biformer_tiny', **kw).eval()
         assert (tmp_path / 'cache' / 'biformer_fixture.pth').is_file()

@@ -7,7 +7,6 @@ family's ``checkpoint_filter_fn``, so official files, visionattn safetensors and
 (``backbone.`` prefix) all load; missing and unexpected keys are reported, and a checkpoint that matches nothing is an
 error.
 """
-import os
 import sys
 from typing import Dict, List, Optional, Sequence, Type
 
@@ -20,12 +19,14 @@ from timm.models import group_parameters
 
 import visionattn  # noqa: F401  (registers the models)
 from visionattn.models._convert import unwrap_state_dict
+from visionattn.models._hub import download_pretrained, safe_load
 
 __all__ = ['VisionAttnBackbone', 'FAMILY_TYPES', 'family_backbones', 'load_checkpoint_file']
 
 # The config type of each family (``type='NAT', arch='dinat_tiny'``): the generic adapter restricted to the models of
 # one family module. Every family module needs an entry (tested), so a new family cannot land without one.
 FAMILY_TYPES: Dict[str, str] = {
+    'biformer': 'BiFormer',
     'convit_va': 'VAConViT',
     'nat': 'NAT',
     'evit': 'EViT',
@@ -34,21 +35,11 @@ FAMILY_TYPES: Dict[str, str] = {
 
 
 def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint safely: safetensors, or torch files with ``weights_only`` semantics.
-
-    ``http(s)://`` paths are downloaded once into torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``).
-    """
+    """Read a checkpoint safely (``visionattn.models._hub``): safetensors, or torch files with ``weights_only``
+    semantics and the official data types allowed; ``http(s)://`` paths are downloaded once into torch hub's cache."""
     if path.startswith(('http://', 'https://')):
-        cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
-        os.makedirs(cache, exist_ok=True)
-        local = os.path.join(cache, os.path.basename(path.split('?')[0]))
-        if not os.path.exists(local):
-            torch.hub.download_url_to_file(path, local, progress=True)
-        path = local
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
-    return torch.load(path, map_location='cpu', weights_only=True)
+        return download_pretrained(path)
+    return safe_load(path)
 
 
 def _unwrap(state_dict: dict, prefix: Optional[str]) -> dict:

@@ -11,6 +11,7 @@ EViT/TransNeXt ``args``), a yacs ``CfgNode`` (Swin-style ``config``: Agent atten
 pickle would import or call is refused with a message naming it.
 """
 import argparse
+import hashlib
 import os
 import pickle
 import re
@@ -76,8 +77,14 @@ def _cache_dir(cache_dir: Optional[str]) -> str:
     return str(cache_dir) if cache_dir else os.path.join(torch.hub.get_dir(), 'checkpoints')
 
 
-def download_pretrained(url: str, cache_dir: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
-    """The checkpoint at ``url``, downloaded once into the cache and read with ``safe_load``.
+def download_pretrained(
+        url: str,
+        cache_dir: Optional[str] = None,
+        progress: bool = True,
+        filename: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The checkpoint at ``url``, downloaded once into the cache (as ``filename``, default the URL's last path
+    component) and read with ``safe_load``.
 
     A hash prefix in the file name (``name-<sha256 prefix>.pth``) is checked on download; a download that fails or
     mismatches leaves nothing in the cache, and a cached file that cannot be read is removed, so a retry downloads
@@ -85,7 +92,10 @@ def download_pretrained(url: str, cache_dir: Optional[str] = None, progress: boo
     """
     cache = _cache_dir(cache_dir)
     os.makedirs(cache, exist_ok=True)
-    filename = os.path.basename(urlparse(url).path)
+    if filename is None:
+        filename = os.path.basename(urlparse(url).path)
+        if '.' not in filename:  # e.g. OneDrive's .../root/content: a name per URL, not one shared file
+            filename = f'{filename}_{hashlib.sha256(url.encode()).hexdigest()[:12]}.pth'
     path = os.path.join(cache, filename)
     if not os.path.exists(path):
         m = _HASH.search(filename)
@@ -113,7 +123,9 @@ def build_model(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
         if cfg.get('url') and not (cfg.get('file') or cfg.get('state_dict') or cfg.get('source') == 'hf-hub'):
-            state_dict = download_pretrained(cfg['url'], cache_dir=kwargs.get('cache_dir'))
+            # timm's (url, file name) form names the cache file of URLs without a usable one (BiFormer's OneDrive)
+            url, filename = cfg['url'] if isinstance(cfg['url'], (tuple, list)) else (cfg['url'], None)
+            state_dict = download_pretrained(url, cache_dir=kwargs.get('cache_dir'), filename=filename)
             kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict=state_dict)
         elif cfg.get('file'):
             kwargs['pretrained_cfg_overlay'] = dict(

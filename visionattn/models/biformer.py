@@ -34,13 +34,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model
+from timm.models import generate_default_cfgs, load_state_dict, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 
 from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
+from ._hub import build_model
 
 __all__ = ['BiFormer']
 
@@ -521,7 +522,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_model(
         BiFormer,
         variant,
         pretrained,

@@ -1,0 +1,9 @@
+_base_ = [
+    '../_base_/models/image_classifier_visionattn.py', '../_base_/datasets/imagenet_bs128_224.py',
+    '../_base_/default_runtime_cls.py', '../_base_/schedules/imagenet_adamw_300e.py'
+]
+# BiFormer-S ImageNet-1k 300 epochs (DeiT recipe, EMA): 83.8% top-1 (BiFormer README (rayleizhu/BiFormer))
+model = dict(model_name='biformer_small', drop_path_rate=0.15)
+# 8 GPUs x 128 images
+train_dataloader = dict(batch_size=128)
+custom_hooks = [dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]
