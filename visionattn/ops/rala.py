@@ -14,9 +14,11 @@ RALA (the official ``GateLinearAttentionNoSilu`` core, steps in the official ord
    the reweighted k, as the official code (the paper's eq. 6 leaves the normaliser out; issue #3).
 
 Precision: half and bfloat16 inputs are computed in float32 (autocast off inside) and the result cast back. Under
-fp16 autocast the official code runs ``scale * mean(q) @ k^T``, ``q @ mean(k)^T``, ``k^T v`` and ``q @ kv`` as fp16
-matmuls on keys scaled by ``L`` (``k * alpha * L``, up to 16384x at a 512 input): those overflow to inf and give NaN
-(see ``visionattn.models.ravlt``). The op is ``O(L d^2)``, so float32 costs little next to the convolutions.
+fp16 autocast the official code runs the key-reweighting logits ``scale * mean(q) @ k^T``, the normaliser
+``q @ mean(k)^T``, ``k^T v`` and ``q_rope @ kv`` as fp16 matmuls. The normaliser sums ``d`` products of positive
+features: with q and k around 40 over 64 channels (ordinary fp16 values) it exceeds 65504, becomes inf, ``z = 0``,
+and ``inf * 0`` gives NaN (tests/models/test_ravlt.py reproduces it). The op is ``O(L d^2)``, so float32 costs little
+next to the convolutions.
 """
 from typing import Dict, Optional, Tuple
 
