@@ -29,7 +29,14 @@ gradient checkpointing, ``features_only`` / ``forward_intermediates`` with the f
 downsampling, as the official detection/segmentation backbone ``GLTA`` takes them; the backbone's extra output
 LayerNorms are not part of this model), a ``Linear`` classifier (the official 1x1 conv, converted), softmax attention
 through ``F.scaled_dot_product_attention``, and mixed precision that does not overflow: the linear attention runs in
-float32 under fp16/bf16 (see ``visionattn.ops.rala``; the official configs warn of NaN losses under AMP).
+float32 under fp16/bf16 (see ``visionattn.ops.rala``).
+
+On AMP (the official segmentation configs warn "AMP (faster but may meet nan loss)"): under fp16 autocast the official
+linear attention forms its normaliser ``q @ mean(k)^T`` as an fp16 matmul; with positive kernel features around 40
+(64 channels) it overflows to inf, ``z = 1 / inf = 0`` meets an infinite numerator and the output is NaN. Measured on
+CPU: official RAVLT-T with +40 on the q/k biases of the RALA stages gives NaN outputs and 274 parameters with
+non-finite gradients in fp16, this version none; random weights at 224 and 512 stay finite in both, and bfloat16
+(float32's exponent range) does not overflow.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
