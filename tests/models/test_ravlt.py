@@ -218,3 +218,25 @@ def test_mixed_precision_no_nan(dtype):
     out.float().sum().backward()
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_out_norms_glta_layout():
+    # the official GLTA backbone: stage maps through per-output LayerNorm2d (extra_norms.i.norm)
+    cfg, sd, t = _load()
+    torch.manual_seed(0)
+    backbone = {'backbone.' + k: v for k, v in sd.items() if not k.startswith(('proj.', 'norm.', 'head.'))}
+    norms = {}
+    for i, c in enumerate(cfg['embed_dims']):
+        norms[i] = (torch.randn(c, dtype=torch.float64) + 1, torch.randn(c, dtype=torch.float64))
+        backbone[f'backbone.extra_norms.{i}.norm.weight'], backbone[f'backbone.extra_norms.{i}.norm.bias'] = norms[i]
+    model = RAVLT(**_our_cfg(cfg), out_norms=True).eval().double()
+    converted = checkpoint_filter_fn({'state_dict': backbone}, model)
+    assert {k for k in converted if k.startswith('out_norms')} == {
+        f'out_norms.{i}.{p}' for i in range(4) for p in ('weight', 'bias')}
+    model.load_state_dict(converted, strict=False)
+    with torch.no_grad():
+        maps = model.forward_intermediates(t['input_ns'].double(), intermediates_only=True)
+    for i, m in enumerate(maps):
+        ref = F.layer_norm(t[f'stage{i}.float64_ns'].permute(0, 2, 3, 1), (m.shape[1],), *norms[i], eps=1e-6)
+        assert (m - ref.permute(0, 3, 1, 2)).abs().max() <= 1e-6
+    assert len(model.prune_intermediate_layers([1])) == 1 and len(model.out_norms) == 2

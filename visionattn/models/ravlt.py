@@ -26,8 +26,8 @@ What this version changes: registered names that ``timm.create_model`` can call 
 factories cannot take ``pretrained=`` or other kwargs), RoPE tables computed per input size and cached (the
 official module recomputes them every forward; its ``RoPE.angle`` buffer is dropped from checkpoints), working
 gradient checkpointing, ``features_only`` / ``forward_intermediates`` with the four stage maps (NCHW, before each
-downsampling, as the official detection/segmentation backbone ``GLTA`` takes them; the backbone's extra output
-LayerNorms are not part of this model), a ``Linear`` classifier (the official 1x1 conv, converted), softmax attention
+downsampling, as the official detection/segmentation backbone ``GLTA`` takes them; its per-output LayerNorms with
+``out_norms=True``), a ``Linear`` classifier (the official 1x1 conv, converted), softmax attention
 through ``F.scaled_dot_product_attention``, and mixed precision that does not overflow: the linear attention runs in
 float32 under fp16/bf16 (see ``visionattn.ops.rala``).
 
@@ -209,6 +209,7 @@ class RAVLT(nn.Module):
             mlp_ratios: Union[float, Sequence[float]] = 3.5,
             layer_scales: Union[None, float, Sequence[Optional[float]]] = 1.,
             head_hidden_size: int = 1024,
+            out_norms: bool = False,
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
@@ -226,6 +227,9 @@ class RAVLT(nn.Module):
             mlp_ratios: FFN hidden width over the block width, one or per stage.
             layer_scales: Initial layer scale per stage (None: no layer scale), or one for all.
             head_hidden_size: Channels of the 1x1 projection before pooling (the official ``projection``).
+            out_norms: Add a LayerNorm per stage output, applied to the maps of ``forward_intermediates`` /
+                ``features_only`` (the ``extra_norms`` of the official detection/segmentation backbone ``GLTA``;
+                needed to reproduce its checkpoints, e.g. ``VisionAttnBackbone(arch='ravlt_small', out_norms=True)``).
             drop_rate: Dropout before the classifier.
             proj_drop_rate: Dropout after the FFN.
             drop_path_rate: Stochastic depth, increasing linearly over all blocks.
@@ -262,6 +266,8 @@ class RAVLT(nn.Module):
                 proj_drop=proj_drop_rate))
             prev = embed_dims[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+
+        self.out_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in embed_dims]) if out_norms else None
 
         # head: 1x1 projection, BatchNorm, Swish before pooling (the official proj / norm / swish)
         self.conv_head = nn.Conv2d(self.num_features, head_hidden_size, 1)
@@ -324,10 +330,13 @@ class RAVLT(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Forward features that also returns the stage maps (NCHW, before the next stage's downsampling).
 
+        With ``out_norms`` the maps go through the per-stage output LayerNorms (the ``GLTA`` backbone's); the stages
+        themselves run on the unnormalised maps.
+
         Args:
             x: Input images ``[B, C, H, W]``.
             indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Ignored (RAVLT has no norm between the last stage and the head).
+            norm: Ignored (RAVLT has no norm between the last stage and the head; see ``out_norms``).
             stop_early: Stop after the last stage needed.
             output_fmt: ``'NCHW'`` only.
             intermediates_only: Return only the intermediates.
@@ -341,7 +350,7 @@ class RAVLT(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(x)
+                intermediates.append(self.out_norms[i](x) if self.out_norms is not None else x)
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -355,6 +364,8 @@ class RAVLT(nn.Module):
         """Drop the stages (and optionally the head) not needed for ``indices``; returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
+        if self.out_norms is not None:
+            self.out_norms = self.out_norms[:max_index + 1]
         if prune_head:
             self.conv_head = nn.Identity()
             self.norm_head = nn.Identity()
@@ -383,10 +394,11 @@ def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
 
     Accepts raw state dicts and training dicts (``'model'``, ``'state_dict'``, ``'model_ema'``; the official
     ``main.py`` saves ``'model'`` and ``'model_ema'``, and ``'model'`` is taken when both are present), and the
-    official mmdet/mmseg ``GLTA`` backbones (``backbone.`` prefix; their ``extra_norms`` output LayerNorms are
-    dropped). Official ``layers.i.downsample`` becomes ``stages.{i+1}.downsample``, ``norm1.norm`` becomes ``norm1``,
-    ``gamma_1/2`` become ``ls1/2.gamma``, the head ``proj``/``norm`` become ``conv_head``/``norm_head``, the 1x1-conv
-    classifier becomes a Linear, and the recomputable ``RoPE.angle`` buffers are dropped.
+    official mmdet/mmseg ``GLTA`` backbones (``backbone.`` prefix; their ``extra_norms`` output LayerNorms become
+    ``out_norms`` of a model built with ``out_norms=True`` and are dropped otherwise). Official
+    ``layers.i.downsample`` becomes ``stages.{i+1}.downsample``, ``norm1.norm`` becomes ``norm1``, ``gamma_1/2``
+    become ``ls1/2.gamma``, the head ``proj``/``norm`` become ``conv_head``/``norm_head``, the 1x1-conv classifier
+    becomes a Linear, and the recomputable ``RoPE.angle`` buffers are dropped.
     """
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
@@ -396,8 +408,12 @@ def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
     out = {}
     for k, v in state_dict.items():
         parts = k.split('.')
-        if k.endswith('RoPE.angle') or parts[0] == 'extra_norms':
+        if k.endswith('RoPE.angle'):
             continue
+        if parts[0] == 'extra_norms':
+            if getattr(model, 'out_norms', None) is None:
+                continue
+            k = k.replace('.norm.', '.', 1).replace('extra_norms.', 'out_norms.', 1)
         if parts[0] == 'layers':
             i = int(parts[1])
             if parts[2] == 'downsample':
