@@ -31,6 +31,7 @@ FAMILY_TYPES: Dict[str, str] = {
     'nat': 'NAT',
     'evit': 'EViT',
     'sparsifiner': 'Sparsifiner',
+    'ravlt': 'RAVLT',
 }
 
 

@@ -4,4 +4,5 @@ from .biformer import *
 from .convit_va import *
 from .evit import *
 from .nat import *
+from .ravlt import *
 from .sparsifiner import *

@@ -3,4 +3,5 @@ from ._dispatch import BackendUnavailable, force_backend, get_backend, list_back
 from .block_sparse import block_sparse_attention, block_sparse_attention_reference
 from .gna_sim import GNASim, perfectly_block_sparse_strides, simulate_gna
 from .neighborhood import na1d, na2d, na3d, neighborhood_attention
+from .rala import apply_rope_2d, rank_augmented_linear_attention, rope_2d_tables, rope_softmax_attention
 from .routing import bilevel_routing_attention, region_partition, region_reverse, topk_routing

@@ -1,0 +1,13 @@
+_base_ = [
+    '../_base_/models/retinanet_visionattn_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_1x_adamw.py'
+]
+# RAVLT-T RetinaNet 1x, COCO: 45.9 box AP (RALA README (qhfan/RALA)); AdamW wd 1e-4
+model = dict(
+    backbone=dict(
+        arch='ravlt_tiny',
+        out_indices=(1, 2, 3),
+        drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/aldjalkdf/RAVLT/resolve/main/RAVLT_T.pth')),
+    neck=dict(in_channels=[128, 256, 512]))
+optim_wrapper = dict(optimizer=dict(weight_decay=1e-4))
