@@ -69,30 +69,69 @@ def _cpb_axis(q_len: int, k_len: int, pretrain_len: int) -> Tuple[torch.Tensor, 
     return table, idx.view(q_len, k_len)
 
 
+@lru_cache(maxsize=256)
+def _cpb_axis_values(q_len: int, k_len: int, pretrain_len: int) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
+    """``_cpb_axis`` as Python values (float32 values are exact as Python floats)."""
+    table, idx = _cpb_axis(q_len, k_len, pretrain_len)
+    return tuple(table.tolist()), tuple(idx.reshape(-1).tolist())
+
+
 @torch.compiler.assume_constant_result
+def _cpb_axis_const(q_len: int, k_len: int, pretrain_len: int) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
+    """``_cpb_axis_values`` as a constant for torch.compile (which cannot trace ``torch.unique`` into a graph with
+    static shapes and would trace through an ``lru_cache``)."""
+    return _cpb_axis_values(q_len, k_len, pretrain_len)
+
+
+def _combine_axes(th: torch.Tensor, ih: torch.Tensor, tw: torch.Tensor, iw: torch.Tensor):
+    coords = torch.stack(torch.meshgrid(th, tw, indexing='ij'), dim=-1).reshape(-1, 2)
+    index = ih[:, None, :, None] * tw.shape[0] + iw[None, :, None, :]
+    return coords, index
+
+
 @lru_cache(maxsize=128)
-def _cpb_tables(
+def _cpb_tables_cached(
         query_size: Tuple[int, int],
         key_size: Tuple[int, int],
         pretrain_size: Tuple[int, int],
         device: str,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """CPB inputs of a query grid over a key grid: coordinates ``[Uh * Uw, 2]`` (float32) and the index
-    ``[Hq, Wq, Hk, Wk]`` into them (the official ``relative_coords_table`` and ``relative_pos_index``)."""
+    dev = torch.device(device)
     th, ih = _cpb_axis(query_size[0], key_size[0], pretrain_size[0])
     tw, iw = _cpb_axis(query_size[1], key_size[1], pretrain_size[1])
-    coords = torch.stack(torch.meshgrid(th, tw, indexing='ij'), dim=-1).reshape(-1, 2)
-    index = ih[:, None, :, None] * tw.numel() + iw[None, :, None, :]
-    dev = torch.device(device)
-    return coords.to(dev), index.to(dev)
+    return tuple(t.to(dev) for t in _combine_axes(th, ih, tw, iw))
 
 
-@torch.compiler.assume_constant_result
-@lru_cache(maxsize=128)
-def _length_scale(h: int, w: int, window_size: int, pool_len: int, device: str) -> torch.Tensor:
+def _cpb_tables(
+        query_size: Tuple[int, int],
+        key_size: Tuple[int, int],
+        pretrain_size: Tuple[int, int],
+        device: torch.device,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CPB inputs of a query grid over a key grid: coordinates ``[Uh * Uw, 2]`` (float32) and the index
+    ``[Hq, Wq, Hk, Wk]`` into them (the official ``relative_coords_table`` and ``relative_pos_index``).
+
+    Cached per sizes and device in eager mode; built from constants under torch.compile.
+    """
+    if not torch.compiler.is_compiling():
+        return _cpb_tables_cached(tuple(query_size), tuple(key_size), tuple(pretrain_size), str(device))
+    axes = []
+    for q_len, k_len, p_len in zip(query_size, key_size, pretrain_size):
+        table, idx = _cpb_axis_const(q_len, k_len, p_len)
+        axes += [torch.tensor(table, dtype=torch.float32, device=device),
+                 torch.tensor(idx, dtype=torch.long, device=device).view(q_len, k_len)]
+    return _combine_axes(*axes)
+
+
+def _length_scale(h: int, w: int, window_size: int, pool_len: int, device: torch.device) -> torch.Tensor:
     """``log(in-image window slots + pooled tokens)`` per query, ``[1, H, W, 1, 1]`` float32 (official buffer)."""
-    local = F.unfold(torch.ones(1, 1, h, w), window_size, padding=window_size // 2).sum(-2).view(h, w)
-    return torch.log(local + pool_len).view(1, h, w, 1, 1).to(torch.device(device))
+    r = window_size // 2
+    ys = torch.arange(h, device=device)
+    xs = torch.arange(w, device=device)
+    cy = (ys + r).clamp(max=h - 1) - (ys - r).clamp(min=0) + 1
+    cx = (xs + r).clamp(max=w - 1) - (xs - r).clamp(min=0) + 1
+    local = (cy[:, None] * cx[None, :]).float()
+    return torch.log(local + pool_len).view(1, h, w, 1, 1)
 
 
 def partial_layer_norm(dim: int) -> nn.LayerNorm:
@@ -147,7 +186,7 @@ class CpbMlp(nn.Module):
             qs, ks = (h, w), (ph, pw)
         else:
             qs, ks = cfg.train_size, cfg.pool_size(*cfg.train_size)
-        coords, index = _cpb_tables(qs, ks, cfg.pretrain_size, str(device))
+        coords, index = _cpb_tables(qs, ks, cfg.pretrain_size, device)
         table = self.cpb_fc2(self.cpb_act(self.cpb_fc1(coords.to(self.cpb_fc1.weight.dtype))))  # [U, heads]
         heads = table.shape[-1]
         bias = table.transpose(0, 1)[:, index]  # [heads, Hq, Wq, Hk, Wk]
@@ -256,7 +295,7 @@ class AggregatedAttention(nn.Module):
         ph, pw = self.pos_cfg.pool_size(h, w)
         q_norm = F.normalize(self.q(x).view(b, h, w, heads, d), dim=-1)
         scale = F.softplus(self.temperature).view(heads, 1) * _length_scale(
-            h, w, self.window_size, ph * pw, str(x.device)).to(x.dtype)
+            h, w, self.window_size, ph * pw, x.device).to(x.dtype)
         q = (q_norm + self.query_embedding.view(heads, d)) * scale
         k, v = self.kv(x).view(b, h, w, 2, heads, d).unbind(3)
         k = F.normalize(k, dim=-1)
