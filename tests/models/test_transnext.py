@@ -203,3 +203,19 @@ def test_checkpoint_filter_mm_keys():
     a, b = checkpoint_filter_fn(sd, model), checkpoint_filter_fn(mm, model)
     assert set(a) == set(model.state_dict())
     assert set(b) == set(model.state_dict()) - {'head.weight', 'head.bias'}
+
+
+def test_aggregated_op_custom_op_gradients():
+    """The compile path (custom op with a recomputing backward) gives the eager values and gradients."""
+    from visionattn.ops.aggregated import _aggregated_blocked_op
+    args = _agg_inputs()
+    names = ['query', 'key', 'value', 'pool_key', 'pool_value', 'local_bias', 'pool_bias', 'local_weights']
+    results = []
+    for fn in (aggregated_attention, _aggregated_blocked_op):
+        leaf = {k: (v.clone().requires_grad_() if k in names else v) for k, v in args.items()}
+        out = fn(**leaf)
+        out.square().sum().backward()
+        results.append([out] + [leaf[k].grad for k in names])
+    for n, a, b in zip(['out'] + names, *results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=n)
+    torch.library.opcheck(_aggregated_blocked_op, tuple(args.values()), test_utils=('test_schema', 'test_faketensor'))

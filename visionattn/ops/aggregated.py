@@ -26,7 +26,7 @@ Backends (``backend='auto'`` picks ``blocked``):
 Reference: Shi, "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", CVPR 2024, arXiv 2311.17132;
 https://github.com/DaiShiResearch/TransNeXt (Apache-2.0), ``classification/attention_native.py``.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -174,8 +174,103 @@ def aggregated_attention_reference(
     return out.transpose(1, 2).reshape(b, h, w, heads, -1)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Custom op wrapper of the blocked backend (torch.compile sees one opaque call instead of the window loops)
+# ---------------------------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op('visionattn::aggregated_blocked', mutates_args=())
+def _aggregated_blocked_op(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        pool_key: Optional[torch.Tensor],
+        pool_value: Optional[torch.Tensor],
+        kernel_size: int,
+        local_bias: Optional[torch.Tensor],
+        pool_bias: Optional[torch.Tensor],
+        local_weights: Optional[torch.Tensor],
+        scale: float,
+) -> torch.Tensor:
+    with torch.no_grad():
+        return aggregated_attention_blocked(
+            query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights,
+            scale).contiguous()
+
+
+@_aggregated_blocked_op.register_fake
+def _(query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale):
+    return query.new_empty(query.shape[:-1] + (value.shape[-1],))
+
+
+@torch.library.custom_op('visionattn::aggregated_blocked_backward', mutates_args=())
+def _aggregated_blocked_backward_op(
+        grad_out: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        pool_key: Optional[torch.Tensor],
+        pool_value: Optional[torch.Tensor],
+        kernel_size: int,
+        local_bias: Optional[torch.Tensor],
+        pool_bias: Optional[torch.Tensor],
+        local_weights: Optional[torch.Tensor],
+        scale: float,
+) -> List[torch.Tensor]:
+    """Gradients of every tensor input by recomputation (empty tensors for absent inputs)."""
+    inputs = [query, key, value, pool_key, pool_value, local_bias, pool_bias, local_weights]
+    present = [i for i, x in enumerate(inputs) if x is not None]
+
+    def fn(*xs):
+        full = list(inputs)
+        for i, x in zip(present, xs):
+            full[i] = x
+        q, k, v, pk, pv, lb, pb, lw = full
+        return aggregated_attention_blocked(q, k, v, pk, pv, kernel_size, lb, pb, lw, scale)
+
+    # the op runs below the autograd dispatch key, so differentiate with torch.func (its own transform layer)
+    _, vjp_fn = torch.func.vjp(fn, *[inputs[i] for i in present])
+    grads = iter(vjp_fn(grad_out))
+    return [next(grads) if x is not None else grad_out.new_empty(0) for x in inputs]
+
+
+@_aggregated_blocked_backward_op.register_fake
+def _(grad_out, query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale):
+    xs = [query, key, value, pool_key, pool_value, local_bias, pool_bias, local_weights]
+    return [grad_out.new_empty(0) if x is None else torch.empty_like(x) for x in xs]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)])
+    ctx.has = [isinstance(x, torch.Tensor) for x in inputs]
+    ctx.args = inputs
+
+
+def _backward(ctx, grad_out):
+    saved = iter(ctx.saved_tensors)
+    args = [next(saved) if h else a for h, a in zip(ctx.has, ctx.args)]
+    q, k, v, pk, pv, ks, lb, pb, lw, scale = args
+    dq, dk, dv, dpk, dpv, dlb, dpb, dlw = _aggregated_blocked_backward_op(
+        grad_out.contiguous(), q, k, v, pk, pv, ks, lb, pb, lw, scale)
+
+    def keep(g, x):
+        return g if x is not None else None
+    return (dq, dk, dv, keep(dpk, pk), keep(dpv, pv), None, keep(dlb, lb), keep(dpb, pb), keep(dlw, lw), None)
+
+
+_aggregated_blocked_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _blocked_backend(query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights,
+                     scale, dropout_p):
+    if torch.compiler.is_compiling() and dropout_p == 0.:
+        return _aggregated_blocked_op(
+            query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale)
+    return aggregated_attention_blocked(
+        query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale, dropout_p)
+
+
 register_backend('aggregated', 'reference', aggregated_attention_reference, priority=0, unsupported=None)
-register_backend('aggregated', 'blocked', aggregated_attention_blocked, priority=10, unsupported=None)
+register_backend('aggregated', 'blocked', _blocked_backend, priority=10, unsupported=None)
 
 
 @register_notrace_function
