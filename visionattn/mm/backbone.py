@@ -32,6 +32,7 @@ FAMILY_TYPES: Dict[str, str] = {
     'evit': 'EViT',
     'sparsifiner': 'Sparsifiner',
     'ravlt': 'RAVLT',
+    'transnext': 'TransNeXt',
 }
 
 

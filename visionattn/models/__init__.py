@@ -6,3 +6,4 @@ from .evit import *
 from .nat import *
 from .ravlt import *
 from .sparsifiner import *
+from .transnext import *

@@ -4,7 +4,8 @@
 torch's formulas) with formulas for visionattn's sparse custom ops, which count only the attended pairs: for
 neighborhood attention each query's window (exact per-axis neighbour counts, so causal and strided windows count
 what they see) plus its additional keys; for block-sparse attention each query block's routed key blocks. The
-dense-equivalent N^2 is never counted for them. Work that the CPU backend spends on tile halos is not counted:
+dense-equivalent N^2 is never counted for them; TransNeXt's aggregated attention counts its k x k window slots and
+pooled keys per query. Work that the CPU backend spends on tile halos is not counted:
 the figure is the op's arithmetic, as papers report it. Returned as MACs (one multiply-add = 1; fvcore and the
 papers' "FLOPs" use this unit).
 """
@@ -14,7 +15,8 @@ from typing import Dict, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from . import block_sparse as _block_sparse  # noqa: F401  (registers the custom ops)
+from . import aggregated as _aggregated  # noqa: F401  (registers the custom ops)
+from . import block_sparse as _block_sparse  # noqa: F401
 from . import neighborhood as _neighborhood  # noqa: F401
 from ._dispatch import opaque_ops
 from .reference import gna_axis_mask
@@ -40,6 +42,15 @@ def _gna_flops(query_shape, key_shape, value_shape, kernel_size, stride, dilatio
         pairs += math.prod(spatial) * add_k_shape[-3]
     # q.k and p.v, 2 FLOPs per multiply-add (torch's convention; count_macs halves it)
     return 2 * batch * heads * pairs * (dim + value_shape[-1])
+
+
+@register_flop_formula(torch.ops.visionattn.aggregated_blocked)
+def _aggregated_flops(query_shape, key_shape, value_shape, pool_key_shape, pool_value_shape, kernel_size, *args,
+                      out_shape=None, **kwargs) -> int:
+    # every query's k x k window slots (border slots are masked, not skipped) plus the pooled keys
+    batch, height, width, heads, dim = query_shape
+    keys = kernel_size * kernel_size + (pool_key_shape[1] if pool_key_shape is not None else 0)
+    return 2 * batch * height * width * heads * keys * (dim + value_shape[-1])
 
 
 @register_flop_formula(torch.ops.visionattn.block_sparse_attn_fwd)
