@@ -125,7 +125,8 @@ def test_checkpoint_layouts(fx):
     mm.update({'backbone.norm1.weight': torch.ones(16), 'backbone.norm0.bias': torch.ones(8), 'neck.w': torch.ones(1)})
     converted = checkpoint_filter_fn(mm, model)
     assert set(model.state_dict()) - set(converted) == {'head.weight', 'head.bias', 'norm.weight', 'norm.bias'}
-    for ckpt in ({'model': sd, 'optimizer': {}, 'epoch': 3, 'max_accuracy': 0.}, {'module.' + k: v for k, v in sd.items()}):
+    training_dict = {'model': sd, 'optimizer': {}, 'epoch': 3, 'max_accuracy': 0.}
+    for ckpt in (training_dict, {'module.' + k: v for k, v in sd.items()}):
         model.load_state_dict({k: v.double() if v.is_floating_point() else v
                                for k, v in checkpoint_filter_fn(ckpt, model).items()})
         with torch.no_grad():

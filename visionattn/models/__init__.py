@@ -2,5 +2,5 @@
 from ._registry import list_models, model_modules
 from .convit_va import *
 from .evit import *
-from .nat import *
 from .litv2 import *
+from .nat import *

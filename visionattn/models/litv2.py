@@ -75,7 +75,7 @@ def deform_conv2d(
 
 
 @register_notrace_function  # reason: pads depending on the map size
-def _pad_single(x: torch.Tensor) -> torch.Tensor:
+def pad_single_row_col(x: torch.Tensor) -> torch.Tensor:
     """Pad an NCHW map with one row/column of zeros where it is only one row/column high/wide."""
     return F.pad(x, (0, int(x.shape[-1] == 1), 0, int(x.shape[-2] == 1)))
 
@@ -131,7 +131,7 @@ class DTM(nn.Module):
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dconv(_pad_single(x.permute(0, 3, 1, 2)))
+        x = self.dconv(pad_single_row_col(x.permute(0, 3, 1, 2)))
         return self.act(self.norm(x)).permute(0, 2, 3, 1)
 
 
