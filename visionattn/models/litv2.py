@@ -24,6 +24,9 @@ before a DTM, where the official code would produce an empty map. Working gradie
 det/seg backbones take them; those backbones add per-output LayerNorms ``norm{i}`` that are not part of this model and
 are dropped from their checkpoints).
 
+Training note: the official recipe trains the offset convolutions' weights (``*.dconv.conv_offset.weight``) at 0.01x
+the base learning rate (``OFFSET_LR_MULTI``); their biases use the base rate without weight decay.
+
 Layout: NHWC inside the model; ``forward_features`` returns NHWC (``output_fmt = 'NHWC'``). Stage ``i > 0`` starts
 with the DTM that the official code runs at the end of stage ``i - 1``.
 """
@@ -67,7 +70,7 @@ def deform_conv2d(
     cdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
-    mask = x.new_zeros((x.shape[0], 0), dtype=cdtype)
+    mask = x.new_zeros((x.shape[0], 1), dtype=cdtype)  # unused (no modulation), as torchvision passes it
     out = torch.ops.torchvision.deform_conv2d(
         x.to(cdtype), weight.to(cdtype), offset.to(cdtype), mask, bias.to(cdtype),
         stride, stride, padding, padding, 1, 1, 1, 1, False)
