@@ -14,6 +14,7 @@ random, integer, border (-1, H) and out-of-map offsets). Contents, every paramet
 - ``input_det`` ``[1, 3, 90, 122]`` through the official mmdet backbone (its per-output norms set to identity) with
   windows 2 and 4: ``det_ws{2,4}.stage{i}.*`` (patch-embed padding, odd maps floored by the DTM, HiLo zero padding
   of 5x7 maps);
+- ``det_norm.*``: the same mmdet backbone (window 2) with its random per-output norms ``norm1-3``, float64 maps;
 - official det/seg ``HiLo(24, 4 heads, window 3)`` with alpha 0, 0.5, 1 on a 7x5 map: ``hilo_a{alpha}.*``.
 
 Each output is stored as computed by the official code in float64 and in float32.
@@ -115,6 +116,23 @@ def test_fixture_exercises_offsets_and_hifi(fx):
         bad[key] = sd[key].flip(0)
         d = _diffs(_ours(cfg, bad, torch.float64), x, t, 'det_ws2.', 'float64', logits=False)
         assert max(d.values()) > 1e-3, key
+
+
+def test_mmdet_output_norms(fx):
+    cfg, sd, t = fx
+    ckpt = {'state_dict': {**{'backbone.' + k: v for k, v in sd.items() if not k.startswith(('head', 'norm.'))},
+                           **{'backbone.' + k[len('det_norm.'):]: v for k, v in t.items()
+                              if k.startswith('det_norm.norm')}}}
+    model = LITv2(**dict(cfg, out_norms='mmdet')).eval()
+    missing, unexpected = model.load_state_dict(checkpoint_filter_fn(ckpt, model), strict=False)
+    assert set(missing) == {'head.weight', 'head.bias', 'norm.weight', 'norm.bias'} and not unexpected
+    d = _diffs(model.double(), t['input_det'].double(), t, 'det_norm.', 'float64', logits=False)
+    assert len(d) == 3 and max(d.values()) <= 1e-6, d
+    # without out_norms the norm{i} weights are dropped
+    assert not any(k.startswith('out_norms') for k in checkpoint_filter_fn(ckpt, LITv2(**cfg)))
+    assert list(LITv2(**dict(cfg, out_norms='mmseg')).out_norms) == ['0', '1', '2', '3']
+    with pytest.raises(ValueError, match='out_norms'):
+        LITv2(**dict(cfg, out_norms=(4,)))
 
 
 def test_checkpoint_layouts(fx):

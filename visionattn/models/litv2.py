@@ -21,8 +21,8 @@ segmentation backbones handle it (inputs padded bottom/right to a multiple of 4,
 of the window and cropped, odd maps floored by the DTM convolution); maps of a single row or column are padded to two
 before a DTM, where the official code would produce an empty map. Working gradient checkpointing, and
 ``features_only`` / ``forward_intermediates`` returning the four NCHW stage maps (before each DTM, as the official
-det/seg backbones take them; those backbones add per-output LayerNorms ``norm{i}`` that are not part of this model and
-are dropped from their checkpoints).
+det/seg backbones take them; those backbones add per-output LayerNorms ``norm{i}``: ``out_norms='mmdet'`` (stages
+2-4) or ``'mmseg'`` (all four) adds them, so that their checkpoints reproduce the official backbone outputs).
 
 Training note: the official recipe trains the offset convolutions' weights (``*.dconv.conv_offset.weight``) at 0.01x
 the base learning rate (``OFFSET_LR_MULTI``); their biases use the base rate without weight decay.
@@ -49,6 +49,8 @@ from ._convert import unwrap_state_dict
 __all__ = ['LITv2', 'deform_conv2d']
 
 _PAPER = dict(paper_ids='arXiv:2205.13213', paper_name='Fast Vision Transformers with HiLo Attention')
+# stages with a per-output LayerNorm in the official dense-prediction backbones
+_OUT_NORMS = {'mmdet': (1, 2, 3), 'mmseg': (0, 1, 2, 3)}
 
 
 @register_notrace_function  # reason: dtype and shape checks
@@ -266,6 +268,7 @@ class LITv2(nn.Module):
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.2,
+            out_norms: Union[str, Sequence[int]] = (),
             act_layer: Type[nn.Module] = nn.GELU,
             norm_layer: Type[nn.Module] = nn.LayerNorm,
     ):
@@ -287,6 +290,9 @@ class LITv2(nn.Module):
             drop_rate: Dropout before the classifier.
             proj_drop_rate: Dropout in the ConvFFN (official ``drop_rate``).
             drop_path_rate: Stochastic depth, increasing linearly over all blocks.
+            out_norms: Stages whose ``forward_intermediates`` maps get a LayerNorm of their own, as the official
+                dense-prediction backbones (``'mmdet'``: stages 1-3, ``'mmseg'``: 0-3, or indices); their weights are
+                the ``norm{i}`` of those checkpoints. Default: none (classification).
             act_layer: Activation of the ConvFFN and the DTM.
             norm_layer: Norm layer of the blocks, the stem and the head.
         """
@@ -329,6 +335,11 @@ class LITv2(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
+        out_norms = _OUT_NORMS.get(out_norms, out_norms) if isinstance(out_norms, str) else out_norms
+        if isinstance(out_norms, str) or any(not 0 <= i < num_stages for i in out_norms):
+            raise ValueError(f"out_norms must be 'mmdet', 'mmseg' or stage indices, got {out_norms!r}")
+        # per-output norms of the official det/seg backbones (applied to the intermediates only)
+        self.out_norms = nn.ModuleDict({str(i): norm_layer(dims[i]) for i in sorted(set(out_norms))})
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -355,6 +366,7 @@ class LITv2(nn.Module):
                 (r'^stages\.(\d+)\.downsample', (0,)),
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
                 (r'^norm', (99999,)),
+                (r'^out_norms', (99999,)),
             ],
         )
 
@@ -391,7 +403,7 @@ class LITv2(nn.Module):
         Args:
             x: Input images ``[B, C, H, W]``.
             indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Apply the final norm to the last stage's map (the other stages have no norm of their own).
+            norm: Apply the final norm to the last stage's map (unless ``out_norms`` gives it a norm of its own).
             stop_early: Stop after the last stage needed.
             output_fmt: ``'NCHW'`` or ``'NHWC'``.
             intermediates_only: Return only the intermediates.
@@ -409,7 +421,10 @@ class LITv2(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                y = self.norm(x) if norm and i == last_idx else x
+                if str(i) in self.out_norms:
+                    y = self.out_norms[str(i)](x)
+                else:
+                    y = self.norm(x) if norm and i == last_idx else x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
         if intermediates_only:
             return intermediates
@@ -424,6 +439,8 @@ class LITv2(nn.Module):
         """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
+        for k in [k for k in self.out_norms if int(k) not in take_indices]:
+            del self.out_norms[k]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -448,13 +465,15 @@ def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
     """Convert an official LITv2 checkpoint to this model.
 
     Accepts raw state dicts and training dicts (``'model'``, as the released classification files), and mmdet/mmseg
-    checkpoints (``backbone.`` prefix; their per-output ``norm{i}`` LayerNorms are dropped). Official names map as
+    checkpoints (``backbone.`` prefix; their per-output ``norm{i}`` LayerNorms become ``out_norms.{i}`` where the model
+    has them, see ``LITv2(out_norms=...)``, and are dropped otherwise). Official names map as
     ``layers.i.blocks`` -> ``stages.i.blocks``, ``layers.i.downsample`` -> ``stages.{i+1}.downsample`` (its
     ``norm_layer`` -> ``norm``), ``mlp.dwconv.dwconv`` -> ``mlp.dwconv``; HiLo's names are unchanged.
     """
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    own = model.state_dict()
     out = {}
     for k, v in state_dict.items():
         parts = k.split('.')
@@ -465,7 +484,10 @@ def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
             else:
                 k = '.'.join([f'stages.{i}'] + parts[2:]).replace('.mlp.dwconv.dwconv.', '.mlp.dwconv.')
         elif parts[0].startswith('norm') and parts[0][4:].isdigit():
-            continue  # per-output norms of the mmdet/mmseg backbones
+            # per-output norms of the mmdet/mmseg backbones: kept where the model has them (``out_norms``)
+            k = f'out_norms.{parts[0][4:]}.' + '.'.join(parts[1:])
+            if k not in own:
+                continue
         out[k] = v
     return out
 
