@@ -1,5 +1,6 @@
 """nn.Modules shared by the families: attention mixers over the ops, MLPs, embeddings, norms."""
 from .helpers import check_image_input, drop_path_rates
+from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention1d, NeighborhoodAttention2d, NeighborhoodAttention3d
 from .rala import RALA
 from .routing import BiLevelRoutingAttention, bra_checkpoint_filter

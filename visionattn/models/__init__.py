@@ -3,6 +3,7 @@ from ._registry import list_models, model_modules
 from .biformer import *
 from .convit_va import *
 from .evit import *
+from .litv2 import *
 from .nat import *
 from .ravlt import *
 from .sparsifiner import *
