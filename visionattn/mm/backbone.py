@@ -30,6 +30,7 @@ FAMILY_TYPES: Dict[str, str] = {
     'convit_va': 'VAConViT',
     'nat': 'NAT',
     'evit': 'EViT',
+    'litv2': 'LITv2',
     'sparsifiner': 'Sparsifiner',
     'ravlt': 'RAVLT',
     'transnext': 'TransNeXt',

@@ -38,13 +38,14 @@ import torch.nn.functional as F
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.deform_conv2d
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from visionattn.layers import HiLo, check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
+from ._hub import build_model
 
 __all__ = ['LITv2', 'deform_conv2d']
 
@@ -494,7 +495,7 @@ def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
 
 def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model_with_cfg(
+    return build_model(
         LITv2,
         variant,
         pretrained,

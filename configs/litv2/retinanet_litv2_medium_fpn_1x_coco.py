@@ -1,0 +1,13 @@
+_base_ = [
+    '../_base_/models/retinanet_visionattn_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_1x_adamw.py'
+]
+# LITv2-M RetinaNet 1x, COCO: 46.0 box AP (LITv2 README (ziplab/LITv2)); AdamW lr 1e-4 wd 1e-4
+model = dict(
+    backbone=dict(
+        arch='litv2_medium',
+        out_indices=(1, 2, 3),
+        drop_path_rate=0.2, out_norms='mmdet',
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_m.pth')),
+    neck=dict(in_channels=[192, 384, 768]))
+optim_wrapper = dict(optimizer=dict(weight_decay=1e-4))
