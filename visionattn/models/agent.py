@@ -1,0 +1,422 @@
+"""Agent Attention on four hosts: Agent-DeiT, Agent-PVT, Agent-Swin, Agent-CSwin.
+
+Paper: `Agent Attention: On the Integration of Softmax and Linear Attention`
+    - https://arxiv.org/abs/2312.08874 (Han, Ye, Han, Xia, Pan, Wan, Song, Huang, ECCV 2024)
+
+Official code and weights: https://github.com/LeapLabTHU/Agent-Attention. The repository has no top-level LICENSE
+file and its README states none (only the vendored OpenMMLab trees carry licenses): the license is recorded as
+'unknown'. The weights are on Tsinghua Cloud; the files are full training dicts (``'model'``, optimizer, a pickled
+yacs ``CfgNode`` under ``'config'``), so loading them needs ``torch.load(..., weights_only=False)`` from a trusted
+source; ``checkpoint_filter_fn`` receives the loaded dict and unwraps ``'model'``.
+
+Agent attention (``visionattn.layers.AgentAttention`` over ``visionattn.ops.agent_attention``, one implementation for
+the four hosts): agents pooled from the queries aggregate the values (softmax over the keys), then broadcast them back
+(softmax over the agents), with the agent/position biases of the official code and a depthwise conv on V.
+
+What this version changes:
+    - Any input size. The official classification models fix the biases to the training grid (and Swin/CSwin/DeiT
+      assert the size); here the biases are resized to the input grid (bilinear, as the official downstream
+      backbones do at every forward), computed once per grid size and cached in inference. At the training size the
+      outputs equal the official classification models; the agent grid is a constructor option (``agent_shape``,
+      the official downstream ``downstream_agent_shape``), in which case the agent biases are resized as the
+      official downstream backbones do.
+    - Distinct names (``agent_deit_*``, ``agent_pvt_*``, ``agent_swin_*``, ``agent_cswin_*``) and pretrained cfgs
+      that point at the Agent weights (the official ``agent_deit_*`` factories route to DeiT's cfgs and fail on
+      timm 1.x).
+    - The full timm API: ``features_only`` (stage maps NCHW; the usual ViT block intermediates for DeiT),
+      ``forward_intermediates``, gradient checkpointing, classifier reset.
+"""
+import math
+from functools import partial
+from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Attention, DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
+
+from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.layers.agent import AgentAttention
+
+from ._convert import unwrap_state_dict
+
+__all__ = ['AgentDeiT']
+
+_PAPER = dict(
+    paper_ids='arXiv:2312.08874',
+    paper_name='Agent Attention: On the Integration of Softmax and Linear Attention',
+    license='unknown')
+
+
+def _per_block(value: Union[int, Sequence[int]], depth: int, name: str) -> List[int]:
+    if isinstance(value, (int, float, str)):
+        return [int(value)] * depth
+    value = [int(v) for v in value]
+    if len(value) != depth:
+        raise ValueError(f'{name} has {len(value)} entries for {depth} blocks')
+    return value
+
+
+@register_notrace_function  # reason: the grid sizes decide whether to resample
+def resample_pos_embed(
+        pos_embed: torch.Tensor,
+        feat_size: Tuple[int, int],
+        base_size: Tuple[int, int],
+        num_prefix_tokens: int = 0,
+) -> torch.Tensor:
+    """A ``[1, prefix + H*W, C]`` position embedding of a ``base_size`` grid resampled to ``feat_size``.
+
+    Bilinear, ``align_corners=False``: the official rule (Agent-DeiT's ``resize_pos_embed`` and Agent-PVT's
+    ``_get_pos_embed``); the identity at the same grid.
+    """
+    if tuple(feat_size) == tuple(base_size):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    C = grid.shape[-1]
+    grid = grid.transpose(1, 2).reshape(1, C, base_size[0], base_size[1])
+    grid = F.interpolate(grid, size=tuple(feat_size), mode='bilinear', align_corners=False)
+    return torch.cat([prefix, grid.reshape(1, C, -1).transpose(1, 2)], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Agent-DeiT
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DeiTBlock(nn.Module):
+    """Pre-norm ViT block whose mixer is agent attention (class token as a prefix token) or plain attention."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: Tuple[int, int],
+            agent: bool = True,
+            agent_num: int = 49,
+            agent_shape: Optional[Sequence[int]] = None,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.agent = agent
+        self.norm1 = norm_layer(dim)
+        if agent:
+            self.attn = AgentAttention(
+                dim, num_heads, window_size, agent_num=agent_num, agent_shape=agent_shape, qkv_layout='qkv',
+                qkv_bias=qkv_bias, num_prefix_tokens=1, attn_drop=attn_drop, proj_drop=proj_drop)
+        else:
+            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        y = self.norm1(x)
+        y = self.attn(y, feat_size) if self.agent else self.attn(y)
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class AgentDeiT(nn.Module):
+    """DeiT with agent attention in its first ``agent_layers`` blocks (all for T/S, 4 for B)."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 768,
+            depth: int = 12,
+            num_heads: int = 12,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            agent_num: Union[int, Sequence[int]] = 49,
+            agent_shape: Optional[Sequence[int]] = None,
+            agent_layers: Optional[int] = None,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Optional[Callable[[int], nn.Module]] = None,
+            act_layer: Optional[Type[nn.Module]] = None,
+    ):
+        """
+        Args:
+            img_size: Training size: sets the position embedding grid and the bias shapes (the official
+                ``window = img_size // patch_size``). Any input size runs (biases and position embedding resampled).
+            patch_size: Patch size.
+            in_chans: Input channels.
+            num_classes: Classes of the head (0 for none).
+            global_pool: ``'token'`` (class token, as the official model), ``'avg'`` or ``''``.
+            embed_dim: Width.
+            depth: Blocks.
+            num_heads: Heads.
+            mlp_ratio: MLP hidden width over embed_dim.
+            qkv_bias: Bias of the qkv projection.
+            agent_num: Agents per agent block (a square number), one value or one per block.
+            agent_shape: Agent grid at run time for every agent block (default: the square grid of ``agent_num``);
+                the agent biases are resized to it.
+            agent_layers: The first ``agent_layers`` blocks use agent attention, the rest plain attention
+                (None: all, the official ``agent_layer=-1``).
+            drop_rate: Dropout before the head.
+            pos_drop_rate: Dropout after the position embedding (the official ``drop_rate``).
+            proj_drop_rate: Dropout after projections and in the MLP (the official ``drop_rate``).
+            attn_drop_rate: Dropout on attention maps.
+            drop_path_rate: Stochastic depth (linear over blocks).
+            norm_layer: Norm (LayerNorm eps 1e-6 by default, as DeiT).
+            act_layer: MLP activation (GELU).
+        """
+        super().__init__()
+        if global_pool not in ('', 'avg', 'token'):
+            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        act_layer = act_layer or nn.GELU
+        agent_layers = depth if agent_layers is None or agent_layers < 0 else agent_layers
+        agent_nums = _per_block(agent_num, depth, 'agent_num')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
+            strict_img_size=False, dynamic_img_pad=True)
+        grid = tuple(self.patch_embed.grid_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1] + 1, embed_dim))
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+        dpr = drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.ModuleList([
+            DeiTBlock(
+                embed_dim, num_heads, grid, agent=i < agent_layers, agent_num=agent_nums[i], agent_shape=agent_shape,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                drop_path=dpr[i], act_layer=act_layer, norm_layer=norm_layer)
+            for i in range(depth)])
+        self.norm = norm_layer(embed_dim)
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed', 'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^cls_token|pos_embed|patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('', 'avg', 'token'):
+                raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
+            self.global_pool = global_pool
+        w = self.cls_token
+        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
+        feat_size = (x.shape[1], x.shape[2])
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)], dim=1)
+        x = x + resample_pos_embed(self.pos_embed, feat_size, self.patch_embed.grid_size, 1)
+        return self.pos_drop(x), feat_size
+
+    def _block(self, i: int, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(self.blocks[i], x, feat_size, use_reentrant=False)
+        return self.blocks[i](x, feat_size)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the patch tokens of the selected blocks (NCHW maps or NLC)."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, feat_size = self._embed(x)
+        intermediates = []
+        last = max_index if stop_early else len(self.blocks) - 1
+        for i in range(last + 1):
+            x = self._block(i, x, feat_size)
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                y = y[:, self.num_prefix_tokens:]
+                if output_fmt == 'NCHW':
+                    y = y.reshape(y.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, feat_size = self._embed(x)
+        for i in range(len(self.blocks)):
+            x = self._block(i, x, feat_size)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == 'token':
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.zeros_(m.bias)
+        nn.init.ones_(m.weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoint conversion, builders, cfgs, registrations
+# ----------------------------------------------------------------------------------------------------------------
+
+# persistent buffers of the official Swin blocks, recomputed here
+_DROP_SUFFIXES = ('relative_position_index', 'attn_mask')
+
+
+def _resample_deit_pos_embed(v: torch.Tensor, model: AgentDeiT) -> torch.Tensor:
+    n = v.shape[1] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f'pos_embed of {n} patch tokens is not a square grid; cannot resample it')
+    return resample_pos_embed(v, tuple(model.patch_embed.grid_size), (side, side), 1)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """Convert an official Agent-DeiT/PVT/Swin/CSwin checkpoint (already loaded; a training dict with ``'model'`` or
+    a raw state dict) to this model.
+
+    Strips ``module.``, drops the official Swin persistent buffers (``relative_position_index``, ``attn_mask``),
+    renames the CSwin layout (see :func:`_cswin_key`) and resamples a position embedding saved for another grid.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith(_DROP_SUFFIXES):
+            continue
+        if isinstance(model, AgentDeiT):
+            if k == 'patch_embed.proj.weight' and v.ndim < 4:
+                v = v.reshape(model.patch_embed.proj.weight.shape)
+            elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
+                v = _resample_deit_pos_embed(v, model)
+        out[k] = v
+    return out
+
+
+def _create_agent_deit(variant: str, pretrained: bool = False, **kwargs) -> AgentDeiT:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        AgentDeiT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs)
+
+
+def _cfg(file_id: str = '', **kwargs) -> dict:
+    return {
+        'url': f'https://cloud.tsinghua.edu.cn/f/{file_id}/?dl=1' if file_id else '',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'crop_mode': 'squash', 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'origin_url': 'https://github.com/LeapLabTHU/Agent-Attention',
+        'notes': ('Tsinghua Cloud training dict (weights under "model", pickled yacs config): load with '
+                  'torch.load(weights_only=False) from a trusted copy',),
+        **_PAPER,
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'agent_deit_tiny.in1k': _cfg('57e0904221824ee7b7af'),
+    'agent_deit_small.in1k': _cfg('fdd43304372541db8ea7'),
+    'agent_deit_small_448.in1k': _cfg('a228f86241c445f1969b', input_size=(3, 448, 448)),
+    'agent_deit_base.in1k': _cfg('5115f15fdd7e4ab58fbc'),
+})
+
+
+@register_model
+def agent_deit_tiny(pretrained: bool = False, **kwargs) -> AgentDeiT:
+    """Agent-DeiT-T: 192 wide, 3 heads, agent attention (49 agents) in all 12 blocks (74.9% top-1)."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, agent_num=49)
+    return _create_agent_deit('agent_deit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_deit_small(pretrained: bool = False, **kwargs) -> AgentDeiT:
+    """Agent-DeiT-S: 384 wide, 6 heads, agent attention (49 agents) in all 12 blocks (80.5% top-1)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, agent_num=49)
+    return _create_agent_deit('agent_deit_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_deit_small_448(pretrained: bool = False, **kwargs) -> AgentDeiT:
+    """Agent-DeiT-S at 448 (28x28 bias grid, 49 agents; 83.1% top-1)."""
+    model_args = dict(img_size=448, patch_size=16, embed_dim=384, depth=12, num_heads=6, agent_num=49)
+    return _create_agent_deit('agent_deit_small_448', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_deit_base(pretrained: bool = False, **kwargs) -> AgentDeiT:
+    """Agent-DeiT-B: 768 wide, 12 heads, agent attention (81 agents) in blocks 0-3, plain attention after (82.0%)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, agent_num=81, agent_layers=4)
+    return _create_agent_deit('agent_deit_base', pretrained=pretrained, **dict(model_args, **kwargs))
