@@ -133,3 +133,40 @@ def test_deit_any_size_and_features():
         feats = timm.create_model('agent_deit_tiny', depth=3, features_only=True, out_indices=(0, 2)).eval()(
             torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape) for f in feats] == [(1, 192, 4, 6)] * 2
+
+
+# ------------------------------------------------------------------------------------------------------------- PVT
+
+
+def _official_arch(cfg, *drop):
+    return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def test_pvt_equals_official():
+    t, sd, cfg = _fixture('pvt')
+    model = agent_models.AgentPVT(**_official_arch(cfg, 'mm_agent_shapes'))
+    _check_official(model, t, sd, 'cls', t['x'], lambda m: {f'stage{i}': s.blocks[-1] for i, s in enumerate(m.stages)})
+
+
+def test_pvt_equals_official_downstream_backbone():
+    """The official mm backbone at 96x64 (not the training size) with more agents than in the checkpoint."""
+    t, sd, cfg = _fixture('pvt')
+    shapes = cfg['mm_agent_shapes']
+    model = agent_models.AgentPVT(**_official_arch(cfg, 'mm_agent_shapes'), agent_shapes=shapes)
+    model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+    model.eval()
+    x = t['x_mm']
+    with torch.no_grad():
+        f32 = model.forward_intermediates(x.float(), intermediates_only=True)
+        f64 = model.double().forward_intermediates(x.double(), intermediates_only=True)
+    assert model.stages[1].blocks[0].attn.compute_biases((12, 8))[0].shape == (2, 6, 96)
+    for i, (a, b) in enumerate(zip(f64, f32)):
+        _assert_close(a, b, t, f'mm.out{i}')
+
+
+def test_pvt_odd_sizes_pad():
+    m = timm.create_model('agent_pvt_tiny', embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1),
+                          depths=(1, 1, 1, 1), num_classes=3).eval()
+    with torch.no_grad():
+        feats = m.forward_intermediates(torch.randn(1, 3, 17, 23), intermediates_only=True)
+    assert [tuple(f.shape[2:]) for f in feats] == [(5, 6), (3, 3), (2, 2), (1, 1)]

@@ -27,6 +27,7 @@ What this version changes:
       ``forward_intermediates``, gradient checkpointing, classifier reset.
 """
 import math
+import re
 from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_
+from timm.layers import Attention, DropPath, Mlp, PatchEmbed, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
@@ -44,7 +45,7 @@ from visionattn.layers.agent import AgentAttention
 
 from ._convert import unwrap_state_dict
 
-__all__ = ['AgentDeiT']
+__all__ = ['AgentDeiT', 'AgentPVT']
 
 _PAPER = dict(
     paper_ids='arXiv:2312.08874',
@@ -87,8 +88,12 @@ def resample_pos_embed(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class DeiTBlock(nn.Module):
-    """Pre-norm ViT block whose mixer is agent attention (class token as a prefix token) or plain attention."""
+class Block(nn.Module):
+    """Pre-norm transformer block on ``[B, P + H*W, C]`` tokens whose mixer is agent attention or plain attention.
+
+    The Agent-DeiT block (class token as a prefix token; plain blocks after ``agent_layers``), the Agent-PVT block
+    (``q``/``kv`` projections) and the Agent-Swin "A" block (one global window).
+    """
 
     def __init__(
             self,
@@ -98,6 +103,8 @@ class DeiTBlock(nn.Module):
             agent: bool = True,
             agent_num: int = 49,
             agent_shape: Optional[Sequence[int]] = None,
+            qkv_layout: str = 'qkv',
+            num_prefix_tokens: int = 0,
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             proj_drop: float = 0.,
@@ -111,8 +118,8 @@ class DeiTBlock(nn.Module):
         self.norm1 = norm_layer(dim)
         if agent:
             self.attn = AgentAttention(
-                dim, num_heads, window_size, agent_num=agent_num, agent_shape=agent_shape, qkv_layout='qkv',
-                qkv_bias=qkv_bias, num_prefix_tokens=1, attn_drop=attn_drop, proj_drop=proj_drop)
+                dim, num_heads, window_size, agent_num=agent_num, agent_shape=agent_shape, qkv_layout=qkv_layout,
+                qkv_bias=qkv_bias, num_prefix_tokens=num_prefix_tokens, attn_drop=attn_drop, proj_drop=proj_drop)
         else:
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -202,8 +209,9 @@ class AgentDeiT(nn.Module):
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
-            DeiTBlock(
+            Block(
                 embed_dim, num_heads, grid, agent=i < agent_layers, agent_num=agent_nums[i], agent_shape=agent_shape,
+                num_prefix_tokens=1,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 drop_path=dpr[i], act_layer=act_layer, norm_layer=norm_layer)
             for i in range(depth)])
@@ -326,6 +334,246 @@ def _init_weights(m: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Agent-PVT
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _stage_forward(blocks: nn.ModuleList, x: torch.Tensor, feat_size: Tuple[int, int], grad_ckpt: bool) -> torch.Tensor:
+    for blk in blocks:
+        if grad_ckpt and not torch.jit.is_scripting():
+            x = checkpoint(blk, x, feat_size, use_reentrant=False)
+        else:
+            x = blk(x, feat_size)
+    return x
+
+
+class PVTStage(nn.Module):
+    """Patch embedding (stride conv + LayerNorm; inputs padded to the stride), learned position embedding of the
+    training grid (bilinearly resampled for other grids), agent-attention blocks. NCHW in and out."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            dim: int,
+            patch_size: int,
+            grid: Tuple[int, int],
+            depth: int,
+            num_heads: int,
+            mlp_ratio: float,
+            qkv_bias: bool,
+            agent_num: int,
+            agent_shape: Optional[Sequence[int]],
+            drop_path: Sequence[float],
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            pos_drop: float = 0.,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.grad_checkpointing = False
+        # the official PatchEmbed norm is a default LayerNorm (eps 1e-5), unlike the blocks' (1e-6)
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=patch_size, in_chans=in_chs, embed_dim=dim, norm_layer=nn.LayerNorm,
+            output_fmt='NHWC', strict_img_size=False, dynamic_img_pad=True)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
+        self.pos_drop = nn.Dropout(pos_drop)
+        self.blocks = nn.ModuleList([
+            Block(
+                dim, num_heads, self.grid, agent_num=agent_num, agent_shape=agent_shape, qkv_layout='q_kv',
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop, attn_drop=attn_drop,
+                drop_path=drop_path[j], norm_layer=norm_layer)
+            for j in range(depth)])
+        trunc_normal_(self.pos_embed, std=.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # [B, H, W, C]
+        B, H, W, C = x.shape
+        x = self.pos_drop(x.flatten(1, 2) + resample_pos_embed(self.pos_embed, (H, W), self.grid))
+        x = _stage_forward(self.blocks, x, (H, W), self.grad_checkpointing)
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class _StagedModel(nn.Module):
+    """The timm API shared by the hierarchical hosts (PVT, Swin, CSwin): ``stem`` (may be Identity), ``stages``
+    (NCHW in and out), ``norm`` (on the channels of the last map), average pooling and ``head``."""
+
+    def _init_api(self, num_classes: int, in_chans: int, global_pool: str, embed_dims: Sequence[int],
+                  reductions: Sequence[int], drop_rate: float) -> None:
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be '' or 'avg', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=f'stages.{i}') for i, (c, r) in enumerate(zip(embed_dims, reductions))]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {n for n, _ in self.named_parameters() if n.endswith(('pos_embed', 'relative_position_bias_table'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^stem|^stages\.0\.(patch_embed|pos_embed)',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.(?:downsample|patch_embed|pos_embed)', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('', 'avg'):
+                raise ValueError(f"global_pool must be '' or 'avg', got {global_pool!r}")
+            self.global_pool = global_pool
+        w = next(self.parameters())
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.norm, nn.Identity):
+            return x
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the selected stage maps (NCHW; the final norm on the last one only
+        when ``norm``)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(check_image_input(x, self.in_chans))
+        intermediates = []
+        last = max_index if stop_early else len(self.stages) - 1
+        for i in range(last + 1):
+            x = self.stages[i](x)
+            if i in take_indices:
+                intermediates.append(self._norm(x) if norm and i == len(self.stages) - 1 else x)
+        if intermediates_only:
+            return intermediates
+        return self._norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(check_image_input(x, self.in_chans))
+        for stage in self.stages:
+            x = stage(x)
+        return self._norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class AgentPVT(_StagedModel):
+    """Agent-PVT: PVTv1 with agent attention in every block (``AAAA``, no spatial reduction), no final norm."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            num_heads: Sequence[int] = (1, 2, 5, 8),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+            depths: Sequence[int] = (2, 2, 2, 2),
+            qkv_bias: bool = True,
+            agent_num: Sequence[int] = (9, 16, 49, 49),
+            agent_shapes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Optional[Callable[[int], nn.Module]] = None,
+    ):
+        """
+        Args:
+            img_size: Training size: sets the position-embedding grids and bias shapes; any input size runs.
+            patch_size: Stride of the first patch embedding (then 2 per stage).
+            in_chans: Input channels.
+            num_classes: Classes of the head (0 for none).
+            global_pool: ``'avg'`` or ``''``.
+            embed_dims: Stage widths.
+            num_heads: Stage heads.
+            mlp_ratios: Stage MLP ratios.
+            depths: Stage depths.
+            qkv_bias: Bias of the q/kv projections.
+            agent_num: Agents per stage (square numbers).
+            agent_shapes: Agent grid per stage at run time (the official downstream ``downstream_agent_shapes``, e.g.
+                ``((12, 12), (16, 16), (28, 28), (28, 28))``); None keeps the square grids of ``agent_num``.
+            drop_rate: Dropout before the head and after the position embeddings (the official ``drop_rate``).
+            proj_drop_rate: Dropout after projections and in the MLPs.
+            attn_drop_rate: Dropout on attention maps.
+            drop_path_rate: Stochastic depth (linear over all blocks).
+            norm_layer: Block norm (LayerNorm eps 1e-6).
+        """
+        super().__init__()
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        img_size = to_2tuple(img_size)
+        n = len(depths)
+        agent_shapes = agent_shapes or [None] * n
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        self.stem = nn.Identity()
+        stages = []
+        grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+        for i in range(n):
+            if i:
+                grid = (grid[0] // 2, grid[1] // 2)
+            stages.append(PVTStage(
+                in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], patch_size if i == 0 else 2, grid, depths[i],
+                num_heads[i], mlp_ratios[i], qkv_bias, int(agent_num[i]), agent_shapes[i],
+                dpr[sum(depths[:i]):sum(depths[:i + 1])], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                pos_drop=drop_rate, norm_layer=norm_layer))
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.Identity()
+        self._init_api(num_classes, in_chans, global_pool, embed_dims,
+                       [patch_size * 2 ** i for i in range(n)], drop_rate)
+        self.apply(_init_weights)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # checkpoint conversion, builders, cfgs, registrations
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -358,6 +606,15 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
                 v = v.reshape(model.patch_embed.proj.weight.shape)
             elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
                 v = _resample_deit_pos_embed(v, model)
+        elif isinstance(model, AgentPVT):
+            k = re.sub(r'^patch_embed(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.patch_embed.', k)
+            k = re.sub(r'^pos_embed(\d)$', lambda m: f'stages.{int(m[1]) - 1}.pos_embed', k)
+            k = re.sub(r'^block(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.', k)
+            if k.endswith('.pos_embed'):
+                stage = model.stages[int(k.split('.')[1])]
+                if v.shape != stage.pos_embed.shape:
+                    side = math.isqrt(v.shape[1])
+                    v = resample_pos_embed(v, stage.grid, (side, side))
         out[k] = v
     return out
 
@@ -366,6 +623,15 @@ def _create_agent_deit(variant: str, pretrained: bool = False, **kwargs) -> Agen
     out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_cfg(
         AgentDeiT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs)
+
+
+def _create_agent_pvt(variant: str, pretrained: bool = False, **kwargs) -> AgentPVT:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        AgentPVT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
@@ -391,6 +657,12 @@ default_cfgs = generate_default_cfgs({
     'agent_deit_small.in1k': _cfg('fdd43304372541db8ea7'),
     'agent_deit_small_448.in1k': _cfg('a228f86241c445f1969b', input_size=(3, 448, 448)),
     'agent_deit_base.in1k': _cfg('5115f15fdd7e4ab58fbc'),
+    'agent_pvt_tiny.in1k': _cfg('13fdf0e0a7c5498c934f', first_conv='stages.0.patch_embed.proj'),
+    'agent_pvt_small.in1k': _cfg('36b8be9a8863456685a3', first_conv='stages.0.patch_embed.proj'),
+    'agent_pvt_medium.in1k': _cfg('4d00ecacf18b45f9b88c', first_conv='stages.0.patch_embed.proj'),
+    'agent_pvt_medium_256.in1k': _cfg(
+        '654df734121643b19c52', first_conv='stages.0.patch_embed.proj', input_size=(3, 256, 256)),
+    'agent_pvt_large.in1k': _cfg('040cfe0cfbbe4762ad09', first_conv='stages.0.patch_embed.proj'),
 })
 
 
@@ -420,3 +692,41 @@ def agent_deit_base(pretrained: bool = False, **kwargs) -> AgentDeiT:
     """Agent-DeiT-B: 768 wide, 12 heads, agent attention (81 agents) in blocks 0-3, plain attention after (82.0%)."""
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, agent_num=81, agent_layers=4)
     return _create_agent_deit('agent_deit_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+_PVT = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), agent_num=(9, 16, 49, 49))
+
+
+@register_model
+def agent_pvt_tiny(pretrained: bool = False, **kwargs) -> AgentPVT:
+    """Agent-PVT-T: depths 2-2-2-2, agent attention everywhere (78.4% top-1)."""
+    model_args = dict(depths=(2, 2, 2, 2), **_PVT)
+    return _create_agent_pvt('agent_pvt_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_pvt_small(pretrained: bool = False, **kwargs) -> AgentPVT:
+    """Agent-PVT-S: depths 3-4-6-3 (82.2% top-1)."""
+    model_args = dict(depths=(3, 4, 6, 3), **_PVT)
+    return _create_agent_pvt('agent_pvt_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_pvt_medium(pretrained: bool = False, **kwargs) -> AgentPVT:
+    """Agent-PVT-M: depths 3-4-18-3 (83.4% top-1)."""
+    model_args = dict(depths=(3, 4, 18, 3), **_PVT)
+    return _create_agent_pvt('agent_pvt_medium', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_pvt_medium_256(pretrained: bool = False, **kwargs) -> AgentPVT:
+    """Agent-PVT-M trained at 256 (64x64 stage-1 grid; 83.8% top-1)."""
+    model_args = dict(img_size=256, depths=(3, 4, 18, 3), **_PVT)
+    return _create_agent_pvt('agent_pvt_medium_256', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_pvt_large(pretrained: bool = False, **kwargs) -> AgentPVT:
+    """Agent-PVT-L: depths 3-8-27-3 (the official ``agent_pvt_b.yaml``; 83.7% top-1)."""
+    model_args = dict(depths=(3, 8, 27, 3), **_PVT)
+    return _create_agent_pvt('agent_pvt_large', pretrained=pretrained, **dict(model_args, **kwargs))
