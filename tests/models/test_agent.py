@@ -170,3 +170,38 @@ def test_pvt_odd_sizes_pad():
     with torch.no_grad():
         feats = m.forward_intermediates(torch.randn(1, 3, 17, 23), intermediates_only=True)
     assert [tuple(f.shape[2:]) for f in feats] == [(5, 6), (3, 3), (2, 2), (1, 1)]
+
+
+# ------------------------------------------------------------------------------------------------------------ Swin
+
+
+def test_swin_equals_official():
+    t, sd, cfg = _fixture('swin')
+    model = agent_models.AgentSwin(**_official_arch(cfg, 'mm_agent_shapes'))
+    _check_official(model, t, sd, 'cls', t['x'], lambda m: {f'stage{i}': m.stages[i].blocks[-1] for i in (2, 3)})
+
+
+def test_swin_equals_official_downstream_backbone():
+    """The official mm backbone at 32x56 (padded, shifted "B" windows on small maps) with more agents."""
+    t, sd, cfg = _fixture('swin')
+    model = agent_models.AgentSwin(
+        **_official_arch(cfg, 'mm_agent_shapes'), agent_shapes=cfg['mm_agent_shapes'], window_clamp=False)
+    model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+    model.eval()
+    x = t['x_mm']
+    with torch.no_grad():
+        f32 = model.forward_intermediates(x.float(), intermediates_only=True)
+        f64 = model.double().forward_intermediates(x.double(), intermediates_only=True)
+    for i, (a, b) in enumerate(zip(f64, f32)):
+        _assert_close(a, b, t, f'mm.out{i}')
+
+
+def test_swin_block_pattern():
+    m = timm.create_model('agent_swin_base', embed_dim=32, num_heads=(1, 1, 1, 1))
+    kinds = [''.join('A' if isinstance(b.attn, AgentAttention) else 'B' for b in s.blocks) for s in m.stages]
+    assert kinds == ['AA', 'AA', 'AA' + 'B' * 16, 'BB']
+    assert m.stages[2].blocks[3].shift_size == 3 and m.stages[2].blocks[2].shift_size == 0
+    m = timm.create_model('agent_swin_small_288', embed_dim=32, num_heads=(1, 1, 1, 1), depths=(1, 1, 2, 2))
+    assert m.stages[0].blocks[0].attn.ah_bias.shape == (1, 1, 9, 72, 1) and m.stages[2].blocks[1].window_size == 9
+    with pytest.raises(ValueError, match='attn_type'):
+        agent_models.AgentSwin(attn_type='AXAB')

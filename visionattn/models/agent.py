@@ -28,16 +28,26 @@ What this version changes:
 """
 import math
 import re
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, DropPath, Mlp, PatchEmbed, register_notrace_function, to_2tuple, trunc_normal_
+from timm.layers import (
+    Attention,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    register_notrace_function,
+    register_notrace_module,
+    to_2tuple,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models.swin_transformer import PatchMerging
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
@@ -45,7 +55,7 @@ from visionattn.layers.agent import AgentAttention
 
 from ._convert import unwrap_state_dict
 
-__all__ = ['AgentDeiT', 'AgentPVT']
+__all__ = ['AgentDeiT', 'AgentPVT', 'AgentSwin']
 
 _PAPER = dict(
     paper_ids='arXiv:2312.08874',
@@ -445,6 +455,9 @@ class _StagedModel(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
             if num_classes > 0 else nn.Identity()
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, nn.Identity):
             return x
@@ -464,7 +477,7 @@ class _StagedModel(nn.Module):
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(check_image_input(x, self.in_chans))
+        x = self._stem(check_image_input(x, self.in_chans))
         intermediates = []
         last = max_index if stop_early else len(self.stages) - 1
         for i in range(last + 1):
@@ -490,7 +503,7 @@ class _StagedModel(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(check_image_input(x, self.in_chans))
+        x = self._stem(check_image_input(x, self.in_chans))
         for stage in self.stages:
             x = stage(x)
         return self._norm(x)
@@ -574,6 +587,270 @@ class AgentPVT(_StagedModel):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Agent-Swin
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _rel_index(wh: int, ww: int, table_side: int) -> torch.Tensor:
+    """Swin's relative-position index of a ``wh x ww`` window into a ``(2 * table_side - 1) ** 2`` table (a window
+    smaller than the table's uses the central part of the table)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing='ij')).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :] + (table_side - 1)
+    return rel[0] * (2 * table_side - 1) + rel[1]
+
+
+@lru_cache(maxsize=64)
+def _shift_mask(Hp: int, Wp: int, wh: int, ww: int, sh: int, sw: int) -> torch.Tensor:
+    """The official shifted-window mask (0 within a region, -100 across) for a padded ``Hp x Wp`` map:
+    ``[num_windows, wh * ww, wh * ww]``."""
+    img = torch.zeros(Hp, Wp)
+    cnt = 0
+    for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
+        for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
+            img[hs, ws] = cnt
+            cnt += 1
+    win = img.reshape(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+    mask = win[:, None, :] - win[:, :, None]
+    return mask.masked_fill(mask != 0, -100.).masked_fill(mask == 0, 0.)
+
+
+class WindowAttention(nn.Module):
+    """Swin (shifted-)window attention with a relative position bias table (the official "B" mixer)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, attn_drop: float = 0.,
+                 proj_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def forward(self, x: torch.Tensor, window: Tuple[int, int], mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x`` ``[B, nW, wh * ww, C]`` window tokens, ``mask`` ``[nW, N, N]`` or None."""
+        B, nW, N, C = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).reshape(B, nW, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        idx = _rel_index(window[0], window[1], self.window_size).to(x.device)
+        bias = self.relative_position_bias_table[idx.reshape(-1)].reshape(N, N, h).permute(2, 0, 1)
+        if mask is not None:
+            bias = bias + mask.to(bias.dtype)[:, None]  # [nW, h, N, N]
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
+        return self.proj_drop(self.proj(x.transpose(2, 3).reshape(B, nW, N, C)))
+
+
+@register_notrace_module  # reason: window, shift and padding follow the input size
+class SwinBlock(nn.Module):
+    """Swin "B" block: (shifted) window attention, padded to whole windows as the official downstream backbone.
+
+    With ``window_clamp`` (the classification rule), a map no larger than the window on its short side is one window
+    of that size with no shift; without it (the downstream rule), the window and shift are kept and the map padded.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: int = 7,
+            shift: bool = False,
+            window_clamp: bool = True,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = window_size // 2 if shift else 0
+        self.window_clamp = window_clamp
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def _attn(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        B, L, C = x.shape
+        H, W = feat_size
+        ws, shift = self.window_size, self.shift_size
+        if self.window_clamp and min(H, W) <= ws:
+            ws, shift = min(H, W), 0
+        x = x.reshape(B, H, W, C)
+        pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        mask = None
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            mask = _shift_mask(Hp, Wp, ws, ws, shift, shift).to(x.device)
+        x = x.reshape(B, Hp // ws, ws, Wp // ws, ws, C).transpose(2, 3).reshape(B, -1, ws * ws, C)
+        x = self.attn(x, (ws, ws), mask)
+        x = x.reshape(B, Hp // ws, Wp // ws, ws, ws, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x[:, :H, :W].reshape(B, L, C)
+
+    def forward(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path1(self._attn(self.norm1(x), feat_size))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+def _parse_attn_types(attn_type: str, depths: Sequence[int]) -> List[List[bool]]:
+    """The official per-stage type string (``'AAAB'``, ``'AABB'``, ``'AAMB2'``: ``M`` = the first k blocks agent,
+    k given after the stage letters) as per-block ``is_agent`` flags."""
+    n = len(depths)
+    if len(attn_type) < n or any(c not in 'ABM' for c in attn_type[:n]):
+        raise ValueError(f'attn_type {attn_type!r}: expected one of A, B, M per stage ({n} stages)')
+    out = []
+    for i, d in enumerate(depths):
+        c = attn_type[i]
+        if c == 'M':
+            k = int(attn_type[n:])
+            out.append([j < k for j in range(d)])
+        else:
+            out.append([c == 'A'] * d)
+    return out
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging (timm's: pads odd maps, norm then reduction, the official order) and A/B blocks.
+    NCHW in and out."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            downsample: bool,
+            grid: Tuple[int, int],
+            depth: int,
+            num_heads: int,
+            agent_flags: Sequence[bool],
+            window_size: int,
+            window_clamp: bool,
+            mlp_ratio: float,
+            qkv_bias: bool,
+            agent_num: int,
+            agent_shape: Optional[Sequence[int]],
+            drop_path: Sequence[float],
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = PatchMerging(in_dim, dim, norm_layer=norm_layer) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList([
+            Block(
+                dim, num_heads, grid, agent_num=agent_num, agent_shape=agent_shape, qkv_layout='qkv',
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop, attn_drop=attn_drop,
+                drop_path=drop_path[j], norm_layer=norm_layer)
+            if agent_flags[j] else
+            SwinBlock(
+                dim, num_heads, window_size, shift=j % 2 == 1, window_clamp=window_clamp, mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, proj_drop=proj_drop, attn_drop=attn_drop, drop_path=drop_path[j],
+                norm_layer=norm_layer)
+            for j in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x.permute(0, 2, 3, 1))  # NHWC
+        B, H, W, C = x.shape
+        x = _stage_forward(self.blocks, x.reshape(B, H * W, C), (H, W), self.grad_checkpointing)
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class AgentSwin(_StagedModel):
+    """Agent-Swin: Swin with agent attention ("A", one global window) or shifted-window attention ("B") per stage."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 4,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 96,
+            depths: Sequence[int] = (2, 2, 6, 2),
+            num_heads: Sequence[int] = (3, 6, 12, 24),
+            window_size: int = 56,
+            attn_type: str = 'AAAB',
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            agent_num: Sequence[int] = (9, 16, 49, 49),
+            agent_shapes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+            window_clamp: bool = True,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            norm_layer: Optional[Callable[[int], nn.Module]] = None,
+    ):
+        """
+        Args:
+            img_size: Training size: sets the agent-bias grids (the stage resolutions); any input size runs.
+            patch_size: Patch size of the stem.
+            in_chans: Input channels.
+            num_classes: Classes of the head (0 for none).
+            global_pool: ``'avg'`` or ``''``.
+            embed_dim: Stage-1 width (doubled per stage).
+            depths: Stage depths.
+            num_heads: Stage heads.
+            window_size: The official agent window (56 at 224, 72 at 288, 96 at 384): agent blocks attend over the
+                whole stage map; the "B" blocks use ``max(7, window_size // 8)``, shifted on odd blocks.
+            attn_type: Official per-stage types, e.g. ``'AAAB'``, ``'AABB'``, ``'AAMB2'``.
+            mlp_ratio: MLP ratio.
+            qkv_bias: Bias of the qkv projections.
+            agent_num: Agents per stage (square numbers).
+            agent_shapes: Agent grid per stage at run time (the official downstream ``downstream_agent_shapes``, e.g.
+                ``((9, 9), (12, 12), (14, 14), (7, 7))``); None keeps the square grids of ``agent_num``.
+            window_clamp: The classification rule for "B" blocks on maps no larger than their window (one window, no
+                shift); False: the downstream rule (keep window and shift, pad).
+            drop_rate: Dropout before the head and after the stem.
+            proj_drop_rate: Dropout after projections and in the MLPs.
+            attn_drop_rate: Dropout on attention maps.
+            drop_path_rate: Stochastic depth (linear over all blocks).
+            norm_layer: Norm (LayerNorm eps 1e-5, as the official Swin).
+        """
+        super().__init__()
+        norm_layer = norm_layer or nn.LayerNorm
+        img_size = to_2tuple(img_size)
+        n = len(depths)
+        flags = _parse_attn_types(attn_type, depths)
+        agent_shapes = agent_shapes or [None] * n
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        dims = [embed_dim * 2 ** i for i in range(n)]
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer,
+            output_fmt='NHWC', strict_img_size=False, dynamic_img_pad=True)
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.stem = nn.Identity()
+        grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+        stages = []
+        for i in range(n):
+            g = (grid[0] // 2 ** i, grid[1] // 2 ** i)
+            stages.append(SwinStage(
+                dims[i - 1] if i else dims[0], dims[i], i > 0, g, depths[i], num_heads[i], flags[i],
+                max(7, window_size // 8), window_clamp, mlp_ratio, qkv_bias, int(agent_num[i]), agent_shapes[i],
+                dpr[sum(depths[:i]):sum(depths[:i + 1])], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                norm_layer=norm_layer))
+        self.stages = nn.ModuleList(stages)
+        self.norm = norm_layer(dims[-1])
+        self._init_api(num_classes, in_chans, global_pool, dims, [patch_size * 2 ** i for i in range(n)], drop_rate)
+        self.apply(_init_weights)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos_drop(self.patch_embed(x)).permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # checkpoint conversion, builders, cfgs, registrations
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -615,6 +892,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
                 if v.shape != stage.pos_embed.shape:
                     side = math.isqrt(v.shape[1])
                     v = resample_pos_embed(v, stage.grid, (side, side))
+        elif isinstance(model, AgentSwin):
+            k = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m[1]) + 1}.downsample.', k)
+            k = re.sub(r'^layers\.(\d+)\.', r'stages.\1.', k)
         out[k] = v
     return out
 
@@ -632,6 +912,15 @@ def _create_agent_pvt(variant: str, pretrained: bool = False, **kwargs) -> Agent
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         AgentPVT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs)
+
+
+def _create_agent_swin(variant: str, pretrained: bool = False, **kwargs) -> AgentSwin:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        AgentSwin, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
@@ -663,6 +952,11 @@ default_cfgs = generate_default_cfgs({
     'agent_pvt_medium_256.in1k': _cfg(
         '654df734121643b19c52', first_conv='stages.0.patch_embed.proj', input_size=(3, 256, 256)),
     'agent_pvt_large.in1k': _cfg('040cfe0cfbbe4762ad09', first_conv='stages.0.patch_embed.proj'),
+    'agent_swin_tiny.in1k': _cfg('a2ddc1190c224f768a41'),
+    'agent_swin_small.in1k': _cfg('f607172c9fea4d6e99bb'),
+    'agent_swin_small_288.in1k': _cfg('09760394e93b4046a25e', input_size=(3, 288, 288)),
+    'agent_swin_base.in1k': _cfg('4fcd2d0114bb490483c3'),
+    'agent_swin_base_384.in1k': _cfg('bb84ee9058954706a557', input_size=(3, 384, 384)),
 })
 
 
@@ -730,3 +1024,41 @@ def agent_pvt_large(pretrained: bool = False, **kwargs) -> AgentPVT:
     """Agent-PVT-L: depths 3-8-27-3 (the official ``agent_pvt_b.yaml``; 83.7% top-1)."""
     model_args = dict(depths=(3, 8, 27, 3), **_PVT)
     return _create_agent_pvt('agent_pvt_large', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_swin_tiny(pretrained: bool = False, **kwargs) -> AgentSwin:
+    """Agent-Swin-T: depths 2-2-6-2, stages AAAB (82.6% top-1)."""
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type='AAAB')
+    return _create_agent_swin('agent_swin_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_swin_small(pretrained: bool = False, **kwargs) -> AgentSwin:
+    """Agent-Swin-S: depths 2-2-18-2, stages AABB (83.7% top-1)."""
+    model_args = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type='AABB')
+    return _create_agent_swin('agent_swin_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_swin_small_288(pretrained: bool = False, **kwargs) -> AgentSwin:
+    """Agent-Swin-S at 288: agent window 72, "B" window 9 (84.1% top-1)."""
+    model_args = dict(img_size=288, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=72,
+                      attn_type='AABB')
+    return _create_agent_swin('agent_swin_small_288', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_swin_base(pretrained: bool = False, **kwargs) -> AgentSwin:
+    """Agent-Swin-B: width 128, stages AAMB2 (stage 3: 2 agent blocks, then 16 Swin blocks; 84.0% top-1)."""
+    model_args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=56,
+                      attn_type='AAMB2')
+    return _create_agent_swin('agent_swin_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_swin_base_384(pretrained: bool = False, **kwargs) -> AgentSwin:
+    """Agent-Swin-B at 384 (fine-tuned): agent window 96, "B" window 12 (84.9% top-1)."""
+    model_args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=96,
+                      attn_type='AAMB2')
+    return _create_agent_swin('agent_swin_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
