@@ -205,3 +205,25 @@ def test_swin_block_pattern():
     assert m.stages[0].blocks[0].attn.ah_bias.shape == (1, 1, 9, 72, 1) and m.stages[2].blocks[1].window_size == 9
     with pytest.raises(ValueError, match='attn_type'):
         agent_models.AgentSwin(attn_type='AXAB')
+
+
+# ----------------------------------------------------------------------------------------------------------- CSwin
+
+
+def test_cswin_equals_official():
+    t, sd, cfg = _fixture('cswin')
+    model = agent_models.AgentCSwin(**cfg)
+    _check_official(model, t, sd, 'cls', t['x'], lambda m: {f'stage{i}': s.blocks[-1] for i, s in enumerate(m.stages)})
+
+
+def test_cswin_structure_and_padded_stripes():
+    m = timm.create_model('agent_cswin_tiny', embed_dim=16, num_heads=(2, 2, 2, 2), depths=(1, 1, 2, 1)).eval()
+    assert [len(s.blocks[0].attns) for s in m.stages] == [1, 1, 2, 1]
+    assert isinstance(m.stages[1].blocks[0].attns[0], AgentAttention)
+    assert m.stages[0].blocks[0].attns[0].ah_bias.shape == (1, 2, 9, 56, 1)
+    # stripes padded on a map not divisible by the stripe width equal the unpadded computation on a divisible crop
+    blk = m.stages[2].blocks[0]
+    x = torch.randn(1, 15 * 9, 64)
+    with torch.no_grad():
+        y = blk(x, (15, 9))
+    assert y.shape == x.shape and torch.isfinite(y).all()

@@ -55,7 +55,7 @@ from visionattn.layers.agent import AgentAttention
 
 from ._convert import unwrap_state_dict
 
-__all__ = ['AgentDeiT', 'AgentPVT', 'AgentSwin']
+__all__ = ['AgentDeiT', 'AgentPVT', 'AgentSwin', 'AgentCSwin']
 
 _PAPER = dict(
     paper_ids='arXiv:2312.08874',
@@ -851,6 +851,238 @@ class AgentSwin(_StagedModel):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Agent-CSwin
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _windows(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """``[B, Hp, Wp, C]`` -> ``[B * nW, sh * sw, C]``, windows and tokens row-major (the official ``img2windows``)."""
+    B, Hp, Wp, C = x.shape
+    return x.reshape(B, Hp // sh, sh, Wp // sw, sw, C).transpose(2, 3).reshape(-1, sh * sw, C)
+
+
+class LePEAttention(nn.Module):
+    """CSWin stripe attention with a locally-enhanced positional encoding (depthwise 3x3 conv of V within each
+    stripe): the official "B" branch. ``idx`` 0: stripes of ``split_size`` columns, 1: of ``split_size`` rows,
+    -1: the whole map. Maps not divisible by the stripe are padded; padded keys are masked."""
+
+    def __init__(self, dim: int, num_heads: int, split_size: int, idx: int, attn_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.split_size = split_size
+        self.idx = idx
+        self.scale = (dim // num_heads) ** -0.5
+        self.get_v = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+        self.attn_drop = attn_drop
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        B, L, C = q.shape
+        H, W = feat_size
+        sh, sw = (H, W) if self.idx == -1 else (H, self.split_size) if self.idx == 0 else (self.split_size, W)
+        pad_b, pad_r = (sh - H % sh) % sh, (sw - W % sw) % sw
+        Hp, Wp = H + pad_b, W + pad_r
+        q, k, v = (F.pad(t.reshape(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
+        N, h = sh * sw, self.num_heads
+        v = _windows(v, sh, sw)
+        lepe = self.get_v(v.transpose(1, 2).reshape(-1, C, sh, sw)).flatten(2).transpose(1, 2)
+        mask = None
+        if pad_b or pad_r:
+            valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
+            valid[:H, :W] = True
+            valid = _windows(valid[None, :, :, None], sh, sw)[:, :, 0]  # [nW, N]
+            mask = valid[:, None, None, :].repeat(B, 1, 1, 1)  # [B * nW, 1, 1, N]
+        x = F.scaled_dot_product_attention(
+            _windows(q, sh, sw).reshape(-1, N, h, C // h).transpose(1, 2),
+            _windows(k, sh, sw).reshape(-1, N, h, C // h).transpose(1, 2),
+            v.reshape(-1, N, h, C // h).transpose(1, 2),
+            attn_mask=mask, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
+        x = x.transpose(1, 2).reshape(-1, N, C) + lepe
+        x = x.reshape(B, Hp // sh, Wp // sw, sh, sw, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        return x[:, :H, :W].reshape(B, L, C)
+
+
+@register_notrace_module  # reason: stripe padding follows the input size
+class CSwinBlock(nn.Module):
+    """CSWin block: one qkv projection split over the branches (channels ``[:C/2]`` and ``[C/2:]`` of each of q, k,
+    v), an output projection. Agent ("A") blocks are one global agent-attention branch whose depthwise conv on V is
+    the official ``get_v``; "B" blocks are the two CSWin stripe branches, or one global branch in the last stage (or
+    where the stripe covers the training map, the official rule)."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            grid: Tuple[int, int],
+            agent: bool,
+            split_size: int,
+            last_stage: bool = False,
+            agent_num: int = 49,
+            agent_shape: Optional[Sequence[int]] = None,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.agent = agent
+        if agent:
+            # the released models use agent attention only where the official la_split_size covers the whole map
+            self.attns = nn.ModuleList([AgentAttention(
+                dim, num_heads, grid, agent_num=agent_num, agent_shape=agent_shape, qkv_layout='none', proj=False,
+                attn_drop=attn_drop)])
+        elif last_stage or grid[0] == split_size:
+            self.attns = nn.ModuleList([LePEAttention(dim, num_heads, split_size, -1, attn_drop)])
+        else:
+            self.attns = nn.ModuleList([
+                LePEAttention(dim // 2, num_heads // 2, split_size, i, attn_drop) for i in range(2)])
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=proj_drop)
+
+    def forward(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        B, L, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, L, 3, C).unbind(2)
+        if self.agent:
+            y = self.attns[0].attend(q, k, v, feat_size)
+        elif len(self.attns) == 1:
+            y = self.attns[0](q, k, v, feat_size)
+        else:
+            c = C // 2
+            y = torch.cat([
+                self.attns[0](q[..., :c], k[..., :c], v[..., :c], feat_size),
+                self.attns[1](q[..., c:], k[..., c:], v[..., c:], feat_size)], dim=-1)
+        x = x + self.drop_path(self.proj_drop(self.proj(y)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConvNorm(nn.Module):
+    """Strided conv then LayerNorm over channels (the CSWin stem and ``Merge_Block``). NCHW in and out."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding)
+        self.norm = norm_layer(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class CSwinStage(nn.Module):
+    """Optional merge (3x3 stride-2 conv + LayerNorm) and CSWin/agent blocks. NCHW in and out."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            downsample: bool,
+            grid: Tuple[int, int],
+            depth: int,
+            num_heads: int,
+            agent_flags: Sequence[bool],
+            split_size: int,
+            last_stage: bool,
+            mlp_ratio: float,
+            qkv_bias: bool,
+            agent_num: int,
+            agent_shape: Optional[Sequence[int]],
+            drop_path: Sequence[float],
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = ConvNorm(in_dim, dim, 3, 2, 1, norm_layer) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList([
+            CSwinBlock(
+                dim, num_heads, grid, agent_flags[j], split_size, last_stage=last_stage, agent_num=agent_num,
+                agent_shape=agent_shape, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop,
+                attn_drop=attn_drop, drop_path=drop_path[j], norm_layer=norm_layer)
+            for j in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        B, C, H, W = x.shape
+        x = _stage_forward(self.blocks, x.flatten(2).transpose(1, 2), (H, W), self.grad_checkpointing)
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class AgentCSwin(_StagedModel):
+    """Agent-CSwin: CSWin with one global agent-attention branch in the "A" stages (``AABB`` as released)."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 64,
+            depths: Sequence[int] = (2, 4, 18, 1),
+            num_heads: Sequence[int] = (2, 4, 8, 16),
+            split_size: Sequence[int] = (1, 2, 7, 7),
+            attn_type: str = 'AABB',
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            agent_num: Sequence[int] = (9, 16, 49, 49),
+            agent_shapes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Optional[Callable[[int], nn.Module]] = None,
+    ):
+        """
+        Args:
+            img_size: Training size: sets the agent-bias grids and the single-branch rule; any input size runs.
+            in_chans: Input channels.
+            num_classes: Classes of the head (0 for none).
+            global_pool: ``'avg'`` or ``''``.
+            embed_dim: Stage-1 width (doubled per stage).
+            depths: Stage depths.
+            num_heads: Stage heads.
+            split_size: Stripe width of the "B" stages.
+            attn_type: Official per-stage types (``'AABB'``; ``M`` as in Agent-Swin).
+            mlp_ratio: MLP ratio.
+            qkv_bias: Bias of the qkv projections.
+            agent_num: Agents per stage (square numbers).
+            agent_shapes: Agent grid per stage at run time; None keeps the square grids of ``agent_num``.
+            drop_rate: Dropout before the head.
+            proj_drop_rate: Dropout after projections and in the MLPs.
+            attn_drop_rate: Dropout on attention maps.
+            drop_path_rate: Stochastic depth (linear over all blocks).
+            norm_layer: Norm (LayerNorm eps 1e-5, as the official CSWin).
+        """
+        super().__init__()
+        norm_layer = norm_layer or nn.LayerNorm
+        img_size = to_2tuple(img_size)
+        n = len(depths)
+        flags = _parse_attn_types(attn_type, depths)
+        agent_shapes = agent_shapes or [None] * n
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        dims = [embed_dim * 2 ** i for i in range(n)]
+        self.stem = ConvNorm(in_chans, embed_dim, 7, 4, 2, norm_layer)
+        stages = []
+        for i in range(n):
+            g = (img_size[0] // 2 ** (i + 2), img_size[1] // 2 ** (i + 2))
+            stages.append(CSwinStage(
+                dims[i - 1] if i else dims[0], dims[i], i > 0, g, depths[i], num_heads[i], flags[i], split_size[i],
+                i == n - 1, mlp_ratio, qkv_bias, int(agent_num[i]), agent_shapes[i],
+                dpr[sum(depths[:i]):sum(depths[:i + 1])], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                norm_layer=norm_layer))
+        self.stages = nn.ModuleList(stages)
+        self.norm = norm_layer(dims[-1])
+        self._init_api(num_classes, in_chans, global_pool, dims, [2 ** (i + 2) for i in range(n)], drop_rate)
+        self.apply(_init_weights)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # checkpoint conversion, builders, cfgs, registrations
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -864,6 +1096,13 @@ def _resample_deit_pos_embed(v: torch.Tensor, model: AgentDeiT) -> torch.Tensor:
     if side * side != n:
         raise ValueError(f'pos_embed of {n} patch tokens is not a square grid; cannot resample it')
     return resample_pos_embed(v, tuple(model.patch_embed.grid_size), (side, side), 1)
+
+
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
@@ -895,6 +1134,13 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         elif isinstance(model, AgentSwin):
             k = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m[1]) + 1}.downsample.', k)
             k = re.sub(r'^layers\.(\d+)\.', r'stages.\1.', k)
+        elif isinstance(model, AgentCSwin):
+            k = re.sub(r'^stage1_conv_embed\.0\.', 'stem.conv.', k)
+            k = re.sub(r'^stage1_conv_embed\.2\.', 'stem.norm.', k)
+            k = re.sub(r'^merge(\d)\.', r'stages.\1.downsample.', k)
+            k = re.sub(r'^stage(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.', k)
+            if '.get_v.' in k and isinstance(_submodule(model, k.rsplit('.', 2)[0]), AgentAttention):
+                k = k.replace('.get_v.', '.dwc.')
         out[k] = v
     return out
 
@@ -926,6 +1172,15 @@ def _create_agent_swin(variant: str, pretrained: bool = False, **kwargs) -> Agen
         **kwargs)
 
 
+def _create_agent_cswin(variant: str, pretrained: bool = False, **kwargs) -> AgentCSwin:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        AgentCSwin, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs)
+
+
 def _cfg(file_id: str = '', **kwargs) -> dict:
     return {
         'url': f'https://cloud.tsinghua.edu.cn/f/{file_id}/?dl=1' if file_id else '',
@@ -940,6 +1195,12 @@ def _cfg(file_id: str = '', **kwargs) -> dict:
         **kwargs,
     }
 
+
+_CSWIN_CFG = dict(
+    first_conv='stem.conv',
+    notes=('Tsinghua Cloud training dict (pickled yacs config; load with torch.load(weights_only=False) from a trusted '
+           'copy); trained with EMA: the filter takes "model", pass the EMA weights ("state_dict_ema") as a raw state '
+           'dict to use them instead',))
 
 default_cfgs = generate_default_cfgs({
     'agent_deit_tiny.in1k': _cfg('57e0904221824ee7b7af'),
@@ -957,6 +1218,10 @@ default_cfgs = generate_default_cfgs({
     'agent_swin_small_288.in1k': _cfg('09760394e93b4046a25e', input_size=(3, 288, 288)),
     'agent_swin_base.in1k': _cfg('4fcd2d0114bb490483c3'),
     'agent_swin_base_384.in1k': _cfg('bb84ee9058954706a557', input_size=(3, 384, 384)),
+    'agent_cswin_tiny.in1k': _cfg('8c562a74441e46d5902b', **_CSWIN_CFG),
+    'agent_cswin_small.in1k': _cfg('30eb8af675bc4b7a8747', **_CSWIN_CFG),
+    'agent_cswin_base.in1k': _cfg('c8035b0839b2410c8c9f', **_CSWIN_CFG),
+    'agent_cswin_base_384.in1k': _cfg('1239be0df44b47719432', input_size=(3, 384, 384), **_CSWIN_CFG),
 })
 
 
@@ -1062,3 +1327,35 @@ def agent_swin_base_384(pretrained: bool = False, **kwargs) -> AgentSwin:
     model_args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=96,
                       attn_type='AAMB2')
     return _create_agent_swin('agent_swin_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+_CSWIN = dict(attn_type='AABB', agent_num=(9, 16, 49, 49))
+
+
+@register_model
+def agent_cswin_tiny(pretrained: bool = False, **kwargs) -> AgentCSwin:
+    """Agent-CSwin-T: width 64, depths 2-4-18-1, stages AABB (83.1% top-1)."""
+    model_args = dict(embed_dim=64, depths=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), **_CSWIN)
+    return _create_agent_cswin('agent_cswin_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_cswin_small(pretrained: bool = False, **kwargs) -> AgentCSwin:
+    """Agent-CSwin-S: width 64, depths 3-6-29-2 (83.9% top-1)."""
+    model_args = dict(embed_dim=64, depths=(3, 6, 29, 2), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), **_CSWIN)
+    return _create_agent_cswin('agent_cswin_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_cswin_base(pretrained: bool = False, **kwargs) -> AgentCSwin:
+    """Agent-CSwin-B: width 96, depths 3-6-29-2 (84.7% top-1)."""
+    model_args = dict(embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 7, 7), **_CSWIN)
+    return _create_agent_cswin('agent_cswin_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def agent_cswin_base_384(pretrained: bool = False, **kwargs) -> AgentCSwin:
+    """Agent-CSwin-B at 384 (stripes of 12 in stage 3; 85.8% top-1)."""
+    model_args = dict(img_size=384, embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32),
+                      split_size=(1, 2, 12, 12), **_CSWIN)
+    return _create_agent_cswin('agent_cswin_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
