@@ -1,4 +1,5 @@
 """Agent Attention hosts: equality with the official code (fixtures), the shared op and layer, any input size."""
+import functools
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from visionattn.layers import AgentAttention
 from visionattn.models import agent as agent_models
 from visionattn.models.agent import checkpoint_filter_fn
 from visionattn.ops import agent_attention, agent_attention_reference
+
+from . import contract
 
 FIXTURES = Path(__file__).parents[1] / 'fixtures'
 
@@ -227,3 +230,29 @@ def test_cswin_structure_and_padded_stripes():
     with torch.no_grad():
         y = blk(x, (15, 9))
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+# ---------------------------------------------------------------------------------------------- contract, all hosts
+
+# the harness (test_contract.py) runs every check on the first registered variant of this module (agent_deit_tiny)
+# only; the other hosts run them here at reduced width (same code paths), torch.compile in the slow tier
+REDUCED = {
+    'agent_pvt_tiny': dict(embed_dims=(16, 32, 32, 48), num_heads=(1, 2, 2, 2), depths=(1, 1, 1, 1)),
+    'agent_swin_tiny': dict(embed_dim=16, num_heads=(1, 2, 2, 4), depths=(1, 1, 2, 2)),
+    'agent_swin_base': dict(embed_dim=16, num_heads=(1, 2, 2, 4), depths=(1, 1, 3, 2)),
+    'agent_cswin_tiny': dict(embed_dim=16, num_heads=(2, 2, 2, 2), depths=(1, 1, 2, 1)),
+}
+CHECKS = ['forward', 'backward', 'default_cfg', 'features_only', 'forward_intermediates', 'fx', 'input_sizes',
+          'wrong_channels']
+
+
+@pytest.mark.parametrize('check', CHECKS)
+@pytest.mark.parametrize('name', list(REDUCED))
+def test_contract_reduced_hosts(name, check):
+    getattr(contract, f'check_{check}')(functools.partial(timm.create_model, name, **REDUCED[name]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(REDUCED))
+def test_compile_reduced_hosts(name):
+    contract.check_compile(functools.partial(timm.create_model, name, **REDUCED[name]))

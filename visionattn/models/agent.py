@@ -1196,6 +1196,11 @@ def _cfg(file_id: str = '', **kwargs) -> dict:
     }
 
 
+def _hcfg(file_id: str, size: int = 224, **kwargs) -> dict:
+    """A hierarchical host's cfg: stride-32 final map."""
+    return _cfg(file_id, input_size=(3, size, size), pool_size=(size // 32, size // 32), **kwargs)
+
+
 _CSWIN_CFG = dict(
     first_conv='stem.conv',
     notes=('Tsinghua Cloud training dict (pickled yacs config; load with torch.load(weights_only=False) from a trusted '
@@ -1207,21 +1212,21 @@ default_cfgs = generate_default_cfgs({
     'agent_deit_small.in1k': _cfg('fdd43304372541db8ea7'),
     'agent_deit_small_448.in1k': _cfg('a228f86241c445f1969b', input_size=(3, 448, 448)),
     'agent_deit_base.in1k': _cfg('5115f15fdd7e4ab58fbc'),
-    'agent_pvt_tiny.in1k': _cfg('13fdf0e0a7c5498c934f', first_conv='stages.0.patch_embed.proj'),
-    'agent_pvt_small.in1k': _cfg('36b8be9a8863456685a3', first_conv='stages.0.patch_embed.proj'),
-    'agent_pvt_medium.in1k': _cfg('4d00ecacf18b45f9b88c', first_conv='stages.0.patch_embed.proj'),
-    'agent_pvt_medium_256.in1k': _cfg(
-        '654df734121643b19c52', first_conv='stages.0.patch_embed.proj', input_size=(3, 256, 256)),
-    'agent_pvt_large.in1k': _cfg('040cfe0cfbbe4762ad09', first_conv='stages.0.patch_embed.proj'),
-    'agent_swin_tiny.in1k': _cfg('a2ddc1190c224f768a41'),
-    'agent_swin_small.in1k': _cfg('f607172c9fea4d6e99bb'),
-    'agent_swin_small_288.in1k': _cfg('09760394e93b4046a25e', input_size=(3, 288, 288)),
-    'agent_swin_base.in1k': _cfg('4fcd2d0114bb490483c3'),
-    'agent_swin_base_384.in1k': _cfg('bb84ee9058954706a557', input_size=(3, 384, 384)),
-    'agent_cswin_tiny.in1k': _cfg('8c562a74441e46d5902b', **_CSWIN_CFG),
-    'agent_cswin_small.in1k': _cfg('30eb8af675bc4b7a8747', **_CSWIN_CFG),
-    'agent_cswin_base.in1k': _cfg('c8035b0839b2410c8c9f', **_CSWIN_CFG),
-    'agent_cswin_base_384.in1k': _cfg('1239be0df44b47719432', input_size=(3, 384, 384), **_CSWIN_CFG),
+    'agent_pvt_tiny.in1k': _hcfg('13fdf0e0a7c5498c934f', first_conv='stages.0.patch_embed.proj'),
+    'agent_pvt_small.in1k': _hcfg('36b8be9a8863456685a3', first_conv='stages.0.patch_embed.proj'),
+    'agent_pvt_medium.in1k': _hcfg('4d00ecacf18b45f9b88c', first_conv='stages.0.patch_embed.proj'),
+    'agent_pvt_medium_256.in1k': _hcfg(
+        '654df734121643b19c52', first_conv='stages.0.patch_embed.proj', size=256),
+    'agent_pvt_large.in1k': _hcfg('040cfe0cfbbe4762ad09', first_conv='stages.0.patch_embed.proj'),
+    'agent_swin_tiny.in1k': _hcfg('a2ddc1190c224f768a41'),
+    'agent_swin_small.in1k': _hcfg('f607172c9fea4d6e99bb'),
+    'agent_swin_small_288.in1k': _hcfg('09760394e93b4046a25e', size=288),
+    'agent_swin_base.in1k': _hcfg('4fcd2d0114bb490483c3'),
+    'agent_swin_base_384.in1k': _hcfg('bb84ee9058954706a557', size=384),
+    'agent_cswin_tiny.in1k': _hcfg('8c562a74441e46d5902b', **_CSWIN_CFG),
+    'agent_cswin_small.in1k': _hcfg('30eb8af675bc4b7a8747', **_CSWIN_CFG),
+    'agent_cswin_base.in1k': _hcfg('c8035b0839b2410c8c9f', **_CSWIN_CFG),
+    'agent_cswin_base_384.in1k': _hcfg('1239be0df44b47719432', size=384, **_CSWIN_CFG),
 })
 
 
