@@ -256,3 +256,16 @@ def test_contract_reduced_hosts(name, check):
 @pytest.mark.parametrize('name', list(REDUCED))
 def test_compile_reduced_hosts(name):
     contract.check_compile(functools.partial(timm.create_model, name, **REDUCED[name]))
+
+
+def test_filter_resizes_grid_biases_for_a_new_training_size():
+    kw = dict(embed_dim=16, num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1))
+    src = timm.create_model('agent_swin_tiny', **kw)
+    dst = timm.create_model('agent_swin_tiny', img_size=288, **kw)
+    dst.load_state_dict(checkpoint_filter_fn({'model': src.state_dict()}, dst), strict=True)
+    assert dst.stages[0].blocks[0].attn.ha_bias.shape == (1, 1, 72, 1, 9)
+    src = timm.create_model('agent_pvt_tiny', embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1))
+    dst = timm.create_model('agent_pvt_tiny', img_size=256, embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1),
+                            depths=(1, 1, 1, 1))
+    dst.load_state_dict(checkpoint_filter_fn(src.state_dict(), dst), strict=True)
+    assert dst.stages[0].pos_embed.shape == (1, 64 * 64, 16)

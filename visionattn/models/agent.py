@@ -1105,14 +1105,25 @@ def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
         return None
 
 
+def _resize_grid_bias(name: str, v: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """An ``ah/aw`` ``[1, h, n, H, W]`` or ``ha/wa`` ``[1, h, H, W, n]`` bias of another training grid resized
+    (bilinear, the official downstream rule) to ``shape``, e.g. to fine-tune at a new size."""
+    if name.endswith(('ah_bias', 'aw_bias')):
+        return F.interpolate(v[0], size=tuple(shape[3:]), mode='bilinear', align_corners=False)[None]
+    x = F.interpolate(v[0].permute(0, 3, 1, 2), size=tuple(shape[2:4]), mode='bilinear', align_corners=False)
+    return x.permute(0, 2, 3, 1)[None]
+
+
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Convert an official Agent-DeiT/PVT/Swin/CSwin checkpoint (already loaded; a training dict with ``'model'`` or
     a raw state dict) to this model.
 
     Strips ``module.``, drops the official Swin persistent buffers (``relative_position_index``, ``attn_mask``),
-    renames the CSwin layout (see :func:`_cswin_key`) and resamples a position embedding saved for another grid.
+    maps the PVT/Swin/CSwin layouts onto ``stem``/``stages`` (CSwin's agent ``get_v`` is ``dwc``), and resamples
+    position embeddings and per-row/column agent biases saved for another training grid (bilinear).
     """
     state_dict = unwrap_state_dict(state_dict)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
     out = {}
     for k, v in state_dict.items():
         if k.endswith(_DROP_SUFFIXES):
@@ -1141,6 +1152,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
             k = re.sub(r'^stage(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.', k)
             if '.get_v.' in k and isinstance(_submodule(model, k.rsplit('.', 2)[0]), AgentAttention):
                 k = k.replace('.get_v.', '.dwc.')
+        if k.endswith(('ah_bias', 'aw_bias', 'ha_bias', 'wa_bias')) and k in shapes and v.shape != shapes[k]:
+            v = _resize_grid_bias(k, v, shapes[k])
         out[k] = v
     return out
 
