@@ -269,3 +269,13 @@ def test_filter_resizes_grid_biases_for_a_new_training_size():
                             depths=(1, 1, 1, 1))
     dst.load_state_dict(checkpoint_filter_fn(src.state_dict(), dst), strict=True)
     assert dst.stages[0].pos_embed.shape == (1, 64 * 64, 16)
+
+
+@pytest.mark.parametrize('name', list(REDUCED))
+def test_group_matcher_groups_every_parameter(name):
+    from timm.models import group_parameters
+    m = timm.create_model(name, **REDUCED[name])
+    for coarse in (False, True):
+        groups = group_parameters(m, m.group_matcher(coarse))
+        assert sum(len(g) for g in groups.values()) == len(list(m.parameters()))
+        assert groups[0][0].startswith(('stem', 'patch_embed', 'stages.0.'))

@@ -429,7 +429,7 @@ class _StagedModel(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
-            stem=r'^stem|^stages\.0\.(patch_embed|pos_embed)',
+            stem=r'^stem|^patch_embed|^stages\.0\.(?:patch_embed|pos_embed)',
             blocks=r'^stages\.(\d+)' if coarse else [
                 (r'^stages\.(\d+)\.(?:downsample|patch_embed|pos_embed)', (0,)),
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
