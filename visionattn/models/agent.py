@@ -20,6 +20,12 @@ What this version changes:
       outputs equal the official classification models; the agent grid is a constructor option (``agent_shape``,
       the official downstream ``downstream_agent_shape``), in which case the agent biases are resized as the
       official downstream backbones do.
+    - Host rules at sizes the official classification code never sees: Agent-Swin "A" blocks attend over the whole
+      stage map (the downstream rule; the released window sizes cover the map at the training size), "B" blocks
+      are padded to whole windows and shifted as the downstream backbone, with the classification clamp for maps no
+      larger than the window (``window_clamp``; False gives the downstream behaviour on small maps too); Agent-CSwin
+      stripes are padded and padded keys masked; PVT/Swin/DeiT patch embeddings pad inputs to the stride (the
+      official PVT/DeiT floor them).
     - Distinct names (``agent_deit_*``, ``agent_pvt_*``, ``agent_swin_*``, ``agent_cswin_*``) and pretrained cfgs
       that point at the Agent weights (the official ``agent_deit_*`` factories route to DeiT's cfgs and fail on
       timm 1.x).
