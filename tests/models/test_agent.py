@@ -279,3 +279,16 @@ def test_group_matcher_groups_every_parameter(name):
         groups = group_parameters(m, m.group_matcher(coarse))
         assert sum(len(g) for g in groups.values()) == len(list(m.parameters()))
         assert groups[0][0].startswith(('stem', 'patch_embed', 'stages.0.'))
+
+
+def test_pretrained_from_a_local_training_dict(tmp_path):
+    kw = REDUCED['agent_cswin_tiny']
+    src = timm.create_model('agent_cswin_tiny', **kw)
+    # the official container layout: weights under 'model', plus training state
+    official = {k.replace('stem.conv.', 'stage1_conv_embed.0.').replace('stem.norm.', 'stage1_conv_embed.2.'): v
+                for k, v in src.state_dict().items()}
+    path = tmp_path / 'agent_cswin_t_max_acc.pth'
+    torch.save({'model': official, 'epoch': 299, 'max_accuracy': 83.1}, path)
+    m = timm.create_model('agent_cswin_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw)
+    torch.testing.assert_close(m.stem.conv.weight, src.stem.conv.weight)
+    torch.testing.assert_close(m.stages[0].blocks[0].attns[0].dwc.weight, src.stages[0].blocks[0].attns[0].dwc.weight)
