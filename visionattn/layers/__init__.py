@@ -1,4 +1,5 @@
 """nn.Modules shared by the families: attention mixers over the ops, MLPs, embeddings, norms."""
+from .agent import AgentAttention
 from .helpers import check_image_input, drop_path_rates
 from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention1d, NeighborhoodAttention2d, NeighborhoodAttention3d

@@ -26,6 +26,7 @@ __all__ = ['VisionAttnBackbone', 'FAMILY_TYPES', 'family_backbones', 'load_check
 # The config type of each family (``type='NAT', arch='dinat_tiny'``): the generic adapter restricted to the models of
 # one family module. Every family module needs an entry (tested), so a new family cannot land without one.
 FAMILY_TYPES: Dict[str, str] = {
+    'agent': 'AgentAttention',
     'biformer': 'BiFormer',
     'convit_va': 'VAConViT',
     'nat': 'NAT',

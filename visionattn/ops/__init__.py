@@ -1,5 +1,6 @@
 """Functional attention ops (no nn.Module state), each with a reference oracle and fast backends."""
 from ._dispatch import BackendUnavailable, force_backend, get_backend, list_backends, register_backend
+from .agent import agent_attention, agent_attention_reference, agent_grid_bias, resize_agent_axis, resize_token_bias
 from .aggregated import aggregated_attention, aggregated_attention_blocked, aggregated_attention_reference
 from .block_sparse import block_sparse_attention, block_sparse_attention_reference
 from .gna_sim import GNASim, perfectly_block_sparse_strides, simulate_gna

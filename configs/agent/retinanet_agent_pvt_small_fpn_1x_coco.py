@@ -1,0 +1,12 @@
+_base_ = [
+    '../_base_/models/retinanet_visionattn_fpn.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_1x_adamw.py'
+]
+# Agent-PVT-S RetinaNet 1x, COCO: 44.1 box AP (Agent-Attention README (LeapLabTHU/Agent-Attention))
+model = dict(
+    backbone=dict(
+        arch='agent_pvt_small',
+        out_indices=(1, 2, 3),
+        drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint='https://cloud.tsinghua.edu.cn/f/36b8be9a8863456685a3/?dl=1')),
+    neck=dict(in_channels=[128, 320, 512]))
