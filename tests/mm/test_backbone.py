@@ -71,10 +71,19 @@ def test_frozen_stages_norm_eval_with_cp():
     b.model.set_grad_checkpointing(True)
     b.train()
     x = torch.randn(2, 3, 64, 64)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in b.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.05)
     out = b(x)
     sum(o.mean() for o in out).backward()
     assert all(p.grad is None for n, p in b.named_parameters() if n in frozen)
     assert all(p.grad is not None for n, p in b.named_parameters() if n not in frozen and 'stages.3' in n)
+    opt.step()
+    after = b.state_dict()
+    # frozen parameters (and any norm statistics under norm_eval) are unchanged after a step, the rest moved
+    assert all(torch.equal(after[n], before[n]) for n in frozen)
+    assert all(torch.equal(after[k], before[k]) for k in after if 'running_' in k)
+    assert not torch.equal(after['model.stages.3.blocks.0.attn.qkv.weight'],
+                           before['model.stages.3.blocks.0.attn.qkv.weight'])
 
 
 def test_uper_net_train_iteration():
@@ -132,3 +141,15 @@ def test_every_family_is_a_backbone(arch):
         out = b(torch.randn(1, 3, 96, 80))
     assert [o.shape[1] for o in out] == b.channels
     assert all(o.ndim == 4 and o.shape[2] <= -(-96 // r) + 1 for o, r in zip(out, b.reductions))
+
+
+def test_norm_eval_keeps_batchnorm_statistics():
+    # BiFormer's stem and head use BatchNorm: with norm_eval a training forward leaves their statistics alone
+    b = _backbone(arch='biformer_tiny', norm_eval=True, frozen_stages=0)
+    b.init_weights()
+    b.train()
+    stats = {k: v.clone() for k, v in b.state_dict().items() if 'running_' in k}
+    assert stats
+    b(torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(b.state_dict()[k], v) for k, v in stats.items())
+    assert not b.model.stem.training and b.model.stages[1].training
