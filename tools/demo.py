@@ -55,7 +55,10 @@ def main(argv=None) -> float:
     if args.iters:
         options.update({'train_cfg.max_iters': args.iters, 'train_cfg.val_interval': args.iters})
     cfg = load_config(args.config, options, work_dir=args.work_dir)
-    cfg.param_scheduler[-1].end = cfg.train_cfg.max_iters
+    if args.iters:  # a shorter run: warm-up and decay scaled to it
+        warm = min(cfg.param_scheduler[0].end, max(args.iters // 10, 1))
+        cfg.param_scheduler[0].end = cfg.param_scheduler[-1].begin = warm
+        cfg.param_scheduler[-1].end = args.iters
     t0 = time.time()
     runner = build_runner(cfg)
     runner.train()  # validates (IoU per class) after the last iteration
