@@ -1,3 +1,9 @@
+class_weight = [
+    0.4,
+    1.2,
+    1.2,
+    1.2,
+]
 crop_size = (
     128,
     128,
@@ -40,10 +46,10 @@ env_cfg = dict(
     dist_cfg=dict(backend='gloo'),
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0))
 launcher = 'none'
-load_from = '/tmp/pytest-of-root/pytest-17/test_train_then_test0/work/iter_2.pth'
+load_from = '/tmp/pytest-of-root/pytest-34/test_train_then_test0/work/iter_2.pth'
 log_level = 'INFO'
 log_processor = dict(by_epoch=False)
-max_iters = 600
+max_iters = 800
 metainfo = dict(
     classes=(
         'background',
@@ -82,7 +88,15 @@ model = dict(
         in_channels=128,
         in_index=2,
         loss_decode=dict(
-            loss_weight=0.4, type='CrossEntropyLoss', use_sigmoid=False),
+            class_weight=[
+                0.4,
+                1.2,
+                1.2,
+                1.2,
+            ],
+            loss_weight=0.4,
+            type='CrossEntropyLoss',
+            use_sigmoid=False),
         norm_cfg=dict(requires_grad=True, type='BN'),
         num_classes=4,
         num_convs=1,
@@ -148,7 +162,12 @@ model = dict(
             3,
         ],
         loss_decode=dict(
-            avg_non_ignore=True,
+            class_weight=[
+                0.4,
+                1.2,
+                1.2,
+                1.2,
+            ],
             loss_weight=1.0,
             type='CrossEntropyLoss',
             use_sigmoid=False),
@@ -171,7 +190,7 @@ optim_wrapper = dict(
         betas=(
             0.9,
             0.999,
-        ), lr=0.002, type='AdamW', weight_decay=0.01),
+        ), lr=0.001, type='AdamW', weight_decay=0.01),
     paramwise_cfg=dict(
         custom_keys=dict(norm=dict(decay_mult=0.0), rpb=dict(decay_mult=0.0))),
     type='OptimWrapper')
@@ -288,8 +307,8 @@ train_dataloader = dict(
             dict(
                 keep_ratio=True,
                 ratio_range=(
-                    0.75,
-                    1.5,
+                    1.0,
+                    1.75,
                 ),
                 scale=(
                     128,
@@ -301,7 +320,6 @@ train_dataloader = dict(
                 128,
             ), type='RandomCrop'),
             dict(prob=0.5, type='RandomFlip'),
-            dict(type='PhotoMetricDistortion'),
             dict(type='PackSegInputs'),
         ],
         seg_map_suffix='.png',
@@ -314,8 +332,8 @@ train_pipeline = [
     dict(
         keep_ratio=True,
         ratio_range=(
-            0.75,
-            1.5,
+            1.0,
+            1.75,
         ),
         scale=(
             128,
@@ -327,7 +345,6 @@ train_pipeline = [
         128,
     ), type='RandomCrop'),
     dict(prob=0.5, type='RandomFlip'),
-    dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
 tta_model = dict(type='SegTTAModel')
@@ -395,4 +412,4 @@ visualizer = dict(
     vis_backends=[
         dict(type='LocalVisBackend'),
     ])
-work_dir = '/tmp/pytest-of-root/pytest-17/test_train_then_test0/work'
+work_dir = '/tmp/pytest-of-root/pytest-34/test_train_then_test0/work'
