@@ -94,7 +94,7 @@ def run_models(args) -> dict:
                     for backend in args.backends.split(','):
                         for mode in modes:
                             configs.append(dict(model=name, size=list(_size(size)), batch=bs, dtype=dt,
-                                                backend=backend, mode=mode))
+                                                backend=backend, mode=mode, device=device))
     # build each model once per (model, backend, mode); time all configurations in turn per repeat
     runners, results = {}, []
     for c in configs:
@@ -186,15 +186,20 @@ def plot(results: List[dict], path: Path) -> None:
     ax1.legend(fontsize=7)
     papers_path = Path(__file__).with_name('model_zoo_papers.json')
     papers = json.loads(papers_path.read_text()) if papers_path.exists() else {}
+    import timm
     for r in results:
         top1 = papers.get(r['model'], {}).get('top1')
-        if not r['error'] and top1 is not None and r['mode'] == 'infer':
+        # the paper's accuracy belongs to the model's own input size
+        native = list(timm.models.get_pretrained_cfg(r['model']).input_size[1:]) == r['size']
+        if not r['error'] and top1 is not None and r['mode'] == 'infer' and native:
             ax2.scatter(r['throughput'], top1)
             ax2.annotate(f"{r['model']} {'x'.join(map(str, r['size']))}", (r['throughput'], top1), fontsize=7)
     ax2.set_xlabel('measured throughput (img/s)')
     ax2.set_ylabel('paper ImageNet top-1 (%)')
     ax2.set_title('accuracy vs throughput')
-    fig.suptitle(f"{results[0]['model'] if results else ''} ... on {machine_info('cpu').get('cpu')}", fontsize=8)
+    info = machine_info(results[0]['device'] if results else 'cpu') if results else {}
+    fig.suptitle(f"visionattn models on {info.get('gpu') or info.get('cpu')}, torch {info.get('torch')}, "
+                 f"{info.get('date', '')[:10]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f'wrote {path}')

@@ -8,7 +8,8 @@
 
 The source is read without running pickled code (``visionattn.models._hub.safe_load``), converted by the family's
 ``checkpoint_filter_fn`` and loaded into the model (missing and unexpected keys are reported; a checkpoint that
-misses anything but the classifier is an error). The safetensors file carries metadata: the model name, the
+misses anything the model needs is an error; from an mm checkpoint, the classifier and final norm the backbone
+drops may be missing). The safetensors file carries metadata: the model name, the
 source file, the license, and the runtime settings the weights need (``--model-kwargs``, e.g. EViT's keep rate).
 ``--verify`` runs the converted model on a fixed input and prints the output statistics.
 """
@@ -65,9 +66,14 @@ def convert(src: str, dst: str, model_name: str, model_kwargs: dict = None) -> t
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    head = model.pretrained_cfg.get('classifier') or ''
-    heads = (head,) if isinstance(head, str) else tuple(head)
-    bad_missing = [k for k in missing if not (from_mm and any(k.startswith(h + '.') for h in heads if h))]
+    if from_mm:
+        # a dense-prediction checkpoint holds what the mm backbone keeps: the model without its head and final norm
+        backbone = timm.create_model(model_name, **model_kwargs)
+        backbone.prune_intermediate_layers(list(range(len(backbone.feature_info))), prune_norm=True, prune_head=True)
+        required = set(backbone.state_dict())
+        bad_missing = [k for k in missing if k in required]
+    else:
+        bad_missing = list(missing)
     print(f'loaded {len(state_dict) - len(unexpected)} tensors; missing: {missing or "none"}; '
           f'unexpected: {unexpected or "none"}')
     if bad_missing or (unexpected and not from_mm):
