@@ -39,11 +39,14 @@ def _enable_visualization(cfg, show_dir: str) -> None:
     hook = next((hooks[k] for k in ('visualization', 'vis') if k in hooks), None)
     if hook is None:
         raise ValueError('--show-dir needs a visualization hook in default_hooks (the toolbox runtime bases have one)')
-    # each toolbox's own test.py: mmseg saves through the visualizer, mmdet and mmpretrain through the hook
+    # each toolbox's own test.py: mmseg saves through the visualizer, mmdet and mmpretrain through the hook; a relative
+    # folder goes under the work dir (mmdet's hook does that itself)
+    if cfg.default_scope == 'mmdet':
+        hook.update(draw=True, test_out_dir=show_dir)
+        return
+    show_dir = osp.join(cfg.work_dir, show_dir)
     if cfg.default_scope == 'mmpretrain':
         hook.update(enable=True, out_dir=show_dir)
-    elif cfg.default_scope == 'mmdet':
-        hook.update(draw=True, test_out_dir=show_dir)
     else:
         hook['draw'] = True
         cfg.visualizer['save_dir'] = show_dir

@@ -61,10 +61,14 @@ def test_train_then_test(tmp_path):
     assert osp.exists(ckpt)
     out = str(tmp_path / 'preds.pkl')
     r = _run([sys.executable, osp.join(TOOLS, 'test.py'), CONFIG, ckpt, '--work-dir', work, '--out', out,
-              '--show-dir', 'vis', '--cfg-options', *_options(2, 2)], timeout=600)
+              '--show-dir', 'vis', '--cfg-options', *_options(2, 2), 'default_hooks.visualization.interval=1'],
+             timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'mIoU' in r.stdout + r.stderr
     assert osp.exists(out)
+    drawn = [f for _, _, fs in os.walk(osp.join(work, 'vis')) for f in fs if f.endswith('.png')]
+    assert drawn, '--show-dir drew nothing under the work dir'
+    assert not osp.exists(osp.join(ROOT, 'vis')), '--show-dir wrote into the current directory'
 
 
 def test_mmengine_checkpoints_load_safely(tmp_path):
