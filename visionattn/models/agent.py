@@ -1165,40 +1165,20 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return out
 
 
-def _create_agent_deit(variant: str, pretrained: bool = False, **kwargs) -> AgentDeiT:
-    out_indices = kwargs.pop('out_indices', 3)
+def _create_agent(model_cls: Type[nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    # DeiT hosts give the last block by default (as timm's ViTs), the hierarchical hosts their four stages
+    out_indices = kwargs.pop('out_indices', 3 if model_cls is AgentDeiT else (0, 1, 2, 3))
     return build_model(
-        AgentDeiT, variant, pretrained,
+        model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
 
 
-def _create_agent_pvt(variant: str, pretrained: bool = False, **kwargs) -> AgentPVT:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        AgentPVT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
-
-
-def _create_agent_swin(variant: str, pretrained: bool = False, **kwargs) -> AgentSwin:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        AgentSwin, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
-
-
-def _create_agent_cswin(variant: str, pretrained: bool = False, **kwargs) -> AgentCSwin:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        AgentCSwin, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
+_create_agent_deit = partial(_create_agent, AgentDeiT)
+_create_agent_pvt = partial(_create_agent, AgentPVT)
+_create_agent_swin = partial(_create_agent, AgentSwin)
+_create_agent_cswin = partial(_create_agent, AgentCSwin)
 
 
 def _cfg(file_id: str = '', **kwargs) -> dict:
