@@ -98,6 +98,27 @@ def check_backward(create: Create) -> None:
         torch.testing.assert_close(grads_a[n], p.grad, rtol=1e-4, atol=1e-6, msg=f'grad checkpointing changes {n}.grad')
 
 
+def check_low_precision(
+        create: Create,
+        size: int = BWD_SIZE,
+        dtypes: Sequence[torch.dtype] = (torch.bfloat16, torch.float16),
+) -> None:
+    """Train mode, batch 2, under CPU autocast in each low-precision dtype: forward and cross-entropy backward give a
+    finite output and finite gradients (no overflow inside attention; the AMP NaNs of BiFormer/RAVLT's releases)."""
+    torch.manual_seed(0)
+    model = create(num_classes=42).train()
+    x = _input(size, model, batch_size=2)
+    target = torch.tensor([1, 2])
+    for dtype in dtypes:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=dtype):
+            out = _cat(model(x))
+        assert torch.isfinite(out).all(), f'{dtype} autocast at {tuple(x.shape[-2:])}: non-finite output'
+        nn.functional.cross_entropy(out.float(), target).backward()
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, f'{dtype} autocast at {tuple(x.shape[-2:])}: non-finite gradients in {bad[:5]}'
+
+
 def check_default_cfg(create: Create) -> None:
     """num_features/head_hidden_size/pool_size, reset_classifier, first_conv and classifier keys."""
     model = create().eval()

@@ -3,6 +3,7 @@ import functools
 
 import pytest
 import timm
+import torch
 from timm.models._registry import _model_entrypoints, _model_to_module
 
 import visionattn
@@ -46,6 +47,20 @@ def test_forward(name):
 @pytest.mark.parametrize('name', TIERED)
 def test_backward(name):
     contract.check_backward(_create(name))
+
+
+@pytest.mark.parametrize('name', TIERED)
+def test_low_precision(name):
+    # fp16 is the dtype that overflows (bf16 has float32's range): the default tier checks it; both under slow
+    contract.check_low_precision(_create(name), dtypes=(torch.float16,))
+
+
+# fp16/bf16 at the training size and at 512 (dense-prediction sizes): minutes per model on a CPU, so slow tier only
+@pytest.mark.slow
+@pytest.mark.parametrize('size', [224, 512])
+@pytest.mark.parametrize('name', MODELS)
+def test_low_precision_large(name, size):
+    contract.check_low_precision(_create(name), size=size)
 
 
 @pytest.mark.parametrize('name', TIERED)
