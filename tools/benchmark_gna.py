@@ -118,7 +118,8 @@ def gna_markdown(results, backends):
         ks = r['kernel_size']
         ks = 'x'.join(map(str, ks)) if isinstance(ks, (list, tuple)) else ks
         cfg = (f"B{r['batch']} {'x'.join(map(str, r['spatial']))} heads {r['heads']} dim {r['head_dim']} k{ks} "
-               f"s{r['stride']} dil{r['dilation']}" + (' causal' if r['is_causal'] else '') + (' rpb' if r['rpb'] else ''))
+               f"s{r['stride']} dil{r['dilation']}")
+        cfg += (' causal' if r['is_causal'] else '') + (' rpb' if r['rpb'] else '')
         for mode in ('infer', 'train'):
             rows.append([r['shape'], cfg, 'fwd' if mode == 'infer' else 'fwd+bwd']
                         + [_cell(r.get(b), mode) for b in backends] + [_speedup(r, o, mode) for o in extra])
