@@ -189,3 +189,21 @@ def test_fx_feature_extraction_keeps_op_as_leaf():
     graph_ops = [n.target for n in fx.graph.nodes if n.op == 'call_function']
     assert na2d in graph_ops
     torch.testing.assert_close(fx(x)['reshape_1'], model(x))
+
+
+def test_rpb_expansion_cache_follows_the_tensor():
+    # at inference the expanded rpb is cached per tensor and version: in-place updates and new tensors must show
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 9, 10, 2, 8)
+    rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
+    with torch.no_grad():
+        for _ in range(2):
+            out = na2d(q, k, v, 3, rpb=rpb, backend='blocked')
+            torch.testing.assert_close(out, na2d(q, k, v, 3, rpb=rpb, backend='reference'))
+            rpb.add_(torch.randn(2, 5, 5))
+        other = torch.randn(2, 5, 5)
+        torch.testing.assert_close(na2d(q, k, v, 3, rpb=other, backend='blocked'),
+                                   na2d(q, k, v, 3, rpb=other, backend='reference'))
+    # with gradients the expansion is rebuilt and differentiable
+    na2d(q, k, v, 3, rpb=rpb, backend='blocked').sum().backward()
+    assert rpb.grad is not None and rpb.grad.abs().sum() > 0

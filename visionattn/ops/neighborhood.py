@@ -252,7 +252,7 @@ def _rpb_bias(rpb, geo_key, heads, dtype, device):
     when no gradient flows to it (inference): the expansion then costs nothing per call."""
     cacheable = not (torch.is_grad_enabled() and rpb.requires_grad) and type(rpb) in (torch.Tensor, nn.Parameter)
     if cacheable:
-        key = (id(rpb), rpb._version, geo_key, dtype, str(device))
+        key = (id(rpb), rpb.data_ptr(), rpb._version, geo_key, dtype, str(device))
         hit = _BIAS_CACHE.get(key)
         if hit is not None and hit[0]() is rpb:
             _BIAS_CACHE.move_to_end(key)
