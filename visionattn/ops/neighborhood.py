@@ -270,6 +270,56 @@ def _rpb_bias(rpb, geo_key, heads, dtype, device):
     return bias
 
 
+class _Halo(torch.autograd.Function):
+    """Key halos of all query tiles: ``[B, *spatial, H, D]`` -> ``[B, H * nt, prod(spans), D]``, tile ``i`` reading
+    ``[i * tile - pad_left, i * tile - pad_left + span)`` of the zero-padded input (one ``unfold`` view, one copy).
+
+    The backward sums the overlapping halos back with ``prod(ceil(span / tile))`` strided adds instead of
+    ``unfold_backward``'s generic accumulation (several times slower on CPU).
+    """
+
+    @staticmethod
+    def forward(x, pad_left, pad_right, spans, tile):
+        n = len(spans)
+        p = [0, 0, 0, 0]
+        for i in reversed(range(n)):
+            p += [pad_left[i], pad_right[i]]
+        xp = F.pad(x, p) if any(p) else x
+        for i in range(n):  # -> [B, *nts, H, D, *spans]
+            xp = xp.unfold(1 + i, spans[i], tile[i])
+        nts = xp.shape[1:1 + n]
+        perm = [0, n + 1] + [1 + i for i in range(n)] + [n + 3 + i for i in range(n)] + [n + 2]
+        return xp.permute(perm).reshape(x.shape[0], x.shape[-2] * math.prod(nts), math.prod(spans), x.shape[-1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.pad_left, ctx.pad_right, ctx.spans, ctx.tile = inputs
+        ctx.x_shape = tuple(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        spans, tile, shape = ctx.spans, ctx.tile, ctx.x_shape
+        n = len(spans)
+        b, heads, d = shape[0], shape[-2], shape[-1]
+        nts = [(shape[1 + i] + ctx.pad_left[i] + ctx.pad_right[i] - spans[i]) // tile[i] + 1 for i in range(n)]
+        chunks = [-(-spans[i] // tile[i]) for i in range(n)]
+        # room for whole chunks past the padded end, cut off below
+        buf = grad.new_zeros([b] + [(nts[i] + chunks[i]) * tile[i] for i in range(n)] + [heads, d])
+        g = grad.view([b, heads] + nts + list(spans) + [d])
+        perm = [0] + [j for i in range(n) for j in (2 + i, 2 + n + i)] + [1, 2 * n + 2]
+        for offs in itertools.product(*[range(c) for c in chunks]):
+            gs, view = g, buf
+            for i, c in enumerate(offs):
+                size = min(tile[i], spans[i] - c * tile[i])
+                gs = gs.narrow(2 + n + i, c * tile[i], size)
+                view = view.narrow(1 + 2 * i, c * tile[i], nts[i] * tile[i]).unflatten(1 + 2 * i, (nts[i], tile[i]))
+                view = view.narrow(2 + 2 * i, 0, size)
+            view.add_(gs.permute(perm))
+        for i in range(n):
+            buf = buf.narrow(1 + i, ctx.pad_left[i], shape[1 + i])
+        return buf, None, None, None, None
+
+
 def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile=None, dropout_p=0.):
     """GNA with dilation 1 on every axis: query tiles with their key halo through SDPA.
 
@@ -289,7 +339,7 @@ def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v
     axes, mask, _ = _geometry(*geo_key)
     nts = [a[0] for a in axes]
     spans = [a[3] for a in axes]
-    nt, tq, tk = math.prod(nts), math.prod(tile), math.prod(spans)
+    nt, tq = math.prod(nts), math.prod(tile)
 
     def pad(x, left, right):  # pad the spatial axes of [B, *spatial, H, D]
         p = [0, 0, 0, 0]
@@ -303,14 +353,8 @@ def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v
     perm = [0, 2 * n + 1] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
     qt = qp.permute(perm).reshape(b, heads * nt, tq, q.shape[-1])
 
-    def halo(x):  # [B, *spatial, H, D] -> [B, H * nt, Tk, D]
-        xp = pad(x, [a[1] for a in axes], [a[2] for a in axes])
-        for i in range(n):  # -> [B, *nts, H, D, *spans]
-            xp = xp.unfold(1 + i, spans[i], tile[i])
-        perm_k = [0, n + 1] + [1 + i for i in range(n)] + [n + 3 + i for i in range(n)] + [n + 2]
-        return xp.permute(perm_k).reshape(b, heads * nt, tk, x.shape[-1])
-
-    kt, vt = halo(k), halo(v)
+    halo_args = (tuple(a[1] for a in axes), tuple(a[2] for a in axes), tuple(spans), tile)
+    kt, vt = _Halo.apply(k, *halo_args), _Halo.apply(v, *halo_args)
     if rpb is not None:
         attn_mask = _rpb_bias(rpb, geo_key, heads, q.dtype, q.device)
     else:
@@ -326,7 +370,13 @@ def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v
         vt = torch.cat([vt, extra(add_v)], dim=2)
         if attn_mask is not None:
             attn_mask = torch.cat([attn_mask, attn_mask.new_zeros(1, heads * nt, tq, n_extra)], dim=-1)
-    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
+        # a mask that needs a gradient (rpb in training) rules out SDPA's flash kernel, and its math fallback adds a
+        # safe-softmax pass for fully masked rows (there are none here): the same computation without it
+        logits = torch.matmul(qt * scale, kt.transpose(-1, -2)) + attn_mask
+        out = torch.matmul(F.dropout(logits.softmax(-1), dropout_p), vt)
+    else:
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     dv = out.shape[-1]
     # [B, H * nt, Tq, Dv] -> [B, *spatial, H, Dv]
     out = out.reshape([b, heads] + nts + list(tile) + [dv])
