@@ -12,7 +12,9 @@ Backends (``backend='auto'`` picks the best that can run, see ``visionattn.ops._
 
 * ``reference``: dense masked attention, O(tokens^2) memory; the oracle (``visionattn.ops.reference``).
 * ``blocked``: pure PyTorch; query tiles with their key halo batched through ``F.scaled_dot_product_attention``,
-  memory O(tokens x window). Runs everywhere, autograd through plain torch ops.
+  memory O(tokens x window). Runs everywhere, autograd through plain torch ops. Key halos are one ``unfold`` view of
+  the zero-padded keys (uniform spans per axis), the window mask and rpb one 4-D additive mask (which keeps CPU SDPA on
+  its flash kernel; cached at inference), the tile shape chosen by a cost model.
 * ``triton``: fused forward/backward kernels (``visionattn.ops.triton.neighborhood``), CUDA tensors only.
 * ``natten``: NATTEN's ``na1d/na2d/na3d`` when installed and able to run the call (no rpb; on CPU only its Flex
   path, forward only); ranked below ``blocked`` on CPU and below ``triton`` on CUDA.
@@ -446,8 +448,8 @@ def gna_blocked(
 ) -> torch.Tensor:
     """Blocked GNA in plain PyTorch (any rank, autograd); arguments normalized to per-axis tuples.
 
-    Memory is O(tokens x window): each query tile of ``tile_shape`` (default: a stride multiple near the kernel size)
-    attends to the union of its queries' windows, with a mask for the partial part (and the rpb). ``dropout_p``
+    Memory is O(tokens x window): each query tile of ``tile_shape`` (default: ``_default_tiles``' cost model) attends
+    to a uniform key span holding its queries' windows, with an additive mask for the rest (and the rpb). ``dropout_p``
     drops attention probabilities (SDPA's dropout), for modules with ``attn_drop`` in training.
     """
     scale = query.shape[-1] ** -0.5 if scale is None else scale
