@@ -30,7 +30,7 @@ _CASES = [
 ]
 
 
-def _qkv(shape, heads=2, dim=16, dtype=torch.float32, seed=0, batch=2):
+def _qkv(shape, heads=2, dim=16, dtype=torch.float32, seed=0, batch=1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, *shape, heads, dim, generator=g, dtype=dtype) for _ in range(3)]
 
@@ -54,7 +54,7 @@ def test_natten_backend_matches_reference(shape, ks, st, dil, causal):
 def test_natten_backend_scale_and_additional_kv():
     q, k, v = _qkv((7, 8), heads=3, dim=8)
     g = torch.Generator().manual_seed(1)
-    ak, av = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(2))
+    ak, av = (torch.randn(1, 5, 3, 8, generator=g) for _ in range(2))
     out = na2d(q, k, v, 3, 2, 2, (False, True), scale=0.7, additional_keys=ak, additional_values=av, backend='natten')
     ref = na2d(q, k, v, 3, 2, 2, (False, True), scale=0.7, additional_keys=ak, additional_values=av,
                backend='reference')
@@ -95,7 +95,7 @@ def test_natten_unsupported_reasons(monkeypatch):
     _unavailable('head dims', q, k, v[..., :8], 3)
     q1, k1, v1 = _qkv((6,))
     _unavailable('causal', q1, k1, v1, 6, is_causal=True)
-    ak, av = torch.zeros(2, 2, 2, 16), torch.zeros(2, 2, 2, 16)
+    ak, av = torch.zeros(1, 2, 2, 16), torch.zeros(1, 2, 2, 16)
     monkeypatch.setattr(nbh, '_natten_takes_additional_kv', lambda: False)
     _unavailable('additional keys', q, k, v, 3, additional_keys=ak, additional_values=av)
     monkeypatch.setattr(nbh, '_natten', lambda: (None, 'natten is not importable (ModuleNotFoundError: x)'))
