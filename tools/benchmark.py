@@ -2,15 +2,16 @@
 """Benchmarks of the visionattn ops; each run writes a JSON with the machine, library versions and date.
 
 Subcommands:
-    gna   generalized neighborhood attention backends side by side (tools/benchmark_gna.py)
-    bsa   block-sparse attention backends on BiFormer's routing shapes: official gather vs blocked vs Triton
-          (tools/benchmark_bsa.py)
+    gna   generalized neighborhood attention backends side by side with natten and dense SDPA on the same tokens
+          (tools/benchmark_gna.py)
+    bsa   block-sparse attention backends on BiFormer's routing shapes: official gather vs blocked vs Triton vs dense
+          SDPA (tools/benchmark_bsa.py)
     evit  EViT-DeiT against DeiT with the same weights, batch 1 and 32 (tools/benchmark_evit.py)
     models  throughput, latency and peak memory of whole models over sizes, batches, dtypes, backends, train or
           inference, with a table and a PNG plot (tools/benchmark_models.py)
 
 Examples:
-    python tools/benchmark.py gna --device cpu
+    python tools/benchmark.py gna --device cpu   # JSON + Markdown table under work_dirs/benchmark/
     python tools/benchmark.py bsa --device cuda --dtype float16 --out work_dirs/benchmark/bsa_h100.json
 """
 import argparse

@@ -189,3 +189,39 @@ def test_fx_feature_extraction_keeps_op_as_leaf():
     graph_ops = [n.target for n in fx.graph.nodes if n.op == 'call_function']
     assert na2d in graph_ops
     torch.testing.assert_close(fx(x)['reshape_1'], model(x))
+
+
+def test_rpb_expansion_cache_follows_the_tensor():
+    # at inference the expanded rpb is cached per tensor and version: in-place updates and new tensors must show
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 9, 10, 2, 8)
+    rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
+    with torch.no_grad():
+        for _ in range(2):
+            out = na2d(q, k, v, 3, rpb=rpb, backend='blocked')
+            torch.testing.assert_close(out, na2d(q, k, v, 3, rpb=rpb, backend='reference'))
+            rpb.add_(torch.randn(2, 5, 5))
+        other = torch.randn(2, 5, 5)
+        torch.testing.assert_close(na2d(q, k, v, 3, rpb=other, backend='blocked'),
+                                   na2d(q, k, v, 3, rpb=other, backend='reference'))
+    # with gradients the expansion is rebuilt and differentiable
+    na2d(q, k, v, 3, rpb=rpb, backend='blocked').sum().backward()
+    assert rpb.grad is not None and rpb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('na_dim', [1, 2, 3])
+def test_blocked_gradients_random_tiles_fp64(na_dim):
+    # the halo backward (strided adds of overlapping key spans) over random geometries and tile shapes
+    rng = random.Random(20 + na_dim)
+    for i in range(4 if na_dim < 3 else 2):
+        shape, ks, st, dil, causal = _config(rng, na_dim, **({'kmax': 3, 'extra': 2} if na_dim == 3 else {}))
+        q, k, v, rpb, ak, av = _inputs(shape, ks, torch.float64, rpb=i % 2 == 0, n_extra=2 * (i % 2), seed=i)
+        tile = tuple(rng.randint(1, 5) for _ in range(na_dim)) if i % 2 else None
+        xs = [x.requires_grad_(True) if x is not None else None for x in (q, k, v, rpb, ak, av)]
+        present = [x for x in xs if x is not None]
+        grad = torch.randn_like(q)
+        ref = torch.autograd.grad(gna_reference(*xs[:3], ks, st, dil, causal, xs[3], 0.4, *xs[4:]), present, grad)
+        got = torch.autograd.grad(
+            gna_blocked(*xs[:3], ks, st, dil, causal, xs[3], 0.4, *xs[4:], tile_shape=tile), present, grad)
+        for a, b in zip(got, ref):
+            assert (a - b).abs().max() < 1e-10, (shape, ks, st, dil, causal, tile)

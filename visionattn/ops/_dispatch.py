@@ -70,6 +70,10 @@ class _Backend:
     fn: Callable
     priority: int
     unsupported: Optional[Callable[..., Optional[str]]]
+    priority_fn: Optional[Callable[..., int]] = None
+
+    def priority_for(self, call: Dict[str, Any]) -> int:
+        return self.priority if self.priority_fn is None else self.priority_fn(**call)
 
 
 _REGISTRY: Dict[str, Dict[str, _Backend]] = {}
@@ -81,14 +85,22 @@ def register_backend(
         fn: Callable,
         priority: int = 0,
         unsupported: Optional[Callable[..., Optional[str]]] = None,
+        priority_fn: Optional[Callable[..., int]] = None,
 ) -> None:
-    """Register ``fn`` as backend ``name`` of ``op``; ``unsupported(**call)`` returns a reason or None."""
-    _REGISTRY.setdefault(op, {})[name] = _Backend(name, fn, priority, unsupported)
+    """Register ``fn`` as backend ``name`` of ``op``; ``unsupported(**call)`` returns a reason or None.
+
+    ``priority_fn(**call)``, if given, replaces ``priority`` when ``backend='auto'`` chooses for a call (e.g. a
+    backend that is the fastest on one device and the slowest on another); ``priority`` is its order without a call.
+    """
+    _REGISTRY.setdefault(op, {})[name] = _Backend(name, fn, priority, unsupported, priority_fn)
 
 
-def list_backends(op: str) -> List[str]:
-    """Backends of ``op``, best first."""
-    return [b.name for b in sorted(_REGISTRY.get(op, {}).values(), key=lambda b: -b.priority)]
+def list_backends(op: str, **call: Any) -> List[str]:
+    """Backends of ``op``, best first (for ``call``, when given, with call-dependent priorities)."""
+    backends = _REGISTRY.get(op, {}).values()
+    if call:
+        return [b.name for b in sorted(backends, key=lambda b: -b.priority_for(call))]
+    return [b.name for b in sorted(backends, key=lambda b: -b.priority)]
 
 
 def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
@@ -106,7 +118,7 @@ def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
         if reason:
             raise BackendUnavailable(f'{op}: backend {backend!r} cannot run this call: {reason}')
         return b.fn
-    for name in list_backends(op):
+    for name in list_backends(op, **call):
         b = backends[name]
         reason = b.unsupported(**call) if b.unsupported is not None else None
         if reason is None:

@@ -12,19 +12,27 @@ Backends (``backend='auto'`` picks the best that can run, see ``visionattn.ops._
 
 * ``reference``: dense masked attention, O(tokens^2) memory; the oracle (``visionattn.ops.reference``).
 * ``blocked``: pure PyTorch; query tiles with their key halo batched through ``F.scaled_dot_product_attention``,
-  memory O(tokens x window). Runs everywhere, autograd through plain torch ops.
+  memory O(tokens x window). Runs everywhere, autograd through plain torch ops. Key halos are one ``unfold`` view of
+  the zero-padded keys (uniform spans per axis), the window mask and rpb one 4-D additive mask (which keeps CPU SDPA on
+  its flash kernel; cached at inference), the tile shape chosen by a cost model.
 * ``triton``: fused forward/backward kernels (``visionattn.ops.triton.neighborhood``), CUDA tensors only.
+* ``natten``: NATTEN's ``na1d/na2d/na3d`` when installed and able to run the call (no rpb; on CPU only its Flex
+  path, forward only); ranked below ``blocked`` on CPU and below ``triton`` on CUDA.
 
 Reference: Hassani et al., "Generalized Neighborhood Attention: Multi-dimensional Sparse Attention at the Speed of
 Light", arXiv 2504.16922; NATTEN (https://github.com/SHI-Labs/NATTEN, MIT).
 """
+import itertools
 import math
+import weakref
+from collections import OrderedDict
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch import nn
 
 from ._dispatch import get_backend, register_backend, use_opaque_ops
 from .reference import gna_reference
@@ -126,21 +134,13 @@ def _check_and_normalize(
 # Blocked backend (pure PyTorch)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _default_tile(na_dim: int, kernel_size: int, stride: int, length: int) -> int:
-    """Query tile length along one axis: a multiple of the stride near a small target (measured best on CPU)."""
-    target = {1: 32, 2: 6}.get(na_dim, 4)
-    tile = stride * max(1, target // stride)
-    return min(tile, stride * math.ceil(length / stride))
+# Fixed cost of one query tile (per batch and head) in CPU SDPA, in query-key pairs: fitted to single-thread timings
+# of na2d k7 at 14x14, 28x28 and 56x56 over tile shapes (4x4 .. 28x28) on the 2-core EPYC dev machine.
+_TILE_COST = 4096
 
 
-@lru_cache(maxsize=512)
-def _axis_tiles(length: int, kernel_size: int, stride: int, is_causal: bool, tile: int):
-    """Tile geometry of one axis (dilation 1): query and key indices per tile, the in-tile mask and rpb indices.
-
-    Returns ``(q_idx [nt, T], k_idx [nt, Kt], mask [nt, T, Kt], rel [nt, T, Kt])`` on CPU. Query positions past the
-    end are clamped to the last query (their outputs are dropped). Every tile reads the same number ``Kt`` of keys,
-    the longest union of its queries' windows, shifted inward at the end.
-    """
+def _axis_windows(length: int, kernel_size: int, stride: int, is_causal: bool):
+    """Window ``[start, end)`` of every query along one axis (dilation 1)."""
     c = torch.arange(length)
     if is_causal:
         leader = torch.clamp((c // stride) * stride + stride - 1, max=length - 1)
@@ -151,99 +151,239 @@ def _axis_tiles(length: int, kernel_size: int, stride: int, is_causal: bool, til
         leader = torch.clamp((c // stride) * stride + stride // 2, max=length - 1)
         start = torch.clamp(leader, min=left, max=length - 1 - right) - left
         end = start + kernel_size
-    nt = math.ceil(length / tile)
-    q_idx = torch.clamp(torch.arange(nt)[:, None] * tile + torch.arange(tile)[None, :], max=length - 1)
-    k_first = start[q_idx[:, 0]]  # window bounds are non-decreasing in the query position
-    k_last = end[q_idx[:, -1]]
-    span = int((k_last - k_first).max())
-    k_first = torch.clamp(k_first, max=length - span)
-    k_idx = k_first[:, None] + torch.arange(span)[None, :]
-    qs, qe = start[q_idx][:, :, None], end[q_idx][:, :, None]
-    kk = k_idx[:, None, :]
-    mask = (kk >= qs) & (kk < qe)
-    rel = (kk - q_idx[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
-    return q_idx, k_idx, mask, rel
+    return start, end
+
+
+@lru_cache(maxsize=4096)
+def _axis_span(length: int, kernel_size: int, stride: int, is_causal: bool, tile: int) -> Tuple[int, int, int, int]:
+    """``(n_tiles, pad_left, pad_right, span)`` of one axis: query tile ``i`` holds queries ``[i * tile, (i + 1) *
+    tile)`` (positions past the end are padding) and reads keys ``[i * tile - pad_left, i * tile - pad_left + span)``
+    of the zero-padded axis, the smallest uniform span that holds every query's window (windows are clamped inward at
+    the borders, so border tiles widen the span). Uniform spans make the key halos of all tiles one ``unfold`` view."""
+    start, end = _axis_windows(length, kernel_size, stride, is_causal)
+    nt = -(-length // tile)
+    first = (torch.arange(length) // tile) * tile
+    pad_left = int((first - start).max().clamp(min=0))
+    span = tile + pad_left + int((end - first - tile).max().clamp(min=0))
+    return nt, pad_left, (nt - 1) * tile + span - pad_left - length, span
+
+
+@lru_cache(maxsize=512)
+def _axis_geometry(length: int, kernel_size: int, stride: int, is_causal: bool, tile: int):
+    """``_axis_span`` plus ``mask [nt, tile, span]`` (True where the key is in the query's window; padded queries see
+    every key: their outputs are dropped, and a row without keys would make NaNs) and ``rel [nt, tile, span]``, the
+    rpb index ``key - query + k - 1`` (clamped where masked); on CPU."""
+    nt, pad_left, pad_right, span = _axis_span(length, kernel_size, stride, is_causal, tile)
+    start, end = _axis_windows(length, kernel_size, stride, is_causal)
+    q = torch.arange(nt * tile)
+    qc = q.clamp(max=length - 1)
+    kpos = (q // tile * tile - pad_left)[:, None] + torch.arange(span)[None, :]
+    mask = ((kpos >= start[qc][:, None]) & (kpos < end[qc][:, None])) | (q >= length)[:, None]
+    rel = (kpos - qc[:, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    return nt, pad_left, pad_right, span, mask.view(nt, tile, span), rel.view(nt, tile, span)
+
+
+@lru_cache(maxsize=512)
+def _default_tiles(shape: Tuple[int, ...], kernel_size, stride, is_causal) -> Tuple[int, ...]:
+    """Query tile shape minimizing the modelled cost: query-key pairs computed (halo and padding included) plus a
+    fixed cost per tile (``_TILE_COST``). Candidates per axis: multiples of the stride below 512 and the whole axis,
+    reduced to the Pareto front of (tiles, pairs) on that axis before the joint search."""
+    cands = []
+    for i, length in enumerate(shape):
+        s = stride[i]
+        full = s * -(-length // s)
+        opts = []
+        for t in list(range(s, min(full, 512), s)) + [full]:
+            nt, _, _, span = _axis_span(length, kernel_size[i], s, is_causal[i], t)
+            opts.append((nt, nt * t * span, t))
+        front, best_pairs = [], None
+        for nt, pairs, t in sorted(opts):
+            if best_pairs is None or pairs < best_pairs:
+                front.append((t, nt, pairs))
+                best_pairs = pairs
+        cands.append(front)
+    best, best_cost = None, None
+    for combo in itertools.product(*cands):
+        cost = math.prod(o[2] for o in combo) + _TILE_COST * math.prod(o[1] for o in combo)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = tuple(o[0] for o in combo), cost
+    return best
 
 
 @lru_cache(maxsize=256)
-def _tiles(shape: Tuple[int, ...], kernel_size, stride, is_causal, tile, device: str):
-    """N-D tile geometry (dilation 1), on ``device``: per-axis index lists, joint mask [nt, Tq, Kt], rpb index."""
+def _geometry(shape: Tuple[int, ...], kernel_size, stride, is_causal, tile):
+    """N-D geometry: per-axis ``(nt, pad_left, pad_right, span)``, the joint mask ``[nt, Tq, Tk]`` (None when every
+    tile is dense) and the flat rpb index ``[nt, Tq, Tk]`` (CPU)."""
     n = len(shape)
-    axes = [_axis_tiles(shape[i], kernel_size[i], stride[i], is_causal[i], tile[i]) for i in range(n)]
-    mask = None
-    flat_rel = None
-    for i, (_, _, m, r) in enumerate(axes):
+    axes = [_axis_geometry(shape[i], kernel_size[i], stride[i], is_causal[i], tile[i]) for i in range(n)]
+    mask = flat_rel = None
+    for i, (_, _, _, _, m, r) in enumerate(axes):
         view = [1] * (3 * n)
         view[i], view[n + i], view[2 * n + i] = m.shape
         m, r = m.view(view), r.view(view)
         mask = m if mask is None else mask & m
         flat_rel = r if flat_rel is None else flat_rel * (2 * kernel_size[i] - 1) + r
-    full = [a[2].shape[j] for j in range(3) for a in axes]
-    nt = math.prod(full[:n])
-    tq, tk = math.prod(full[n:2 * n]), math.prod(full[2 * n:])
+    full = [a[4].shape[j] for j in range(3) for a in axes]
+    nt, tq, tk = math.prod(full[:n]), math.prod(full[n:2 * n]), math.prod(full[2 * n:])
     mask = mask.expand(full).reshape(nt, tq, tk)
-    flat_rel = flat_rel.expand(full).reshape(nt, tq, tk)
-    dense = bool(mask.all())
-    dev = torch.device(device)
-    return (
-        [a[0].reshape(-1).to(dev) for a in axes], [a[1].reshape(-1).to(dev) for a in axes],
-        [tuple(a[0].shape) for a in axes], [tuple(a[1].shape) for a in axes],
-        None if dense else mask.to(dev), flat_rel.to(dev),
-    )
+    flat_rel = flat_rel.expand(full).reshape(nt, tq, tk).contiguous()
+    return [a[:4] for a in axes], (None if bool(mask.all()) else mask), flat_rel
+
+
+@lru_cache(maxsize=256)
+def _additive_mask(shape, kernel_size, stride, is_causal, tile, heads: int, dtype: torch.dtype, device: str):
+    """The geometry's mask as an additive float mask ``[1, heads * nt, Tq, Tk]`` (0 / -inf), heads-major; or None."""
+    _, mask, _ = _geometry(shape, kernel_size, stride, is_causal, tile)
+    if mask is None:
+        return None
+    add = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float('-inf'))
+    return add.to(device)[None].expand(heads, *mask.shape).reshape(1, heads * mask.shape[0], *mask.shape[1:])
+
+
+@lru_cache(maxsize=256)
+def _rel_index(shape, kernel_size, stride, is_causal, tile, device: str):
+    _, _, rel = _geometry(shape, kernel_size, stride, is_causal, tile)
+    return rel.reshape(-1).to(device)
+
+
+_BIAS_CACHE: 'OrderedDict[tuple, Tuple[weakref.ref, torch.Tensor]]' = OrderedDict()
+
+
+def _rpb_bias(rpb, geo_key, heads, dtype, device):
+    """rpb expanded over the tiles plus the mask, ``[1, heads * nt, Tq, Tk]``. Cached per rpb tensor (and version)
+    when no gradient flows to it (inference): the expansion then costs nothing per call."""
+    cacheable = not (torch.is_grad_enabled() and rpb.requires_grad) and type(rpb) in (torch.Tensor, nn.Parameter)
+    if cacheable:
+        key = (id(rpb), rpb.data_ptr(), rpb._version, geo_key, dtype, str(device))
+        hit = _BIAS_CACHE.get(key)
+        if hit is not None and hit[0]() is rpb:
+            _BIAS_CACHE.move_to_end(key)
+            return hit[1]
+    _, mask, rel = _geometry(*geo_key)
+    nt, tq, tk = rel.shape
+    bias = rpb.reshape(heads, -1).index_select(1, _rel_index(*geo_key, str(device))).view(heads, nt, tq, tk)
+    if mask is not None:
+        bias = bias + _additive_mask(*geo_key, 1, bias.dtype, str(device)).view(nt, tq, tk)
+    bias = bias.to(dtype).reshape(1, heads * nt, tq, tk)
+    if cacheable:
+        _BIAS_CACHE[key] = (weakref.ref(rpb), bias)
+        while len(_BIAS_CACHE) > 32:
+            _BIAS_CACHE.popitem(last=False)
+    return bias
+
+
+class _Halo(torch.autograd.Function):
+    """Key halos of all query tiles: ``[B, *spatial, H, D]`` -> ``[B, H * nt, prod(spans), D]``, tile ``i`` reading
+    ``[i * tile - pad_left, i * tile - pad_left + span)`` of the zero-padded input (one ``unfold`` view, one copy).
+
+    The backward sums the overlapping halos back with ``prod(ceil(span / tile))`` strided adds instead of
+    ``unfold_backward``'s generic accumulation (several times slower on CPU).
+    """
+
+    @staticmethod
+    def forward(x, pad_left, pad_right, spans, tile):
+        n = len(spans)
+        p = [0, 0, 0, 0]
+        for i in reversed(range(n)):
+            p += [pad_left[i], pad_right[i]]
+        xp = F.pad(x, p) if any(p) else x
+        for i in range(n):  # -> [B, *nts, H, D, *spans]
+            xp = xp.unfold(1 + i, spans[i], tile[i])
+        nts = xp.shape[1:1 + n]
+        perm = [0, n + 1] + [1 + i for i in range(n)] + [n + 3 + i for i in range(n)] + [n + 2]
+        return xp.permute(perm).reshape(x.shape[0], x.shape[-2] * math.prod(nts), math.prod(spans), x.shape[-1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.pad_left, ctx.pad_right, ctx.spans, ctx.tile = inputs
+        ctx.x_shape = tuple(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        spans, tile, shape = ctx.spans, ctx.tile, ctx.x_shape
+        n = len(spans)
+        b, heads, d = shape[0], shape[-2], shape[-1]
+        nts = [(shape[1 + i] + ctx.pad_left[i] + ctx.pad_right[i] - spans[i]) // tile[i] + 1 for i in range(n)]
+        chunks = [-(-spans[i] // tile[i]) for i in range(n)]
+        # room for whole chunks past the padded end, cut off below
+        buf = grad.new_zeros([b] + [(nts[i] + chunks[i]) * tile[i] for i in range(n)] + [heads, d])
+        g = grad.view([b, heads] + nts + list(spans) + [d])
+        perm = [0] + [j for i in range(n) for j in (2 + i, 2 + n + i)] + [1, 2 * n + 2]
+        for offs in itertools.product(*[range(c) for c in chunks]):
+            gs, view = g, buf
+            for i, c in enumerate(offs):
+                size = min(tile[i], spans[i] - c * tile[i])
+                gs = gs.narrow(2 + n + i, c * tile[i], size)
+                view = view.narrow(1 + 2 * i, c * tile[i], nts[i] * tile[i]).unflatten(1 + 2 * i, (nts[i], tile[i]))
+                view = view.narrow(2 + 2 * i, 0, size)
+            view.add_(gs.permute(perm))
+        for i in range(n):
+            buf = buf.narrow(1 + i, ctx.pad_left[i], shape[1 + i])
+        return buf, None, None, None, None
 
 
 def _gna_tiled(q, k, v, kernel_size, stride, is_causal, rpb, scale, add_k, add_v, tile=None, dropout_p=0.):
-    """GNA with dilation 1 on every axis: query tiles with their key halo through SDPA."""
+    """GNA with dilation 1 on every axis: query tiles with their key halo through SDPA.
+
+    Queries are zero-padded to whole tiles and reshaped into tiles; the key halos are one ``unfold`` view of the
+    zero-padded keys (uniform spans, see ``_axis_geometry``), copied once into the SDPA layout. The mask (and rpb) go
+    to SDPA as one additive float mask of shape ``[1, heads * n_tiles, Tq, Tk]``: a 4-D mask keeps CPU SDPA on its
+    fused flash kernel (a 3-D one falls back to the unfused math path, ~3x slower).
+    """
     n = q.dim() - 3
     b, heads = q.shape[0], q.shape[-2]
     shape = tuple(q.shape[1:-2])
+    kernel_size, stride, is_causal = tuple(kernel_size), tuple(stride), tuple(is_causal)
     if tile is None:
-        tile = tuple(_default_tile(n, kernel_size[i], stride[i], shape[i]) for i in range(n))
-    q_idx, k_idx, q_shapes, k_shapes, mask, flat_rel = _tiles(
-        shape, tuple(kernel_size), tuple(stride), tuple(is_causal), tuple(tile), str(q.device))
-    nts = [s[0] for s in q_shapes]
-    tqs = [s[1] for s in q_shapes]
-    tks = [s[1] for s in k_shapes]
-    nt, tq, tk = math.prod(nts), math.prod(tqs), math.prod(tks)
+        tile = _default_tiles(shape, kernel_size, stride, is_causal)
+    tile = tuple(tile)
+    geo_key = (shape, kernel_size, stride, is_causal, tile)
+    axes, mask, _ = _geometry(*geo_key)
+    nts = [a[0] for a in axes]
+    spans = [a[3] for a in axes]
+    nt, tq = math.prod(nts), math.prod(tile)
 
-    def gather(x, idx, sizes):
-        # [B, *spatial, H, D] -> [B, nt * H, T, D] with the tile axes gathered by idx
-        for i in range(n):
-            x = x.index_select(1 + i, idx[i])
-        x = x.reshape([b] + [s for i in range(n) for s in (nts[i], sizes[i])] + list(x.shape[-2:]))
-        perm = [0] + [1 + 2 * i for i in range(n)] + [2 * n + 1] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
-        return x.permute(perm).reshape(b, nt * heads, math.prod(sizes), x.shape[-1])
+    def pad(x, left, right):  # pad the spatial axes of [B, *spatial, H, D]
+        p = [0, 0, 0, 0]
+        for i in reversed(range(n)):
+            p += [left[i], right[i]]
+        return F.pad(x, p) if any(p) else x
 
-    qt = gather(q, q_idx, tqs)
-    kt = gather(k, k_idx, tks)
-    vt = gather(v, k_idx, tks)
-    attn_mask = None
+    # queries: [B, *spatial, H, D] -> [B, H * nt, Tq, D] (heads-major, then tiles)
+    qp = pad(q, [0] * n, [nts[i] * tile[i] - shape[i] for i in range(n)])
+    qp = qp.reshape([b] + [s for i in range(n) for s in (nts[i], tile[i])] + list(q.shape[-2:]))
+    perm = [0, 2 * n + 1] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
+    qt = qp.permute(perm).reshape(b, heads * nt, tq, q.shape[-1])
+
+    halo_args = (tuple(a[1] for a in axes), tuple(a[2] for a in axes), tuple(spans), tile)
+    kt, vt = _Halo.apply(k, *halo_args), _Halo.apply(v, *halo_args)
     if rpb is not None:
-        bias = rpb.reshape(heads, -1)[:, flat_rel]  # [H, nt, Tq, Tk]
-        if mask is not None:
-            bias = bias.masked_fill(~mask, float('-inf'))
-        attn_mask = bias.transpose(0, 1).reshape(nt * heads, tq, tk).to(q.dtype)
-    elif mask is not None:
-        attn_mask = mask[:, None].expand(nt, heads, tq, tk).reshape(nt * heads, tq, tk)
+        attn_mask = _rpb_bias(rpb, geo_key, heads, q.dtype, q.device)
+    else:
+        attn_mask = _additive_mask(*geo_key, heads, q.dtype, str(q.device))
     if add_k is not None:
         n_extra = add_k.shape[1]
 
-        def extra(x):  # [B, n, H, D] -> [B, nt * H, n, D]
-            return x.transpose(1, 2)[:, None].expand(b, nt, heads, n_extra, x.shape[-1]).reshape(
-                b, nt * heads, n_extra, x.shape[-1])
+        def extra(x):  # [B, n, H, D] -> [B, H * nt, n, D]
+            return x.transpose(1, 2)[:, :, None].expand(b, heads, nt, n_extra, x.shape[-1]).reshape(
+                b, heads * nt, n_extra, x.shape[-1])
 
         kt = torch.cat([kt, extra(add_k)], dim=2)
         vt = torch.cat([vt, extra(add_v)], dim=2)
         if attn_mask is not None:
-            pad = attn_mask.new_zeros(nt * heads, tq, n_extra) if attn_mask.dtype != torch.bool else \
-                attn_mask.new_ones(nt * heads, tq, n_extra)
-            attn_mask = torch.cat([attn_mask, pad], dim=-1)
-    # [B, nt * H, Tq, Dv]
-    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+            attn_mask = torch.cat([attn_mask, attn_mask.new_zeros(1, heads * nt, tq, n_extra)], dim=-1)
+    if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
+        # a mask that needs a gradient (rpb in training) rules out SDPA's flash kernel, and its math fallback adds a
+        # safe-softmax pass for fully masked rows (there are none here): the same computation without it
+        logits = torch.matmul(qt * scale, kt.transpose(-1, -2)) + attn_mask
+        out = torch.matmul(F.dropout(logits.softmax(-1), dropout_p), vt)
+    else:
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     dv = out.shape[-1]
-    out = out.reshape([b] + nts + [heads] + tqs + [dv])
-    perm = [0] + [j for i in range(n) for j in (1 + i, n + 2 + i)] + [n + 1, 2 * n + 2]
-    out = out.permute(perm).reshape([b] + [nts[i] * tqs[i] for i in range(n)] + [heads, dv])
+    # [B, H * nt, Tq, Dv] -> [B, *spatial, H, Dv]
+    out = out.reshape([b, heads] + nts + list(tile) + [dv])
+    perm_o = [0] + [j for i in range(n) for j in (2 + i, 2 + n + i)] + [1, 2 * n + 2]
+    out = out.permute(perm_o).reshape([b] + [nts[i] * tile[i] for i in range(n)] + [heads, dv])
     for i in range(n):
         if out.shape[1 + i] != shape[i]:
             out = out.narrow(1 + i, 0, shape[i])
@@ -308,8 +448,8 @@ def gna_blocked(
 ) -> torch.Tensor:
     """Blocked GNA in plain PyTorch (any rank, autograd); arguments normalized to per-axis tuples.
 
-    Memory is O(tokens x window): each query tile of ``tile_shape`` (default: a stride multiple near the kernel size)
-    attends to the union of its queries' windows, with a mask for the partial part (and the rpb). ``dropout_p``
+    Memory is O(tokens x window): each query tile of ``tile_shape`` (default: ``_default_tiles``' cost model) attends
+    to a uniform key span holding its queries' windows, with an additive mask for the rest (and the rpb). ``dropout_p``
     drops attention probabilities (SDPA's dropout), for modules with ``attn_drop`` in training.
     """
     scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -420,7 +560,6 @@ def _reference_backend(query, key, value, kernel_size, stride, dilation, is_caus
         query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
 
 
-
 def _triton_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
                     additional_values):
     from .triton.neighborhood import gna_triton
@@ -438,9 +577,107 @@ def _triton_unsupported(query, value, rpb=None, **kwargs) -> Optional[str]:
     return gna_triton_unsupported(query, value, rpb=rpb)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# NATTEN backend (a peer: dispatch to natten.na1d/na2d/na3d when it is installed and can run the call)
+# ---------------------------------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _natten():
+    """``(natten module or None, reason it is unusable or None)``, imported once."""
+    try:
+        import natten
+        import natten.backends  # noqa: F401  (backend choice, used by the unsupported check)
+    except Exception as e:  # not installed, or installed but broken (e.g. a build for another torch)
+        return None, f'natten is not importable ({type(e).__name__}: {e})'
+    fns = [getattr(natten, f'na{i}d', None) for i in (1, 2, 3)]
+    if any(f is None for f in fns):
+        return None, f'natten {getattr(natten, "__version__", "?")} has no na1d/na2d/na3d (needs >= 0.20)'
+    return natten, None
+
+
+@lru_cache(maxsize=1)
+def _natten_takes_additional_kv() -> bool:
+    import inspect
+    natten, _ = _natten()
+    return 'additional_keys' in inspect.signature(natten.na2d).parameters
+
+
+def _natten_inputs(query, key, value, additional_keys, additional_values):
+    """The tensors handed to natten: detached when no gradient is needed (natten's CPU Flex path refuses any tensor
+    that requires grad, even under no_grad)."""
+    xs = [query, key, value, additional_keys, additional_values]
+    if not torch.is_grad_enabled():
+        xs = [None if x is None else x.detach() for x in xs]
+    return xs
+
+
+def _natten_unsupported(query, key, value, kernel_size, stride, dilation, is_causal, rpb=None, scale=None,
+                        additional_keys=None, additional_values=None, **kwargs) -> Optional[str]:
+    natten, reason = _natten()
+    if natten is None:
+        return reason
+    version = getattr(natten, '__version__', '?')
+    if rpb is not None:
+        return f'rpb given: natten (>= 0.18; installed {version}) dropped relative positional bias'
+    n = query.dim() - 3
+    if n not in (1, 2, 3):
+        return f'natten runs 1-3 spatial axes, got {n}'
+    if min(kernel_size) < 2:
+        return f'natten requires kernel_size >= 2 on every axis, got {tuple(kernel_size)}'
+    if scale == 0:
+        return 'scale 0: natten replaces a zero scale by the default head_dim ** -0.5'
+    if additional_keys is not None and not _natten_takes_additional_kv():
+        return f'additional keys/values given: natten {version} cannot take them'
+    if torch.compiler.is_compiling():
+        return 'under torch.compile: natten is not registered as a traceable op here'
+    q, k, v, ak, av = _natten_inputs(query, key, value, additional_keys, additional_values)
+    if not query.is_cuda and any(x is not None and x.requires_grad for x in (q, k, v, ak, av)):
+        return (f'gradients required on {query.device.type}: natten\'s only non-CUDA path (Flex Attention, '
+                'uncompiled) has no backward')
+    if (n == 1 and kernel_size[0] == query.shape[1] and is_causal[0] and additional_keys is None
+            and not query.is_cuda):
+        # natten turns this into plain causal attention, and its Flex FMHA has no causal mask
+        return f'1-D causal with kernel_size == length ({kernel_size[0]}) on {query.device.type}: natten\'s Flex ' \
+               'FMHA has no causal mask'
+    from natten.backends import choose_backend
+    try:
+        choose_backend(q, k, v, torch_compile=False)
+    except NotImplementedError:
+        from natten.backends.configs.checks import can_run_flex_attention
+        try:  # the Flex check (the path that runs anywhere) raises with the precise reason
+            can_run_flex_attention(q, k, v, torch_compile=False, raise_error=True)
+        except Exception as e:
+            return f'natten {version} has no backend for this call ({query.dtype}, {query.device.type}): {e}'
+        return f'natten {version} has no backend for this call ({query.dtype}, {query.device.type}, ' \
+               f'head dims {query.shape[-1]}/{value.shape[-1]})'
+    return None
+
+
+def _natten_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                    additional_values):
+    if rpb is not None:  # only reachable by calling this function directly
+        raise ValueError('natten cannot take rpb')
+    natten, _ = _natten()
+    q, k, v, ak, av = _natten_inputs(query, key, value, additional_keys, additional_values)
+    fn = (natten.na1d, natten.na2d, natten.na3d)[query.dim() - 4]
+    kwargs = {} if ak is None else {'additional_keys': ak, 'additional_values': av}
+    return fn(q, k, v, kernel_size=tuple(kernel_size), stride=tuple(stride), dilation=tuple(dilation),
+              is_causal=tuple(bool(c) for c in is_causal), scale=scale, **kwargs)
+
+
+def _natten_priority(query, **kwargs) -> int:
+    # CPU: natten only has its uncompiled Flex path there, measured ~13x slower than dense SDPA and far slower than
+    # `blocked` (tools/benchmark.py gna), so it ranks below `blocked`. CUDA: NATTEN's fused CUTLASS/Hopper FNA kernels
+    # beat PyTorch tiles, so it ranks above `blocked`; below our `triton` kernels, which take rpb too. No GPU was
+    # available when this was written: the CUDA order (natten vs triton) is unmeasured.
+    return 15 if query.is_cuda else 5
+
+
 register_backend('gna', 'reference', _reference_backend, priority=0, unsupported=None)
 register_backend('gna', 'blocked', _blocked_backend, priority=10, unsupported=None)
 register_backend('gna', 'triton', _triton_backend, priority=20, unsupported=_triton_unsupported)
+register_backend('gna', 'natten', _natten_backend, priority=5, unsupported=_natten_unsupported,
+                 priority_fn=_natten_priority)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -475,7 +712,8 @@ def neighborhood_attention(
         scale: logit scale, default ``head_dim ** -0.5``.
         additional_keys: ``[B, n_extra, heads, head_dim]`` keys every query attends to as well (same softmax).
         additional_values: ``[B, n_extra, heads, head_dim_v]``.
-        backend: ``'auto'``, ``'reference'``, ``'blocked'`` or ``'triton'``.
+        backend: ``'auto'``, ``'reference'``, ``'blocked'``, ``'triton'`` or ``'natten'`` (NATTEN >= 0.20 when
+            installed: no rpb, no gradients on CPU).
 
     Returns:
         ``[B, *spatial, heads, head_dim_v]``.
