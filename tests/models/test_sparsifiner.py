@@ -73,6 +73,27 @@ def test_equals_official(name, fused_attn):
     assert diff32 <= max(2 * own, 1e-5) and diff32 <= 1e-3, f'float32 logits differ by {diff32} (official {own})'
 
 
+@pytest.mark.parametrize('backend', ['sparse', 'masked_sdpa', 'reference'])
+@pytest.mark.parametrize('name', ['sparse', 'prune'])
+def test_equals_official_topk_backends(name, backend):
+    # the top-k attention computed only over the kept pairs (visionattn.ops.topk_attention) equals the official
+    # masked dense attention: float64 logits and, in train mode, gradients of the backbone
+    t, sd = _fixture()
+    model = _model(name, sd, attn_backend=backend).double()
+    x = t['input']
+    with torch.no_grad():
+        out64 = model(x)
+    assert (out64 - t[f'{name}.logits64']).abs().max().item() <= 1e-6
+    ref = _model(name, sd, attn_backend='reference').double()
+    grads = []
+    for m in (model, ref):
+        m.zero_grad()
+        m(x).square().sum().backward()
+        grads.append([p.grad for n, p in m.named_parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() <= 1e-9
+
+
 def test_reconstruction_mode_equals_official():
     # the official first phase: train mode with USE_ATTN_RECON (dense attention, dense coefficients, signed basis)
     t, sd = _fixture()

@@ -68,6 +68,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.ops.topk_attention import topk_attention
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
@@ -204,6 +205,7 @@ class MaskPredictor(nn.Module):
             recon: bool = False,
             need_mask: bool = True,
             additive: bool = False,
+            return_index: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """Predict the connectivity.
 
@@ -216,6 +218,8 @@ class MaskPredictor(nn.Module):
                 ``USE_ATTN_RECON``).
             need_mask: Compute the mask (the reconstruction phase does not use it).
             additive: Return the mask as an additive float mask (0: attend, -inf: not) in q's dtype.
+            return_index: Return the kept keys of the query rows after the class token, ``[B, H, N - 1, budget]``
+                (top-k mode only), instead of the mask (for ``visionattn.ops.topk_attention``).
 
         Returns:
             ``approx_attn`` ``[B, H, N - 1, N]``, the mask ``[B, H, N, N]`` (bool, True: attend, or additive; None
@@ -248,6 +252,10 @@ class MaskPredictor(nn.Module):
         score = approx_attn.detach()
         if token_mask is not None:
             score = score.masked_fill(~F.pad(token_mask, (1, 0), value=True)[:, None, None, :], float('-inf'))
+        if return_index:
+            if not self.attn_score_topk:
+                raise ValueError('return_index needs the top-k attention budget (attn_score_topk=True)')
+            return approx_attn, score.topk(self.attn_budget(N), dim=-1, sorted=False)[1], coef
         # additive: 0 where attended, -inf elsewhere (SDPA takes it at the speed of no mask; a bool mask costs ~2x
         # there, measured on CPU at N = 197); the class-token row stays dense
         if additive:
@@ -294,6 +302,7 @@ class Attention(nn.Module):
             attn_drop: float = 0.,
             proj_drop: float = 0.,
             token_keep_rate: Optional[float] = None,
+            attn_backend: str = 'auto',
             **predictor_kwargs,
     ):
         super().__init__()
@@ -305,6 +314,7 @@ class Attention(nn.Module):
         self.fused_attn = use_fused_attn()
         self.attn_recon = False
         self.token_keep_rate = token_keep_rate  # not None: this block prunes tokens
+        self.attn_backend = attn_backend  # of visionattn.ops.topk_attention
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -326,8 +336,11 @@ class Attention(nn.Module):
             q, k, v = q.masked_fill(~keep, 0.), k.masked_fill(~keep, 0.), v.masked_fill(~keep, 0.)
         recon = self.training and self.attn_recon
         explicit = need_info or not self.fused_attn or (self.prune_rows_active(token_mask) and not recon)
+        # top-k budget: the attention of the listed keys only (visionattn.ops.topk_attention); the class-token row is
+        # dense; the threshold mode (a varying number of keys per row) runs dense SDPA with the mask
+        use_index = not explicit and not recon and self.mask_predictor.attn_score_topk
         approx_attn, mask, coef = self.mask_predictor(
-            q, k, token_mask, feat_size, recon, need_info or not recon, not explicit)
+            q, k, token_mask, feat_size, recon, need_info or not recon, not explicit, use_index)
         prune = self.token_keep_rate is not None and not self.attn_recon
         drop = self.attn_drop.p if self.training else 0.
         info = None
@@ -346,7 +359,12 @@ class Attention(nn.Module):
                             masked_attn=attn)
             x = self.attn_drop(attn) @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
+            if use_index:  # mask holds the kept keys [B, H, N - 1, budget]
+                x = topk_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale, num_dense=1,
+                    dropout_p=drop, backend=self.attn_backend).transpose(1, 2)
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
             if prune:  # the class-token row is dense: recompute just that row for the ranking
                 cls_attn = ((q[:, :, :1] @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)[:, :, 0, 1:]
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
@@ -454,6 +472,7 @@ class Sparsifiner(nn.Module):
             token_keep_rate: Union[float, Sequence[float]] = 1.,
             prune_attn_rows: bool = False,
             attn_recon: bool = False,
+            attn_backend: str = 'auto',
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
@@ -492,6 +511,9 @@ class Sparsifiner(nn.Module):
                 per block.
             prune_attn_rows: ``PRUNE_ATTN_MATRIX_ROW``.
             attn_recon: Attention-reconstruction mode (``LOSS.USE_ATTN_RECON``); see ``set_attn_recon``.
+            attn_backend: Backend of the top-k attention (``visionattn.ops.topk_attention``): ``'auto'``,
+                ``'sparse'`` (only the kept query-key pairs), ``'masked_sdpa'`` (dense SDPA with the mask), ``'triton'``
+                or ``'reference'``; see ``set_attn_backend``.
             drop_rate: Head dropout.
             pos_drop_rate: Dropout after the position embedding.
             proj_drop_rate: Dropout after projections.
@@ -547,6 +569,7 @@ class Sparsifiner(nn.Module):
                 act_layer=act_layer,
                 norm_layer=norm_layer,
                 token_keep_rate=token_rates[i] if i in token_pruning_loc else None,
+                attn_backend=attn_backend,
                 attn_keep_rate=attn_rates[i],
                 reduce_n_factor=reduce_n_factor,
                 reduce_c_factor=reduce_c_factor,
@@ -591,6 +614,12 @@ class Sparsifiner(nn.Module):
         self.attn_recon = enable
         for blk in self.blocks:
             blk.attn.attn_recon = enable
+
+    def set_attn_backend(self, backend: str = 'auto') -> None:
+        """Backend of the sparse attention of every block (``visionattn.ops.topk_attention``; e.g. ``'sparse'`` to
+        compute only the kept query-key pairs, ``'masked_sdpa'`` for dense SDPA with the mask)."""
+        for blk in self.blocks:
+            blk.attn.attn_backend = backend
 
     @property
     def aux_loss_params(self) -> List[str]:
