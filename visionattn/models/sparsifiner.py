@@ -74,7 +74,7 @@ from ._convert import unwrap_state_dict
 from ._hub import build_model
 from .evit import resample_pos_embed
 
-__all__ = ['Sparsifiner', 'MaskPredictor', 'attn_recon_loss', 'resample_token_proj']
+__all__ = ['Sparsifiner', 'MaskPredictor', 'SparsifinerLoss', 'attn_recon_loss', 'resample_token_proj']
 
 _logger = logging.getLogger(__name__)
 
@@ -374,6 +374,20 @@ class Attention(nn.Module):
             info['token_mask'] = token_mask
         return x, token_mask, info
 
+    def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The plain DeiT attention of the same weights (the official dense teacher): no predictor, no mask.
+
+        Returns the output and, with ``need_attn``, the softmax attention ``[B, H, N, N]``."""
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = None
+        if need_attn or not self.fused_attn:
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C))), attn
+
     def prune_rows_active(self, token_mask: Optional[torch.Tensor]) -> bool:
         # a query row can be fully masked only when pruned rows are masked: SDPA would give NaN there
         return token_mask is not None and self.mask_predictor.prune_attn_rows
@@ -421,6 +435,12 @@ class Block(nn.Module):
             x = torch.cat([x[:, :1], x[:, 1:].masked_fill(~token_mask.unsqueeze(-1), 0.)], dim=1)
         return x, token_mask, info
 
+    def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The DeiT block of the same weights (dense attention, no token pruning)."""
+        y, attn = self.attn.forward_dense(self.norm1(x), need_attn)
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x))), attn
+
 
 def attn_recon_loss(
         approx_attn: Sequence[torch.Tensor],
@@ -442,6 +462,58 @@ def attn_recon_loss(
         t = t[..., 1:, :] if t.shape[-2] == a.shape[-2] + 1 else t
         loss = loss + F.mse_loss(a, t.to(a.dtype), reduction='sum')
     return weight * loss / len(approx_attn)
+
+
+class SparsifinerLoss(nn.Module):
+    """The official training losses of the two phases (``losses.NewLoss`` with the default config), without the
+    classification term (the trainer's own criterion, with its label smoothing / mixup targets).
+
+    * ``'recon'`` (phase 1, ``set_attn_recon(True)``, only the predictors train): ``attn_recon_loss`` of the student's
+      ``approx_attn`` against the dense teacher's attention (``recon_weight``, official 0.01);
+    * ``'distill'`` (phase 2, sparse attention, predictors frozen): ``cls_distill_weight * KL(student || teacher)`` over
+      the logits (log-softmax both sides, ``batchmean``, official 0.5) and ``token_distill_weight * MSE`` of the final
+      normed patch tokens (official 0.5; only the tokens kept by token pruning, if any).
+    """
+
+    def __init__(self, recon_weight: float = 0.01, cls_distill_weight: float = 0.5, token_distill_weight: float = 0.5):
+        super().__init__()
+        self.recon_weight = recon_weight
+        self.cls_distill_weight = cls_distill_weight
+        self.token_distill_weight = token_distill_weight
+
+    def forward(
+            self,
+            student: Dict[str, Union[torch.Tensor, List]],
+            teacher: Dict[str, Union[torch.Tensor, List]],
+            phase: str,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            student: ``Sparsifiner.forward_sparsifiner`` (phase ``'recon'``: ``approx_attn``) or
+                ``Sparsifiner.forward_distill`` (``'distill'``: ``logits``, ``features``, ``token_mask``).
+            teacher: ``Sparsifiner.forward_dense`` of the frozen dense teacher (``attn`` for ``'recon'``; ``logits`` and
+                ``features`` for ``'distill'``), computed without gradient. For ``'recon'`` an empty dict uses the
+                student's own dense attention (``unmasked_attn``, detached), which is the teacher's while the
+                backbone is frozen and no stochastic depth / dropout runs.
+            phase: ``'recon'`` or ``'distill'``.
+
+        Returns:
+            The weighted loss terms: ``loss_attn_recon`` or ``loss_cls_distill`` and ``loss_token_distill``.
+        """
+        if phase == 'recon':
+            target = teacher.get('attn') or [a.detach() for a in student['unmasked_attn']]
+            return dict(loss_attn_recon=attn_recon_loss(student['approx_attn'], target, self.recon_weight))
+        if phase != 'distill':
+            raise ValueError(f"phase must be 'recon' or 'distill', got {phase!r}")
+        s, t = student['logits'], teacher['logits'].detach()
+        kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t.to(s.dtype), dim=-1), reduction='batchmean',
+                      log_target=True)
+        fs, ft = student['features'], teacher['features'].detach().to(student['features'].dtype)
+        token_mask = student.get('token_mask')
+        if token_mask is not None:
+            fs, ft = fs[token_mask], ft[token_mask]
+        return dict(loss_cls_distill=self.cls_distill_weight * kl,
+                    loss_token_distill=self.token_distill_weight * F.mse_loss(fs, ft))
 
 
 class Sparsifiner(nn.Module):
@@ -756,6 +828,38 @@ class Sparsifiner(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Dict[str, Union[torch.Tensor, List]]:
+        """The dense DeiT with the same weights: the official teacher (the predictors are not used).
+
+        Returns ``logits``, ``features`` (normed patch tokens) and, with ``need_attn``, ``attn``: per block the softmax
+        attention ``[B, H, N, N]`` (the reconstruction target).
+        """
+        x, _ = self._embed(x)
+        attn = []
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, a = checkpoint(blk.forward_dense, x, need_attn, use_reentrant=False)
+            else:
+                x, a = blk.forward_dense(x, need_attn)
+            attn.append(a)
+        x = self.norm(x)
+        out = dict(logits=self.forward_head(x), features=x[:, 1:])
+        if need_attn:
+            out['attn'] = attn
+        return out
+
+    @torch.jit.ignore
+    def forward_distill(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The sparse model's outputs for the official second training phase: ``logits``, ``features`` (normed patch
+        tokens, the token-distillation input) and ``token_mask`` (the last ``[B, N - 1]`` token mask, or None)."""
+        x, feat_size = self._embed(x)
+        token_mask = None
+        for i in range(len(self.blocks)):
+            x, token_mask, _ = self._block(i, x, token_mask, feat_size)
+        x = self.norm(x)
+        return dict(logits=self.forward_head(x), features=x[:, 1:], token_mask=token_mask)
 
     @torch.jit.ignore
     def forward_sparsifiner(self, x: torch.Tensor) -> Dict[str, Union[torch.Tensor, List]]:
