@@ -6,8 +6,8 @@ student) and ``visionattn.models.sparsifiner.SparsifinerLoss``. Its ``phase`` se
 
 * ``'recon'``: the attention reconstruction of the connectivity predictors against the teacher's attention
   (``loss_attn_recon``); the student runs in reconstruction mode (dense attention, ``set_attn_recon(True)``);
-* ``'distill'``: the classification loss of the config (``loss``) + ``loss_cls_distill`` (KL to the teacher's logits) +
-  ``loss_token_distill`` (MSE to the teacher's final patch tokens), with the sparse attention.
+* ``'distill'``: the classification loss of the config (``loss_cls``) + ``loss_cls_distill`` (KL to the teacher's
+  logits) + ``loss_token_distill`` (MSE to the teacher's final patch tokens), with the sparse attention.
 
 ``visionattn.mm.hooks.SparsifinerPhaseHook`` sets the phase, freezes and unfreezes the parameters of each phase and
 copies the student's weights into the teacher when training starts. The teacher is a submodule, so checkpoints hold it
@@ -26,7 +26,7 @@ from visionattn.models.sparsifiner import Sparsifiner, SparsifinerLoss
 __all__ = ['SparsifinerClassifier']
 
 
-@MODELS.register_module()
+@MODELS.register_module(force=True)
 class SparsifinerClassifier(TimmClassifier):
     """``TimmClassifier`` for the two-phase Sparsifiner recipe (see the module docstring).
 
@@ -86,7 +86,7 @@ class SparsifinerClassifier(TimmClassifier):
         student = self.model.forward_distill(inputs)
         with torch.no_grad():
             teacher = self.teacher.forward_dense(inputs)
-        losses = self._get_loss(student['logits'], data_samples, **kwargs)
+        losses = dict(loss_cls=self._get_loss(student['logits'], data_samples, **kwargs)['loss'])
         losses.update(self.distill_loss(student, teacher, 'distill'))
         return losses
 

@@ -138,7 +138,7 @@ def _sparse_forward(
     small dense attention.
     """
     B, Nq, H, D = q.shape
-    Nk, Dv = k.shape[1], v.shape[-1]
+    Dv = v.shape[-1]
     K = index.shape[-1]
     Nr = Nq - num_dense
     dev = q.device
