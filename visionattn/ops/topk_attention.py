@@ -242,7 +242,7 @@ def _(q, k, v, index, scale, num_dense, dropout_p, impl):
     B, Nq, H, _ = q.shape
     out = q.new_empty((B, Nq, H, v.shape[-1]))
     if impl == 'triton':
-        return out, q.new_empty((B, H, Nq), dtype=torch.float32), q.new_empty(0), q.new_empty(0)
+        return out, q.new_empty((B, H, Nq - num_dense), dtype=torch.float32), q.new_empty(0), q.new_empty(0)
     shape = (B, Nq - num_dense, H, index.shape[-1]) if Nq > num_dense else (0,)
     p = q.new_empty(shape)
     if dropout_p > 0:
