@@ -26,15 +26,19 @@ whose attention holds a low-rank *connectivity predictor* (``MaskPredictor``) fe
 Training (official two phases): first the *attention-reconstruction* phase (``set_attn_recon(True)``, train mode):
 attention runs dense, only the predictor is trained, with ``0.01 * mean_layers MSE_sum(approx_attn, teacher_attn)``
 (``aux_loss``; the teacher is DeiT with the same weights, which is the model's own dense attention while the backbone
-is frozen); then the backbone is fine-tuned in sparse mode with the predictor frozen. Optional token pruning (off by
+is frozen); then the backbone is fine-tuned in sparse mode with the predictor frozen, with CE + 0.5 KL distillation of
+the dense teacher's logits + 0.5 MSE to its final patch tokens (``SparsifinerLoss``; ``forward_dense`` is the teacher,
+``forward_distill`` the student's outputs). In mmpretrain: ``visionattn.mm.sparsifiner.SparsifinerClassifier`` with
+``visionattn.mm.hooks.SparsifinerPhaseHook`` (configs/sparsifiner/*_2phase_*.py, ``tools/train.py``). Optional token
+pruning (off by
 default, ``token_pruning_loc``) zeroes and masks the least cls-attended tokens at the given blocks (EViT-like, the
 tokens stay in place, so the patch grid is kept).
 
 What this version changes: distinct names (``sparsifiner_deit_*``); any input size (the official model is fixed to
 N = 197, see ``resample_token_proj``: ``proj_n`` and ``proj_back_n`` are resampled along the token axis like the
-position embedding); the masked attention runs through ``F.scaled_dot_product_attention`` with the boolean mask
-instead of the official dense softmax + masked softmax (the official code also keeps an unmasked softmax for every
-layer; here it is computed only by ``forward_sparsifiner``); the official ``attn_drop`` (never applied by the official
+position embedding); with the top-k budget the attention runs through ``visionattn.ops.topk_attention`` on the kept
+keys of every query row (the class-token row dense) instead of the official dense softmax + masked softmax (the
+official code also keeps an unmasked softmax for every layer; here it is computed only by ``forward_sparsifiner``); the official ``attn_drop`` (never applied by the official
 code) is applied; the official predictor stores the token budget across calls (``self.attn_budget``), here it is
 recomputed per call (the same value at a fixed size); ``features_only``/``forward_intermediates`` give NCHW maps of
 the patch tokens of every block.
