@@ -76,11 +76,15 @@ class SparsifinerClassifier(TimmClassifier):
         self.teacher.load_state_dict(self.model.state_dict())
 
     def loss(self, inputs: torch.Tensor, data_samples: List, **kwargs) -> Dict[str, torch.Tensor]:
+        """The losses of the current phase; the other phase's terms are reported as zeros (the official code computes
+        them with weight 0), so every logged term is the current one."""
         if self.phase == 'recon':
             student = self.model.forward_sparsifiner(inputs)
             with torch.no_grad():
                 teacher = self.teacher.forward_dense(inputs, need_attn=True)
-            return self.distill_loss(student, teacher, 'recon')
+            losses = self.distill_loss(student, teacher, 'recon')
+            zero = losses['loss_attn_recon'].new_zeros(())
+            return dict(losses, loss_cls=zero, loss_cls_distill=zero, loss_token_distill=zero)
         if self.phase != 'distill':
             raise ValueError(f"phase must be 'recon' or 'distill', got {self.phase!r}")
         student = self.model.forward_distill(inputs)
@@ -88,6 +92,7 @@ class SparsifinerClassifier(TimmClassifier):
             teacher = self.teacher.forward_dense(inputs)
         losses = dict(loss_cls=self._get_loss(student['logits'], data_samples, **kwargs)['loss'])
         losses.update(self.distill_loss(student, teacher, 'distill'))
+        losses['loss_attn_recon'] = losses['loss_cls'].new_zeros(())
         return losses
 
 

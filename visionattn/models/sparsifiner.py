@@ -38,10 +38,10 @@ What this version changes: distinct names (``sparsifiner_deit_*``); any input si
 N = 197, see ``resample_token_proj``: ``proj_n`` and ``proj_back_n`` are resampled along the token axis like the
 position embedding); with the top-k budget the attention runs through ``visionattn.ops.topk_attention`` on the kept
 keys of every query row (the class-token row dense) instead of the official dense softmax + masked softmax (the
-official code also keeps an unmasked softmax for every layer; here it is computed only by ``forward_sparsifiner``); the official ``attn_drop`` (never applied by the official
-code) is applied; the official predictor stores the token budget across calls (``self.attn_budget``), here it is
-recomputed per call (the same value at a fixed size); ``features_only``/``forward_intermediates`` give NCHW maps of
-the patch tokens of every block.
+official code also keeps an unmasked softmax for every layer; here it is computed only by ``forward_sparsifiner``);
+the official ``attn_drop`` (never applied by the official code) is applied; the official predictor stores the token
+budget across calls (``self.attn_budget``), here it is recomputed per call (the same value at a fixed size);
+``features_only``/``forward_intermediates`` give NCHW maps of the patch tokens of every block.
 
 On the sparse attention kernel: each query row keeps its own set of keys, so visionattn's block-sparse op applies only
 with one-token blocks (the class-token row, which is dense, apart). Measured on CPU (1 thread, DeiT-S, batch 8, 224,
