@@ -88,7 +88,7 @@ def _models(rate, device, backends):
 
 
 def _time_attn(bs, K, backends, dev, args, H=6, N=197, D=64):
-    from visionattn.ops.topk_attention import topk_attention
+    from visionattn.ops.topk import topk_attention
 
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(bs, N, 3, H, D, generator=g).to(dev)

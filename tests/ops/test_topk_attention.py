@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from visionattn.ops import get_backend
-from visionattn.ops import topk_attention as T
-from visionattn.ops.topk_attention import topk_attention, topk_attention_reference, topk_index_to_mask
+from visionattn.ops import topk as T
+from visionattn.ops.topk import topk_attention, topk_attention_reference, topk_index_to_mask
 
 
 def _case(B=2, N=13, H=3, D=8, K=5, num_dense=1, packed=True, dtype=torch.float64, seed=0):

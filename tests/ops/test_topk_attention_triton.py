@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from visionattn.ops.topk_attention import topk_attention
+from visionattn.ops.topk import topk_attention
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 CUDA = torch.cuda.is_available()

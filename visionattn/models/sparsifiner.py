@@ -43,12 +43,19 @@ the official ``attn_drop`` (never applied by the official code) is applied; the 
 budget across calls (``self.attn_budget``), here it is recomputed per call (the same value at a fixed size);
 ``features_only``/``forward_intermediates`` give NCHW maps of the patch tokens of every block.
 
-On the sparse attention kernel: each query row keeps its own set of keys, so visionattn's block-sparse op applies only
-with one-token blocks (the class-token row, which is dense, apart). Measured on CPU (1 thread, DeiT-S, batch 8, 224,
-one layer): dense SDPA with the additive mask about 18 ms (the same as without a mask; with a boolean mask about
-34 ms), the block-sparse op with one-token blocks and 50 keys per query 30-40x slower (its ``blocked`` and
-``gather`` backends). So the masked attention is dense SDPA; the FLOP savings of the paper are analytical, as in the
-official code. The per-row top-k of the predictor (``topk`` over N keys) is the largest overhead over DeiT on CPU.
+On the sparse attention kernel: each query row keeps its own set of keys, so the attention is
+``visionattn.ops.topk_attention`` (per-row key lists; ``set_attn_backend`` / ``attn_backend``): ``triton`` on GPU (a
+fused kernel reading the kept keys and values by index), ``sparse`` (CSR SDDMM for the kept scores, a softmax over
+them, ``embedding_bag`` for ``P @ V``: only the kept pairs are computed, with a dense-GEMM backward), ``masked_sdpa``
+(dense SDPA with the mask). ``auto`` takes ``sparse`` on CPU only up to 15% density: measured on this project's CPU
+(2-core AMD EPYC, AVX2, 1 thread, shared with other jobs; ``tools/benchmark.py sparsifiner``,
+benchmarks/sparsifiner_cpu_2026-11-22.json) the ``sparse`` attention op at N = 197 takes 1.7-1.9x the time of DeiT's
+dense SDPA at keep rate 0.25 (batch 1 and 32) and 2-3x at 0.5: dense SDPA is a register-tiled GEMM (~50 GFLOP/s on
+one core) while a per-row pattern shares no key between queries (each kept pair is its own 64-long dot product from a
+random key row, ~12 GFLOP/s), so on CPU the kept-pairs-only attention breaks even near 10-15% density. The whole model
+is 1.4-1.7x slower than DeiT-S with the same weights on CPU at both keep rates: attention is a small share of DeiT-S at
+N = 197, and the connectivity predictor (its per-row top-k over N keys) costs more than the attention saves. The
+block-sparse op with one-token blocks is 30-40x slower than dense (measured earlier).
 """
 import logging
 import math
@@ -72,7 +79,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
-from visionattn.ops.topk_attention import topk_attention
+from visionattn.ops.topk import topk_attention
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for top-k (per-row sparse) attention (``visionattn.ops.topk_attention``).
+"""Fused Triton kernels for top-k (per-row sparse) attention (``visionattn.ops.topk``).
 
 Forward: one program per (tile of ``BLOCK_M`` listed query rows, batch * head). It walks the rows' key lists in chunks
 of ``BLOCK_K``, reading each listed key and value row straight from the ``[B, N, heads, D]`` tensors through the index

@@ -221,7 +221,7 @@ def _sparse_backward(
 
 def _impl_forward(q, k, v, index, scale, num_dense, dropout_p, impl):
     if impl == 'triton':
-        from .triton.topk_attention import topk_attention_fwd_triton
+        from .triton.topk import topk_attention_fwd_triton
         out, lse = topk_attention_fwd_triton(q, k, v, index, scale, num_dense)
         return out, lse, lse.new_empty(0), lse.new_empty(0)
     return _sparse_forward(q, k, v, index, scale, num_dense, dropout_p)
@@ -256,7 +256,7 @@ def _topk_bwd_op(
         scale: float, num_dense: int, dropout_p: float, impl: str,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     if impl == 'triton':
-        from .triton.topk_attention import topk_attention_bwd_triton
+        from .triton.topk import topk_attention_bwd_triton
         dq, dk, dv = topk_attention_bwd_triton(dout.contiguous(), q, k, v, out, a, index, scale, num_dense)
     else:
         dq, dk, dv = _sparse_backward(dout, q, k, v, index, a, b, c, scale, num_dense, dropout_p)
