@@ -23,8 +23,14 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
   each row, and ``softmax @ V`` is ``F.embedding_bag`` with per-sample weights (on CPU a JIT-compiled FBGEMM
   gather-and-accumulate kernel, about 2x MKL's CSR SpMM here). The backward scatters the probabilities into the
   dense ``[B, H, Nq, Nk]`` pattern and runs batched GEMMs (memory of one dense attention map, dense-GEMM speed).
-  Measured (2-core AMD EPYC, 1 thread, DeiT-S shapes N = 197, 6 heads, 64 channels; ``tools/benchmark.py
-  sparsifiner``): see that tool's docstring for the ratios against dense SDPA.
+  Measured on the project's CPU (2-core AMD EPYC, AVX2, 1 thread, DeiT-S shapes N = 197, 6 heads, 64 channels;
+  ``tools/benchmark.py sparsifiner``, benchmarks/sparsifiner_cpu_2026-11-22.json): 1.7-1.9x the time of dense SDPA at
+  density 0.25 (batch 1 and 32), 3-4x at 0.5; it breaks even near 10-15% density (a per-row pattern shares no key
+  between queries, so each kept pair is a 64-long dot product from a random row, ~4x less efficient than the
+  register-tiled GEMM of dense SDPA). ``auto`` therefore uses it on CPU only up to 15% density (``sparse_auto``;
+  env ``VISIONATTN_TOPK_SPARSE_DENSITY``) and dense SDPA with the mask (``masked_sdpa``) above; ``sparse`` runs it at
+  any density when asked for.
+* ``masked_sdpa``: ``F.scaled_dot_product_attention`` with the additive mask of the index (dense work).
 * ``reference``: the oracle, dense attention with the boolean mask (O(Nq * Nk) memory).
 """
 import os
