@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import visionattn  # noqa: F401
-from visionattn.models.sparsifiner import Sparsifiner, checkpoint_filter_fn, resample_token_proj
+from visionattn.models.sparsifiner import Sparsifiner, SparsifinerLoss, checkpoint_filter_fn, resample_token_proj
 
 FIXTURE = Path(__file__).parents[1] / 'fixtures' / 'sparsifiner_model.safetensors'
 # the official model of the fixture: models/sparsifiner.Sparsifiner(img_size=64, patch_size=8, num_classes=10,
@@ -151,6 +151,33 @@ def test_keep_rate_one_equals_timm_deit():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+        # the dense teacher of the training recipe is DeiT with the same weights at any keep rate
+        sparse = Sparsifiner(img_size=64, patch_size=8, embed_dim=192, depth=2, num_heads=3).eval()
+        sparse.load_state_dict(ours.state_dict())
+        dense = sparse.forward_dense(x, need_attn=True)
+        torch.testing.assert_close(dense['logits'], ref(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dense['features'], ref.forward_features(x)[:, 1:], rtol=1e-5, atol=1e-5)
+        assert len(dense['attn']) == 2 and dense['attn'][0].shape == (2, 3, 65, 65)
+
+
+def test_sparsifiner_loss():
+    torch.manual_seed(0)
+    model = Sparsifiner(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    loss = SparsifinerLoss()
+    with torch.no_grad():
+        teacher = model.forward_dense(x, need_attn=True)
+    model.set_attn_recon(True)
+    student = model.train().forward_sparsifiner(x)
+    rec = loss(student, teacher, 'recon')['loss_attn_recon']
+    # the official first phase: the teacher's attention, or the student's own while the backbone is unchanged
+    torch.testing.assert_close(rec, model.aux_loss(x))
+    torch.testing.assert_close(rec, loss(student, {}, 'recon')['loss_attn_recon'])
+    model.set_attn_recon(False)
+    out = loss(model.forward_distill(x), teacher, 'distill')
+    assert set(out) == {'loss_cls_distill', 'loss_token_distill'} and all(v >= -1e-6 for v in out.values())
+    with pytest.raises(ValueError, match='phase'):
+        loss(student, teacher, 'dense')
 
 
 def test_other_input_sizes_resample_the_token_projections():
