@@ -127,3 +127,9 @@ def test_two_phase_recipe(tmp_path):
         num_heads=2, num_classes=2, reduce_n_factor=4)
     fresh.load_state_dict(ckpt['state_dict'], strict=True)
     assert torch.equal(torch.cat([p.flatten() for p in fresh.teacher.parameters()]), start['teacher'])
+    # the student alone, as a timm model (checkpoint_filter_fn drops the teacher)
+    from visionattn.models.sparsifiner import checkpoint_filter_fn
+    student = fresh.model.__class__(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=2,
+                                    reduce_n_factor=4)
+    student.load_state_dict(checkpoint_filter_fn(ckpt, student), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), clf.model.state_dict().values()))

@@ -926,13 +926,16 @@ def checkpoint_filter_fn(state_dict: dict, model: Sparsifiner) -> dict:
     ``proj_n`` and ``proj_back_n`` (``[N, N // 6]``), under ``'model'`` in a training dict. A DeiT checkpoint has no
     predictor: its predictor tensors are taken from ``model`` (its initialisation) and a warning names how many.
     Linear patch-embedding weights are reshaped; a position embedding or predictor projection saved for another
-    grid is resampled (``resample_token_proj``).
+    grid is resampled (``resample_token_proj``). A ``SparsifinerClassifier`` training checkpoint's ``teacher.`` tensors
+    (the dense teacher) are dropped.
     """
     state_dict = unwrap_state_dict(state_dict)
     own = model.state_dict()
     grid = tuple(model.patch_embed.grid_size)
     out = {}
     for k, v in state_dict.items():
+        if k.startswith('teacher.'):  # the frozen dense teacher of a two-phase training checkpoint (visionattn.mm)
+            continue
         if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
             raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
         if k == 'patch_embed.proj.weight' and v.ndim < 4:
