@@ -7,6 +7,8 @@ Subcommands:
     bsa   block-sparse attention backends on BiFormer's routing shapes: official gather vs blocked vs Triton vs dense
           SDPA (tools/benchmark_bsa.py)
     evit  EViT-DeiT against DeiT with the same weights, batch 1 and 32 (tools/benchmark_evit.py)
+    sparsifiner  Sparsifiner's top-k sparse attention (op, attention layer, whole model) against dense DeiT-S with the
+          same weights at keep rates 0.25 and 0.5, batch 1 and 32 (tools/benchmark_sparsifiner.py)
     models  throughput, latency and peak memory of whole models over sizes, batches, dtypes, backends, train or
           inference, with a table and a PNG plot (tools/benchmark_models.py)
 
@@ -27,10 +29,11 @@ from benchmark_bsa import add_bsa_parser, bsa_main  # noqa: E402
 from benchmark_evit import add_evit_parser, run_evit  # noqa: E402
 from benchmark_gna import add_gna_parser, run_gna  # noqa: E402
 from benchmark_models import add_models_parser, run_models  # noqa: E402
+from benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner  # noqa: E402
 
 COMMANDS = {
     'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main), 'evit': (add_evit_parser, run_evit),
-    'models': (add_models_parser, run_models)}
+    'models': (add_models_parser, run_models), 'sparsifiner': (add_sparsifiner_parser, run_sparsifiner)}
 
 
 def main(argv=None):

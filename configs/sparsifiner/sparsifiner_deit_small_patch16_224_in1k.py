@@ -3,8 +3,9 @@ _base_ = [
     '../_base_/default_runtime_cls.py', '../_base_/schedules/imagenet_adamw_300e.py'
 ]
 # Sparsifiner-DeiT-S: the official recipe fine-tunes a pretrained DeiT for 50 epochs (5 epochs of attention
-# reconstruction for the connectivity predictor, then the backbone with distillation); this config is the plain
-# 300-epoch ImageNet recipe for the architecture. The paper reports the accuracy drop within 0.4% of DeiT (Sparsifiner
+# reconstruction for the connectivity predictor, then the backbone with distillation: that recipe is
+# sparsifiner_deit_small_patch16_224_2phase_in1k.py); this config is the plain 300-epoch ImageNet recipe for the
+# architecture. The paper reports the accuracy drop within 0.4% of DeiT (Sparsifiner
 # (lim142857/Sparsifiner); no Sparsifiner weights are released)
 model = dict(model_name='sparsifiner_deit_small_patch16_224', drop_path_rate=0.1)
 # 8 GPUs x 128 images

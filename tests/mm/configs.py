@@ -33,10 +33,13 @@ def arch(cfg) -> str:
 
 
 def strip_pretrained(node) -> None:
-    """Drop every ``init_cfg=dict(type='Pretrained', ...)`` (nothing may be downloaded in tests)."""
+    """Drop every ``init_cfg=dict(type='Pretrained', ...)`` and ``pretrained=True`` (nothing may be downloaded in
+    tests)."""
     if isinstance(node, dict):
         if isinstance(node.get('init_cfg'), dict) and node['init_cfg'].get('type') == 'Pretrained':
             node['init_cfg'] = None
+        if node.get('pretrained') is True:  # timm weights (TimmClassifier)
+            node['pretrained'] = False
         for v in node.values():
             strip_pretrained(v)
     elif isinstance(node, list):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import visionattn  # noqa: F401
-from visionattn.models.sparsifiner import Sparsifiner, checkpoint_filter_fn, resample_token_proj
+from visionattn.models.sparsifiner import Sparsifiner, SparsifinerLoss, checkpoint_filter_fn, resample_token_proj
 
 FIXTURE = Path(__file__).parents[1] / 'fixtures' / 'sparsifiner_model.safetensors'
 # the official model of the fixture: models/sparsifiner.Sparsifiner(img_size=64, patch_size=8, num_classes=10,
@@ -73,6 +73,27 @@ def test_equals_official(name, fused_attn):
     assert diff32 <= max(2 * own, 1e-5) and diff32 <= 1e-3, f'float32 logits differ by {diff32} (official {own})'
 
 
+@pytest.mark.parametrize('backend', ['sparse', 'masked_sdpa', 'reference'])
+@pytest.mark.parametrize('name', ['sparse', 'prune'])
+def test_equals_official_topk_backends(name, backend):
+    # the top-k attention computed only over the kept pairs (visionattn.ops.topk_attention) equals the official
+    # masked dense attention: float64 logits and, in train mode, gradients of the backbone
+    t, sd = _fixture()
+    model = _model(name, sd, attn_backend=backend).double()
+    x = t['input']
+    with torch.no_grad():
+        out64 = model(x)
+    assert (out64 - t[f'{name}.logits64']).abs().max().item() <= 1e-6
+    ref = _model(name, sd, attn_backend='reference').double()
+    grads = []
+    for m in (model, ref):
+        m.zero_grad()
+        m(x).square().sum().backward()
+        grads.append([p.grad for n, p in m.named_parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() <= 1e-9
+
+
 def test_reconstruction_mode_equals_official():
     # the official first phase: train mode with USE_ATTN_RECON (dense attention, dense coefficients, signed basis)
     t, sd = _fixture()
@@ -130,6 +151,33 @@ def test_keep_rate_one_equals_timm_deit():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+        # the dense teacher of the training recipe is DeiT with the same weights at any keep rate
+        sparse = Sparsifiner(img_size=64, patch_size=8, embed_dim=192, depth=2, num_heads=3).eval()
+        sparse.load_state_dict(ours.state_dict())
+        dense = sparse.forward_dense(x, need_attn=True)
+        torch.testing.assert_close(dense['logits'], ref(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dense['features'], ref.forward_features(x)[:, 1:], rtol=1e-5, atol=1e-5)
+        assert len(dense['attn']) == 2 and dense['attn'][0].shape == (2, 3, 65, 65)
+
+
+def test_sparsifiner_loss():
+    torch.manual_seed(0)
+    model = Sparsifiner(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    loss = SparsifinerLoss()
+    with torch.no_grad():
+        teacher = model.forward_dense(x, need_attn=True)
+    model.set_attn_recon(True)
+    student = model.train().forward_sparsifiner(x)
+    rec = loss(student, teacher, 'recon')['loss_attn_recon']
+    # the official first phase: the teacher's attention, or the student's own while the backbone is unchanged
+    torch.testing.assert_close(rec, model.aux_loss(x))
+    torch.testing.assert_close(rec, loss(student, {}, 'recon')['loss_attn_recon'])
+    model.set_attn_recon(False)
+    out = loss(model.forward_distill(x), teacher, 'distill')
+    assert set(out) == {'loss_cls_distill', 'loss_token_distill'} and all(v >= -1e-6 for v in out.values())
+    with pytest.raises(ValueError, match='phase'):
+        loss(student, teacher, 'dense')
 
 
 def test_other_input_sizes_resample_the_token_projections():

@@ -9,7 +9,7 @@ from mmengine.registry import HOOKS, MODELS
 
 from .backbone import FAMILY_TYPES, VisionAttnBackbone, family_backbones, load_checkpoint_file
 from .checkpoint import allow_mmengine_checkpoints
-from .hooks import KeepRateHook
+from .hooks import KeepRateHook, SparsifinerPhaseHook
 
 _TYPES = dict(VisionAttnBackbone=VisionAttnBackbone, **family_backbones())
 _registries = [MODELS]
@@ -22,4 +22,9 @@ for _registry in _registries:
     for _name, _cls in _TYPES.items():
         _registry.register_module(name=_name, module=_cls, force=True)
 HOOKS.register_module(module=KeepRateHook, force=True)
+HOOKS.register_module(module=SparsifinerPhaseHook, force=True)
+try:  # registers SparsifinerClassifier in mmpretrain's MODELS
+    from .sparsifiner import SparsifinerClassifier  # noqa: F401
+except ImportError:  # mmpretrain not installed
+    pass
 allow_mmengine_checkpoints()

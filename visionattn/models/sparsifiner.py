@@ -26,25 +26,36 @@ whose attention holds a low-rank *connectivity predictor* (``MaskPredictor``) fe
 Training (official two phases): first the *attention-reconstruction* phase (``set_attn_recon(True)``, train mode):
 attention runs dense, only the predictor is trained, with ``0.01 * mean_layers MSE_sum(approx_attn, teacher_attn)``
 (``aux_loss``; the teacher is DeiT with the same weights, which is the model's own dense attention while the backbone
-is frozen); then the backbone is fine-tuned in sparse mode with the predictor frozen. Optional token pruning (off by
+is frozen); then the backbone is fine-tuned in sparse mode with the predictor frozen, with CE + 0.5 KL distillation of
+the dense teacher's logits + 0.5 MSE to its final patch tokens (``SparsifinerLoss``; ``forward_dense`` is the teacher,
+``forward_distill`` the student's outputs). In mmpretrain: ``visionattn.mm.sparsifiner.SparsifinerClassifier`` with
+``visionattn.mm.hooks.SparsifinerPhaseHook`` (configs/sparsifiner/*_2phase_*.py, ``tools/train.py``). Optional token
+pruning (off by
 default, ``token_pruning_loc``) zeroes and masks the least cls-attended tokens at the given blocks (EViT-like, the
 tokens stay in place, so the patch grid is kept).
 
 What this version changes: distinct names (``sparsifiner_deit_*``); any input size (the official model is fixed to
 N = 197, see ``resample_token_proj``: ``proj_n`` and ``proj_back_n`` are resampled along the token axis like the
-position embedding); the masked attention runs through ``F.scaled_dot_product_attention`` with the boolean mask
-instead of the official dense softmax + masked softmax (the official code also keeps an unmasked softmax for every
-layer; here it is computed only by ``forward_sparsifiner``); the official ``attn_drop`` (never applied by the official
-code) is applied; the official predictor stores the token budget across calls (``self.attn_budget``), here it is
-recomputed per call (the same value at a fixed size); ``features_only``/``forward_intermediates`` give NCHW maps of
-the patch tokens of every block.
+position embedding); with the top-k budget the attention runs through ``visionattn.ops.topk_attention`` on the kept
+keys of every query row (the class-token row dense) instead of the official dense softmax + masked softmax (the
+official code also keeps an unmasked softmax for every layer; here it is computed only by ``forward_sparsifiner``);
+the official ``attn_drop`` (never applied by the official code) is applied; the official predictor stores the token
+budget across calls (``self.attn_budget``), here it is recomputed per call (the same value at a fixed size);
+``features_only``/``forward_intermediates`` give NCHW maps of the patch tokens of every block.
 
-On the sparse attention kernel: each query row keeps its own set of keys, so visionattn's block-sparse op applies only
-with one-token blocks (the class-token row, which is dense, apart). Measured on CPU (1 thread, DeiT-S, batch 8, 224,
-one layer): dense SDPA with the additive mask about 18 ms (the same as without a mask; with a boolean mask about
-34 ms), the block-sparse op with one-token blocks and 50 keys per query 30-40x slower (its ``blocked`` and
-``gather`` backends). So the masked attention is dense SDPA; the FLOP savings of the paper are analytical, as in the
-official code. The per-row top-k of the predictor (``topk`` over N keys) is the largest overhead over DeiT on CPU.
+On the sparse attention kernel: each query row keeps its own set of keys, so the attention is
+``visionattn.ops.topk_attention`` (per-row key lists; ``set_attn_backend`` / ``attn_backend``): ``triton`` on GPU (a
+fused kernel reading the kept keys and values by index), ``sparse`` (CSR SDDMM for the kept scores, a softmax over
+them, ``embedding_bag`` for ``P @ V``: only the kept pairs are computed, with a dense-GEMM backward), ``masked_sdpa``
+(dense SDPA with the mask). ``auto`` takes ``sparse`` on CPU only up to 15% density: measured on this project's CPU
+(2-core AMD EPYC, AVX2, 1 thread, shared with other jobs; ``tools/benchmark.py sparsifiner``,
+benchmarks/sparsifiner_cpu_2026-11-22.json) the ``sparse`` attention op at N = 197 takes 1.7-1.9x the time of DeiT's
+dense SDPA at keep rate 0.25 (batch 1 and 32) and 2-3x at 0.5: dense SDPA is a register-tiled GEMM (~50 GFLOP/s on
+one core) while a per-row pattern shares no key between queries (each kept pair is its own 64-long dot product from a
+random key row, ~12 GFLOP/s), so on CPU the kept-pairs-only attention breaks even near 10-15% density. The whole model
+is 1.4-1.7x slower than DeiT-S with the same weights on CPU at both keep rates: attention is a small share of DeiT-S at
+N = 197, and the connectivity predictor (its per-row top-k over N keys) costs more than the attention saves. The
+block-sparse op with one-token blocks is 30-40x slower than dense (measured earlier).
 """
 import logging
 import math
@@ -68,12 +79,13 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.ops.topk import topk_attention
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
 from .evit import resample_pos_embed
 
-__all__ = ['Sparsifiner', 'MaskPredictor', 'attn_recon_loss', 'resample_token_proj']
+__all__ = ['Sparsifiner', 'MaskPredictor', 'SparsifinerLoss', 'attn_recon_loss', 'resample_token_proj']
 
 _logger = logging.getLogger(__name__)
 
@@ -204,6 +216,7 @@ class MaskPredictor(nn.Module):
             recon: bool = False,
             need_mask: bool = True,
             additive: bool = False,
+            return_index: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """Predict the connectivity.
 
@@ -216,6 +229,8 @@ class MaskPredictor(nn.Module):
                 ``USE_ATTN_RECON``).
             need_mask: Compute the mask (the reconstruction phase does not use it).
             additive: Return the mask as an additive float mask (0: attend, -inf: not) in q's dtype.
+            return_index: Return the kept keys of the query rows after the class token, ``[B, H, N - 1, budget]``
+                (top-k mode only), instead of the mask (for ``visionattn.ops.topk_attention``).
 
         Returns:
             ``approx_attn`` ``[B, H, N - 1, N]``, the mask ``[B, H, N, N]`` (bool, True: attend, or additive; None
@@ -248,6 +263,10 @@ class MaskPredictor(nn.Module):
         score = approx_attn.detach()
         if token_mask is not None:
             score = score.masked_fill(~F.pad(token_mask, (1, 0), value=True)[:, None, None, :], float('-inf'))
+        if return_index:
+            if not self.attn_score_topk:
+                raise ValueError('return_index needs the top-k attention budget (attn_score_topk=True)')
+            return approx_attn, score.topk(self.attn_budget(N), dim=-1, sorted=False)[1], coef
         # additive: 0 where attended, -inf elsewhere (SDPA takes it at the speed of no mask; a bool mask costs ~2x
         # there, measured on CPU at N = 197); the class-token row stays dense
         if additive:
@@ -294,6 +313,7 @@ class Attention(nn.Module):
             attn_drop: float = 0.,
             proj_drop: float = 0.,
             token_keep_rate: Optional[float] = None,
+            attn_backend: str = 'auto',
             **predictor_kwargs,
     ):
         super().__init__()
@@ -305,6 +325,7 @@ class Attention(nn.Module):
         self.fused_attn = use_fused_attn()
         self.attn_recon = False
         self.token_keep_rate = token_keep_rate  # not None: this block prunes tokens
+        self.attn_backend = attn_backend  # of visionattn.ops.topk_attention
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -326,8 +347,11 @@ class Attention(nn.Module):
             q, k, v = q.masked_fill(~keep, 0.), k.masked_fill(~keep, 0.), v.masked_fill(~keep, 0.)
         recon = self.training and self.attn_recon
         explicit = need_info or not self.fused_attn or (self.prune_rows_active(token_mask) and not recon)
+        # top-k budget: the attention of the listed keys only (visionattn.ops.topk_attention); the class-token row is
+        # dense; the threshold mode (a varying number of keys per row) runs dense SDPA with the mask
+        use_index = not explicit and not recon and self.mask_predictor.attn_score_topk
         approx_attn, mask, coef = self.mask_predictor(
-            q, k, token_mask, feat_size, recon, need_info or not recon, not explicit)
+            q, k, token_mask, feat_size, recon, need_info or not recon, not explicit, use_index)
         prune = self.token_keep_rate is not None and not self.attn_recon
         drop = self.attn_drop.p if self.training else 0.
         info = None
@@ -346,7 +370,12 @@ class Attention(nn.Module):
                             masked_attn=attn)
             x = self.attn_drop(attn) @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
+            if use_index:  # mask holds the kept keys [B, H, N - 1, budget]
+                x = topk_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale, num_dense=1,
+                    dropout_p=drop, backend=self.attn_backend).transpose(1, 2)
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
             if prune:  # the class-token row is dense: recompute just that row for the ranking
                 cls_attn = ((q[:, :, :1] @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)[:, :, 0, 1:]
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
@@ -355,6 +384,20 @@ class Attention(nn.Module):
         if need_info:
             info['token_mask'] = token_mask
         return x, token_mask, info
+
+    def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The plain DeiT attention of the same weights (the official dense teacher): no predictor, no mask.
+
+        Returns the output and, with ``need_attn``, the softmax attention ``[B, H, N, N]``."""
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = None
+        if need_attn or not self.fused_attn:
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C))), attn
 
     def prune_rows_active(self, token_mask: Optional[torch.Tensor]) -> bool:
         # a query row can be fully masked only when pruned rows are masked: SDPA would give NaN there
@@ -403,6 +446,12 @@ class Block(nn.Module):
             x = torch.cat([x[:, :1], x[:, 1:].masked_fill(~token_mask.unsqueeze(-1), 0.)], dim=1)
         return x, token_mask, info
 
+    def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The DeiT block of the same weights (dense attention, no token pruning)."""
+        y, attn = self.attn.forward_dense(self.norm1(x), need_attn)
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x))), attn
+
 
 def attn_recon_loss(
         approx_attn: Sequence[torch.Tensor],
@@ -424,6 +473,58 @@ def attn_recon_loss(
         t = t[..., 1:, :] if t.shape[-2] == a.shape[-2] + 1 else t
         loss = loss + F.mse_loss(a, t.to(a.dtype), reduction='sum')
     return weight * loss / len(approx_attn)
+
+
+class SparsifinerLoss(nn.Module):
+    """The official training losses of the two phases (``losses.NewLoss`` with the default config), without the
+    classification term (the trainer's own criterion, with its label smoothing / mixup targets).
+
+    * ``'recon'`` (phase 1, ``set_attn_recon(True)``, only the predictors train): ``attn_recon_loss`` of the student's
+      ``approx_attn`` against the dense teacher's attention (``recon_weight``, official 0.01);
+    * ``'distill'`` (phase 2, sparse attention, predictors frozen): ``cls_distill_weight * KL(student || teacher)`` over
+      the logits (log-softmax both sides, ``batchmean``, official 0.5) and ``token_distill_weight * MSE`` of the final
+      normed patch tokens (official 0.5; only the tokens kept by token pruning, if any).
+    """
+
+    def __init__(self, recon_weight: float = 0.01, cls_distill_weight: float = 0.5, token_distill_weight: float = 0.5):
+        super().__init__()
+        self.recon_weight = recon_weight
+        self.cls_distill_weight = cls_distill_weight
+        self.token_distill_weight = token_distill_weight
+
+    def forward(
+            self,
+            student: Dict[str, Union[torch.Tensor, List]],
+            teacher: Dict[str, Union[torch.Tensor, List]],
+            phase: str,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            student: ``Sparsifiner.forward_sparsifiner`` (phase ``'recon'``: ``approx_attn``) or
+                ``Sparsifiner.forward_distill`` (``'distill'``: ``logits``, ``features``, ``token_mask``).
+            teacher: ``Sparsifiner.forward_dense`` of the frozen dense teacher (``attn`` for ``'recon'``; ``logits`` and
+                ``features`` for ``'distill'``), computed without gradient. For ``'recon'`` an empty dict uses the
+                student's own dense attention (``unmasked_attn``, detached), which is the teacher's while the
+                backbone is frozen and no stochastic depth / dropout runs.
+            phase: ``'recon'`` or ``'distill'``.
+
+        Returns:
+            The weighted loss terms: ``loss_attn_recon`` or ``loss_cls_distill`` and ``loss_token_distill``.
+        """
+        if phase == 'recon':
+            target = teacher.get('attn') or [a.detach() for a in student['unmasked_attn']]
+            return dict(loss_attn_recon=attn_recon_loss(student['approx_attn'], target, self.recon_weight))
+        if phase != 'distill':
+            raise ValueError(f"phase must be 'recon' or 'distill', got {phase!r}")
+        s, t = student['logits'], teacher['logits'].detach()
+        kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t.to(s.dtype), dim=-1), reduction='batchmean',
+                      log_target=True)
+        fs, ft = student['features'], teacher['features'].detach().to(student['features'].dtype)
+        token_mask = student.get('token_mask')
+        if token_mask is not None:
+            fs, ft = fs[token_mask], ft[token_mask]
+        return dict(loss_cls_distill=self.cls_distill_weight * kl,
+                    loss_token_distill=self.token_distill_weight * F.mse_loss(fs, ft))
 
 
 class Sparsifiner(nn.Module):
@@ -454,6 +555,7 @@ class Sparsifiner(nn.Module):
             token_keep_rate: Union[float, Sequence[float]] = 1.,
             prune_attn_rows: bool = False,
             attn_recon: bool = False,
+            attn_backend: str = 'auto',
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
@@ -492,6 +594,9 @@ class Sparsifiner(nn.Module):
                 per block.
             prune_attn_rows: ``PRUNE_ATTN_MATRIX_ROW``.
             attn_recon: Attention-reconstruction mode (``LOSS.USE_ATTN_RECON``); see ``set_attn_recon``.
+            attn_backend: Backend of the top-k attention (``visionattn.ops.topk_attention``): ``'auto'``,
+                ``'sparse'`` (only the kept query-key pairs), ``'masked_sdpa'`` (dense SDPA with the mask), ``'triton'``
+                or ``'reference'``; see ``set_attn_backend``.
             drop_rate: Head dropout.
             pos_drop_rate: Dropout after the position embedding.
             proj_drop_rate: Dropout after projections.
@@ -547,6 +652,7 @@ class Sparsifiner(nn.Module):
                 act_layer=act_layer,
                 norm_layer=norm_layer,
                 token_keep_rate=token_rates[i] if i in token_pruning_loc else None,
+                attn_backend=attn_backend,
                 attn_keep_rate=attn_rates[i],
                 reduce_n_factor=reduce_n_factor,
                 reduce_c_factor=reduce_c_factor,
@@ -591,6 +697,12 @@ class Sparsifiner(nn.Module):
         self.attn_recon = enable
         for blk in self.blocks:
             blk.attn.attn_recon = enable
+
+    def set_attn_backend(self, backend: str = 'auto') -> None:
+        """Backend of the sparse attention of every block (``visionattn.ops.topk_attention``; e.g. ``'sparse'`` to
+        compute only the kept query-key pairs, ``'masked_sdpa'`` for dense SDPA with the mask)."""
+        for blk in self.blocks:
+            blk.attn.attn_backend = backend
 
     @property
     def aux_loss_params(self) -> List[str]:
@@ -729,6 +841,38 @@ class Sparsifiner(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
+    def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Dict[str, Union[torch.Tensor, List]]:
+        """The dense DeiT with the same weights: the official teacher (the predictors are not used).
+
+        Returns ``logits``, ``features`` (normed patch tokens) and, with ``need_attn``, ``attn``: per block the softmax
+        attention ``[B, H, N, N]`` (the reconstruction target).
+        """
+        x, _ = self._embed(x)
+        attn = []
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, a = checkpoint(blk.forward_dense, x, need_attn, use_reentrant=False)
+            else:
+                x, a = blk.forward_dense(x, need_attn)
+            attn.append(a)
+        x = self.norm(x)
+        out = dict(logits=self.forward_head(x), features=x[:, 1:])
+        if need_attn:
+            out['attn'] = attn
+        return out
+
+    @torch.jit.ignore
+    def forward_distill(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The sparse model's outputs for the official second training phase: ``logits``, ``features`` (normed patch
+        tokens, the token-distillation input) and ``token_mask`` (the last ``[B, N - 1]`` token mask, or None)."""
+        x, feat_size = self._embed(x)
+        token_mask = None
+        for i in range(len(self.blocks)):
+            x, token_mask, _ = self._block(i, x, token_mask, feat_size)
+        x = self.norm(x)
+        return dict(logits=self.forward_head(x), features=x[:, 1:], token_mask=token_mask)
+
+    @torch.jit.ignore
     def forward_sparsifiner(self, x: torch.Tensor) -> Dict[str, Union[torch.Tensor, List]]:
         """The official model's output dict, for training losses and analysis.
 
@@ -782,13 +926,16 @@ def checkpoint_filter_fn(state_dict: dict, model: Sparsifiner) -> dict:
     ``proj_n`` and ``proj_back_n`` (``[N, N // 6]``), under ``'model'`` in a training dict. A DeiT checkpoint has no
     predictor: its predictor tensors are taken from ``model`` (its initialisation) and a warning names how many.
     Linear patch-embedding weights are reshaped; a position embedding or predictor projection saved for another
-    grid is resampled (``resample_token_proj``).
+    grid is resampled (``resample_token_proj``). A ``SparsifinerClassifier`` training checkpoint's ``teacher.`` tensors
+    (the dense teacher) are dropped.
     """
     state_dict = unwrap_state_dict(state_dict)
     own = model.state_dict()
     grid = tuple(model.patch_embed.grid_size)
     out = {}
     for k, v in state_dict.items():
+        if k.startswith('teacher.'):  # the frozen dense teacher of a two-phase training checkpoint (visionattn.mm)
+            continue
         if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
             raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
         if k == 'patch_embed.proj.weight' and v.ndim < 4:
