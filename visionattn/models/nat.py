@@ -37,7 +37,7 @@ from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_p
 from ._convert import unwrap_state_dict
 from ._hub import build_model
 
-__all__ = ['NAT', 'NAT_DILATIONS']
+__all__ = ['NAT', 'NAT_DILATIONS', 'resolve_dilations', 'resolve_strides']
 
 _NAT_PAPER = dict(paper_ids='arXiv:2204.07143', paper_name='Neighborhood Attention Transformer')
 _DINAT_PAPER = dict(paper_ids='arXiv:2209.15001', paper_name='Dilated Neighborhood Attention Transformer')
@@ -96,6 +96,55 @@ def resolve_dilations(
             f'dilations {dilations} do not match depths {list(depths)} (one list per stage, one entry per layer)')
     if any(not isinstance(d, int) or d < 1 for s in out for d in s):
         raise ValueError(f'dilations must be ints >= 1, got {dilations}')
+    return out
+
+
+StrideArg = Union[None, int, Sequence[Union[int, Sequence[Union[int, Sequence[int]]]]]]
+
+
+def _stride_leaf(s, kernel_size: int, where: str) -> Tuple[int, int]:
+    """One layer's stride as ``(s_h, s_w)`` from an int or a pair; ValueError unless ``1 <= s <= kernel_size``."""
+    t = (s, s) if isinstance(s, int) and not isinstance(s, bool) else tuple(s) if isinstance(s, (list, tuple)) else ()
+    if len(t) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in t):
+        raise ValueError(f'{where}: stride must be an int or a pair (s_h, s_w) of ints, got {s!r}')
+    if not all(1 <= v <= kernel_size for v in t):
+        raise ValueError(
+            f'{where}: stride {s!r} out of range, GNA needs 1 <= stride <= kernel_size = {kernel_size} per axis')
+    return t
+
+
+def _is_pair(s) -> bool:
+    return isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) for v in s)
+
+
+def resolve_strides(stride: StrideArg, depths: Sequence[int], kernel_size: int = 7) -> List[List[Tuple[int, int]]]:
+    """Per-layer GNA strides ``[[(s_h, s_w), ...] per stage]``.
+
+    ``stride`` is None (1, plain neighborhood attention), an int or a pair ``(s_h, s_w)`` for every layer, or one
+    entry per stage; a stage entry is an int or pair for the whole stage, or a list with one int or pair per layer.
+    A sequence whose length equals the number of stages (of a stage: its depth) is read as per stage (per layer)
+    before a pair; the per-layer form with pairs is never ambiguous. Each value must satisfy
+    ``1 <= stride <= kernel_size`` (ValueError naming the values otherwise). ``stride == kernel_size`` is blocked
+    (window) attention.
+    """
+    n = len(depths)
+    if stride is None:
+        stride = 1
+    if isinstance(stride, int) or (_is_pair(stride) and len(stride) != n):
+        leaf = _stride_leaf(stride, kernel_size, 'stride')
+        return [[leaf] * d for d in depths]
+    if not isinstance(stride, (list, tuple)) or len(stride) != n:
+        raise ValueError(
+            f'stride {stride!r} does not match depths {list(depths)}: give an int, a pair (s_h, s_w), one entry per '
+            'stage or one list per stage with an entry per layer')
+    out = []
+    for i, (st, d) in enumerate(zip(stride, depths)):
+        if isinstance(st, (list, tuple)) and len(st) == d:
+            out.append([_stride_leaf(v, kernel_size, f'stride of stage {i} layer {j}') for j, v in enumerate(st)])
+        elif isinstance(st, int) or _is_pair(st):
+            out.append([_stride_leaf(st, kernel_size, f'stride of stage {i}')] * d)
+        else:
+            raise ValueError(f'stride of stage {i}: {st!r} is neither an int, a pair nor a list of {d} layer strides')
     return out
 
 
@@ -172,6 +221,7 @@ class NATBlock(nn.Module):
             num_heads: int,
             kernel_size: int = 7,
             dilation: int = 1,
+            stride: Union[int, Tuple[int, int]] = 1,
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             qk_scale: Optional[float] = None,
@@ -186,7 +236,8 @@ class NATBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = NeighborhoodAttention2d(
-            dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
+            dim, num_heads, kernel_size=kernel_size, stride=stride, dilation=dilation, qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
             rel_pos_bias=True, attn_drop=attn_drop, proj_drop=proj_drop, small_input=small_input)
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -211,6 +262,7 @@ class NATStage(nn.Module):
             depth: int,
             num_heads: int,
             dilations: Sequence[int],
+            strides: Optional[Sequence[Union[int, Tuple[int, int]]]] = None,
             downsample: Optional[Callable[..., nn.Module]] = None,
             drop_path: Sequence[float] = (),
             norm_layer: Type[nn.Module] = nn.LayerNorm,
@@ -221,7 +273,8 @@ class NATStage(nn.Module):
         self.downsample = downsample(dim, out_dim, norm_layer=norm_layer) if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*[
             NATBlock(
-                out_dim, num_heads, dilation=dilations[i], drop_path=drop_path[i] if drop_path else 0.,
+                out_dim, num_heads, dilation=dilations[i], stride=strides[i] if strides else 1,
+                drop_path=drop_path[i] if drop_path else 0.,
                 norm_layer=norm_layer, **block_kwargs)
             for i in range(depth)])
 
@@ -256,6 +309,7 @@ class NAT(nn.Module):
             num_heads: Sequence[int] = (2, 4, 8, 16),
             kernel_size: int = 7,
             dilations: Union[None, int, str, Sequence[Sequence[int]]] = None,
+            stride: StrideArg = None,
             mlp_ratio: float = 3.,
             qkv_bias: bool = True,
             qk_scale: Optional[float] = None,
@@ -280,6 +334,10 @@ class NAT(nn.Module):
             kernel_size: Neighborhood size (7 for all releases but the DiNAT-L 11x11 variants).
             dilations: Per-layer dilations: None (NAT), an int, a schedule name of ``NAT_DILATIONS`` (``'in1k'``,
                 ``'in1k_384'``, ``'coco'``, ``'ade20k'``, ``'ade20k_640'``) or one list per stage.
+            stride: GNA stride (``resolve_strides``): None or 1 (the released models), an int or ``(s_h, s_w)`` for
+                every layer, or per stage / per layer. Strides ``1 < s <= kernel_size`` make query groups of ``s``
+                share one window, which blocked backends compute with less masking: a speed/accuracy trade on
+                pretrained weights without fine-tuning (GNA, arXiv 2504.16922).
             mlp_ratio: MLP hidden width over the block width.
             qkv_bias: Bias of the qkv projection.
             qk_scale: Logit scale (default ``head_dim ** -0.5``).
@@ -307,6 +365,7 @@ class NAT(nn.Module):
         self.global_pool = global_pool
         self.output_fmt = 'NHWC'
         self.dilations = resolve_dilations(dilations, depths, stem_type)
+        self.strides = resolve_strides(stride, depths, kernel_size)
         num_stages = len(depths)
         dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
@@ -330,6 +389,7 @@ class NAT(nn.Module):
                 depth=depths[i],
                 num_heads=num_heads[i],
                 dilations=self.dilations[i],
+                strides=self.strides[i],
                 downsample=downsample if i > 0 else None,
                 drop_path=dpr[start:start + depths[i]],
                 norm_layer=norm_layer,
