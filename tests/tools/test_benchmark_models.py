@@ -43,3 +43,39 @@ def test_force_backend_and_sparse_macs():
     depths = (3, 4, 6, 5)
     expected = sum(d * h * (s * s) * 49 * hd * 2 for (h, hd, s), d in zip(heads_dims, depths))
     assert per_op['visionattn.gna_blocked'] == expected
+
+
+def test_models_benchmark_strides(tmp_path):
+    """--strides: stride 1 (the baseline) and the listed strides, each with the simulator's numbers; 'sim' picks
+    the strides the simulator finds perfectly block-sparse."""
+    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'strides.json'
+    bench.main(['models', '--models', 'nat_mini', '--sizes', '64', '--batch-sizes', '1', '--strides', '7',
+                '--warmup', '0', '--repeat', '1', '--threads', '1', '--out', str(out), '--no-plot'])
+    rows = json.loads(out.read_text())['results']
+    assert [r['stride'] for r in rows] == [1, 7]
+    assert not rows[0]['sim']['perfectly_block_sparse'] and rows[1]['sim']['perfectly_block_sparse']
+    assert rows[0]['measured_speedup'] == rows[0]['sim_attn_speedup'] == 1
+    assert rows[1]['sim_attn_speedup'] > 1 and rows[1]['measured_speedup'] > 0
+    assert '| 7 | yes |' in out.with_suffix('.md').read_text()
+    plan = bench.run_models.__globals__['_stride_plan']('nat_mini', (64, 64), 'sim')
+    assert list(plan) == [1, 4, 5, 6, 7]
+
+
+def test_simulated_perfect_strides_run_unmasked_in_the_blocked_backend():
+    # what the simulator calls perfectly block-sparse for the blocked tiles is what the backend runs without a mask
+    import sys
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from benchmark_models import simulate_na_layers
+
+    from visionattn.ops.neighborhood import _default_tile, _tiles
+    for size, k in ((56, 7), (28, 7), (14, 7), (33, 5), (17, 3)):
+        layer = dict(layer='x', map=[size, size], kernel_size=[k, k], dilation=[1, 1], small_input='pad', heads=1,
+                     head_dim=1)
+        for s in range(1, k + 1):
+            sim = simulate_na_layers([layer], s)
+            tile = (_default_tile(2, k, s, size),) * 2
+            mask = _tiles((size, size), (k, k), (s, s), (False, False), tile, 'cpu')[4]
+            assert sim['perfectly_block_sparse'] == (mask is None), (size, k, s)
