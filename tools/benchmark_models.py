@@ -17,7 +17,7 @@ Strided GNA (``--strides``): models with neighborhood-attention layers (NAT, DiN
 (``visionattn.ops.gna_sim``) finds perfectly block-sparse in every layer for the blocked CPU backend's tiles (its
 query tile per stride, dynamic key tiles: each query tile reads the union of its queries' windows, so the simulator
 runs with ``kv_tile=1``). Each row then carries the simulator's per-layer counts and its predicted attention speedup
-over stride 1, next to the measured one:
+over stride 1, next to the measured ones (the time in the NA layers, qkv/proj included, and the whole forward):
 
     python tools/benchmark.py models --models nat_tiny --sizes 224,512 --batch-sizes 8 --strides sim --threads 1
 """
@@ -134,6 +134,28 @@ def _stride_plan(name: str, size: Tuple[int, int], strides: str) -> Dict[int, di
     return {s: simulate_na_layers(layers, s) for s in sorted({1, *map(int, strides.split(','))})}  # 1: the baseline
 
 
+def _na_timer(model, device: str) -> List[float]:
+    """Hooks that add the wall time spent in the model's neighborhood-attention layers (qkv and proj included) to
+    the returned one-element list."""
+    from visionattn.layers.neighborhood import _NeighborhoodAttentionNd
+
+    acc, start = [0.], [0.]
+
+    def pre(mod, args):
+        sync(device)
+        start[0] = time.perf_counter()
+
+    def post(mod, args, out):
+        sync(device)
+        acc[0] += time.perf_counter() - start[0]
+
+    for m in model.modules():
+        if isinstance(m, _NeighborhoodAttentionNd):
+            m.register_forward_pre_hook(pre)
+            m.register_forward_hook(post)
+    return acc
+
+
 def _step_fn(model, x, mode: str, dtype: torch.dtype, device: str, features: bool):
     amp = dtype != torch.float32
     autocast = (lambda: torch.autocast(device, dtype=dtype)) if amp else contextlib.nullcontext
@@ -182,12 +204,14 @@ def run_models(args) -> dict:
                                     c.update(stride=stride, sim=sim)
                                 configs.append(c)
     # build each model once per (model, backend, mode); time all configurations in turn per repeat
-    runners, results = {}, []
+    runners, results, na_time = {}, [], {}
     for c in configs:
         torch.manual_seed(0)
         kwargs = {} if c.get('stride') is None else dict(stride=c['stride'])
         model = timm.create_model(c['model'], **kwargs).to(device)
         model.train(c['mode'] == 'train')
+        if c.get('stride') is not None and c['backend'] != 'compile':
+            na_time[len(results)] = _na_timer(model, device)
         if c['backend'] == 'compile':
             model = torch.compile(model)
         x = torch.randn(c['batch'], 3, *c['size'], device=device)
@@ -211,17 +235,23 @@ def run_models(args) -> dict:
         for i, r in enumerate(results):
             if r['error']:
                 continue
+            if i in na_time:
+                na_time[i][0] = 0.
             with _backend(r['backend']):
                 t0 = time.perf_counter()
                 runners[i]()
                 sync(device)
                 r['times'].append(time.perf_counter() - t0)
+            if i in na_time:
+                r.setdefault('na_times', []).append(na_time[i][0])
     for r in results:
         if r['times']:
             med = statistics.median(r['times'])
             r.update(latency_ms=round(med * 1e3, 2), spread_ms=[round(min(r['times']) * 1e3, 2),
                                                                 round(max(r['times']) * 1e3, 2)],
                      throughput=round(r['batch'] / med, 2))
+        if r.get('na_times'):
+            r['na_ms'] = round(statistics.median(r['na_times']) * 1e3, 2)
     if args.strides:
         _stride_speedups(results)
     report = dict(machine=machine_info(device), args=vars(args) | {'func': None}, results=results)
@@ -245,6 +275,8 @@ def _stride_speedups(results: List[dict]) -> None:
             continue
         r['measured_speedup'] = round(b['latency_ms'] / r['latency_ms'], 3)
         r['sim_attn_speedup'] = round(b['sim']['attn_macs_computed'] / r['sim']['attn_macs_computed'], 3)
+        if r.get('na_ms') and b.get('na_ms'):
+            r['measured_na_speedup'] = round(b['na_ms'] / r['na_ms'], 3)
 
 
 def markdown_table(results: List[dict]) -> str:
@@ -266,22 +298,24 @@ def markdown_table(results: List[dict]) -> str:
 
 def stride_table(results: List[dict]) -> str:
     lines = ['| model | input | batch | dtype | mode | stride | perfectly block-sparse (sim) | attn GMACs computed / '
-             'useful (sim) | sim attn speedup | latency ms (min-max) | img/s | measured speedup |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'useful (sim) | sim attn speedup | NA layers ms | measured NA speedup | latency ms (min-max) | img/s | '
+             'measured speedup |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in results:
         size = 'x'.join(map(str, r['size']))
         sim = r['sim']
         head = f"| `{r['model']}` | {size} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['stride']} | "
         if 'error' in sim:
-            lines.append(head + f"{sim['error']} | | | | | |")
+            lines.append(head + f"{sim['error']} | | | | | | | |")
             continue
         head += (f"{'yes' if sim['perfectly_block_sparse'] else 'no'} | {sim['attn_macs_computed'] / 1e9:.3f} / "
                  f"{sim['attn_macs_useful'] / 1e9:.3f} | {r.get('sim_attn_speedup', '')} | ")
         if r['error']:
-            lines.append(head + f"{r['error']} | | |")
+            lines.append(head + f"| | {r['error']} | | |")
             continue
         lo, hi = r['spread_ms']
-        lines.append(head + f"{r['latency_ms']:.1f} ({lo:.1f}-{hi:.1f}) | {r['throughput']:.1f} | "
+        lines.append(head + f"{r.get('na_ms', '')} | {r.get('measured_na_speedup', '')} | "
+                            f"{r['latency_ms']:.1f} ({lo:.1f}-{hi:.1f}) | {r['throughput']:.1f} | "
                             f"{r.get('measured_speedup', '')} |")
     return '\n'.join(lines) + '\n'
 
