@@ -1,4 +1,4 @@
-"""NAT, DiNAT and DiNAT_s: hierarchical transformers over (dilated) neighborhood attention.
+"""NAT, DiNAT and DiNAT_s: hierarchical transformers over (dilated) neighborhood attention; isotropic NAT/DiNAT.
 
 Papers:
     - `Neighborhood Attention Transformer` - https://arxiv.org/abs/2204.07143 (Hassani, Walton, Li, Li, Shi;
@@ -6,7 +6,7 @@ Papers:
     - `Dilated Neighborhood Attention Transformer` - https://arxiv.org/abs/2209.15001 (Hassani, Shi; 2022)
 
 Official code and weights: https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (MIT license;
-``classification/nat.py``, ``dinat.py``, ``dinats.py``). The attention runs on visionattn's GNA op
+``classification/nat.py``, ``dinat.py``, ``dinats.py``, ``isotropic.py``). The attention runs on visionattn's GNA op
 (``visionattn.ops.neighborhood``) with the NAT relative positional bias, so NATTEN is not needed.
 
 What this version adds over the official classification code: any input size, square or not (see ``small_input``
@@ -15,6 +15,12 @@ below), per-layer dilations as a constructor argument with the official downstre
 ``forward_intermediates`` returning NCHW stage maps (the maps before each downsampler, as the official detection and
 segmentation backbones take them), and a ``checkpoint_filter_fn`` that reads official classification checkpoints,
 mmdet/mmseg backbone checkpoints and the Hugging Face ``transformers`` NAT/DiNAT layout (separate q/k/v).
+
+Strided GNA: every model takes ``stride`` (an int, a pair, per stage or per layer; ``resolve_strides``), so released
+weights run with query groups sharing one window (GNA, arXiv 2504.16922): ``timm.create_model('nat_tiny', stride=7)``.
+``python tools/benchmark.py models --models nat_tiny --strides sim`` times the strides that the GNA simulator finds
+perfectly block-sparse for the blocked CPU backend. The isotropic models (``NATIsotropic``) are the DiNAT paper's
+ViT-like variants: patch-16 stem, 12 layers at one resolution, NA with dilation 1 / 2 alternating for DiNAT.
 
 Layout: NHWC inside the model; ``forward_features`` returns NHWC (``output_fmt = 'NHWC'``, like timm's Swin), the
 intermediates are NCHW. Stage ``i > 0`` starts with the downsampler that the official code runs at the end of stage
