@@ -14,20 +14,22 @@ figures).
 
 Strided GNA (``--strides``): models with neighborhood-attention layers (NAT, DiNAT, ...) are built with
 ``stride=s`` for each listed stride; ``sim`` lists stride 1 and every uniform stride that the GNA simulator
-(``visionattn.ops.gna_sim``) finds perfectly block-sparse in every layer for the blocked CPU backend's tiles (its
-query tile per stride, dynamic key tiles: each query tile reads the union of its queries' windows, so the simulator
-runs with ``kv_tile=1``). Each row then carries the simulator's per-layer counts and its predicted attention speedup
-over stride 1, next to the measured ones (the time in the NA layers, qkv/proj included, and the whole forward):
+(``visionattn.ops.gna_sim``) finds perfectly block-sparse in every layer for the blocked CPU backend's query tiles
+(dynamic key tiles: each query tile reads the union of its queries' windows, so the simulator runs with
+``kv_tile=1``); ``all`` lists every stride from 1 to the kernel size. Each row carries the simulator's per-layer
+counts and predicted attention speedup over stride 1, the blocked backend's own plan (unmasked or not, pairs it
+computes), and the measured speedups (time in the NA layers, qkv/proj included, and the whole forward):
 
     python tools/benchmark.py models --models nat_tiny --sizes 224,512 --batch-sizes 8 --strides sim --threads 1
 """
 import contextlib
 import gc
 import json
+import math
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from bench_utils import machine_info, maxrss_mib, sync, write_report
@@ -43,8 +45,9 @@ def add_models_parser(sub):
     p.add_argument('--mode', default='infer', choices=['infer', 'train', 'both'])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--strides', default='',
-                   help="comma list of GNA strides for models with neighborhood attention (e.g. 1,4,7), or 'sim': "
-                        'stride 1 and the strides the simulator finds perfectly block-sparse for the blocked backend')
+                   help="comma list of GNA strides for models with neighborhood attention (e.g. 1,4,7); 'sim': "
+                        'stride 1 and the strides the simulator finds perfectly block-sparse for the blocked backend; '
+                        "'all': 1 to kernel_size")
     p.add_argument('--features', action='store_true',
                    help='time forward_intermediates (the dense-prediction backbone path) instead of the classifier')
     p.add_argument('--warmup', type=int, default=1)
@@ -86,20 +89,40 @@ def _na_layers(model, size: Tuple[int, int]) -> List[dict]:
     return found
 
 
+def blocked_tiling(shape: Sequence[int], kernel_size: Sequence[int], stride: int) -> Tuple[List[int], bool, int]:
+    """The blocked CPU backend's own plan for one dilation group of a layer: its query tile, whether it runs without a
+    mask (every tile dense), and the (query, key) pairs it computes (halo and padding included).
+
+    Reads the backend's private tiling helpers, of which two generations exist: cost-model tiles with uniform key spans
+    (``_default_tiles`` / ``_geometry``) and per-axis stride-multiple tiles (``_default_tile`` / ``_tiles``).
+    """
+    from visionattn.ops import neighborhood as nb
+
+    n = len(shape)
+    shape, ks, st, causal = tuple(shape), tuple(kernel_size), (stride,) * n, (False,) * n
+    if hasattr(nb, '_default_tiles'):
+        tile = nb._default_tiles(shape, ks, st, causal)
+        axes, mask, _ = nb._geometry(shape, ks, st, causal, tile)
+        return list(tile), mask is None, math.prod(nt * t * span for (nt, _, _, span), t in zip(axes, tile))
+    tile = tuple(nb._default_tile(n, k, stride, length) for k, length in zip(ks, shape))
+    _, _, q_shapes, k_shapes, mask, _ = nb._tiles(shape, ks, st, causal, tile, 'cpu')
+    return list(tile), mask is None, math.prod(q[0] * q[1] * k[1] for q, k in zip(q_shapes, k_shapes))
+
+
 def simulate_na_layers(layers: List[dict], stride: int) -> dict:
     """The GNA simulator on every NA layer at a uniform ``stride``, with the blocked CPU backend's query tiles.
 
-    Per layer: the map the op sees (after the layer's small-map padding/clamping), the query tile, whether the
-    pattern is perfectly block-sparse (no masked pair computed), key tiles (= keys, ``kv_tile=1``) per query tile and
-    the (query, key) pairs computed vs attended. Summed over layers (times heads x head_dim): the attention MACs a
-    tile kernel computes and the useful ones.
+    Per layer: the map the op sees (after the layer's small-map padding/clamping), the backend's query tile (of one
+    dilation group), the simulator's verdict (``perfectly_block_sparse``: every query tile reads exactly its
+    queries' common window, so no masked pair; the simulator runs with ``kv_tile=1``, i.e. dynamic key tiles: a tile
+    kernel reading the union of its queries' windows), key tiles (= keys) per query tile and the pairs such a kernel
+    computes vs the attended ones; next to it the blocked backend's own plan (``backend_unmasked``,
+    ``backend_pairs``: its key spans are uniform over the tiles, so border clamping can leave it a mask where the
+    simulator sees none). Summed over layers (times heads x head_dim x 2): attention MACs computed and useful.
     """
-    import math
-
     from visionattn.ops.gna_sim import simulate_gna
-    from visionattn.ops.neighborhood import _default_tile  # the blocked backend's query tile rule
 
-    rows, computed, useful = [], 0, 0
+    rows, computed, useful, backend = [], 0, 0, 0
     for ly in layers:
         ks, ds = ly['kernel_size'], list(ly['dilation'])
         if ly['small_input'] == 'clamp':
@@ -107,30 +130,41 @@ def simulate_na_layers(layers: List[dict], stride: int) -> dict:
         shape = [max(s, k * d) for s, k, d in zip(ly['map'], ks, ds)]
         if any(stride > k for k in ks):
             return dict(error=f'stride {stride} > kernel_size {ks}')
-        q_tile = [_default_tile(len(shape), k, stride, math.ceil(s / d)) for k, s, d in zip(ks, shape, ds)]
+        group = [math.ceil(s / d) for s, d in zip(shape, ds)]  # the backend folds dilation groups into the batch
+        q_tile, unmasked, pairs_group = blocked_tiling(group, ks, stride)
         sim = simulate_gna(shape, ks, stride, ds, False, q_tile, 1)
         pairs = sim.visited_tile_pairs * math.prod(q_tile)
+        backend_pairs = pairs_group * math.prod(ds)
         rows.append(dict(layer=ly['layer'], map=shape, dilation=ds, q_tile=q_tile,
                          perfectly_block_sparse=sim.perfectly_block_sparse,
                          keys_per_q_tile=round(sim.kv_tiles_per_q_tile, 2), computed_pairs=pairs,
-                         attended_pairs=sim.attended_pairs))
-        computed += 2 * pairs * ly['heads'] * ly['head_dim']
-        useful += 2 * sim.attended_pairs * ly['heads'] * ly['head_dim']
-    return dict(perfectly_block_sparse=all(r['perfectly_block_sparse'] for r in rows), attn_macs_computed=computed,
-                attn_macs_useful=useful, layers=rows)
+                         attended_pairs=sim.attended_pairs, backend_unmasked=unmasked, backend_pairs=backend_pairs))
+        scale = 2 * ly['heads'] * ly['head_dim']
+        computed += scale * pairs
+        useful += scale * sim.attended_pairs
+        backend += scale * backend_pairs
+    return dict(perfectly_block_sparse=all(r['perfectly_block_sparse'] for r in rows),
+                backend_unmasked=all(r['backend_unmasked'] for r in rows), attn_macs_computed=computed,
+                attn_macs_useful=useful, attn_macs_backend=backend, layers=rows)
 
 
 def _stride_plan(name: str, size: Tuple[int, int], strides: str) -> Dict[int, dict]:
-    """``{stride: simulator report}`` for one model and size (``strides``: comma list of ints or 'sim')."""
+    """``{stride: simulator report}`` for one model and size (``strides``: comma list of ints, 'sim' or 'all')."""
     import timm
 
     layers = _na_layers(timm.create_model(name), size)
     if not layers:
         raise ValueError(f'{name} has no neighborhood-attention layers for --strides')
-    if strides == 'sim':
+    if strides in ('sim', 'all'):
         kmax = min(min(ly['kernel_size']) for ly in layers)
         sims = {s: simulate_na_layers(layers, s) for s in range(1, kmax + 1)}
-        return {s: r for s, r in sims.items() if s == 1 or r['perfectly_block_sparse']}
+        if strides == 'all':
+            return sims
+        plan = {s: r for s, r in sims.items() if s == 1 or r['perfectly_block_sparse']}
+        if len(plan) == 1:
+            print(f'{name} at {size}: no uniform stride is perfectly block-sparse in every layer for the blocked '
+                  "tiles (see --strides all)")
+        return plan
     return {s: simulate_na_layers(layers, s) for s in sorted({1, *map(int, strides.split(','))})}  # 1: the baseline
 
 
@@ -275,6 +309,7 @@ def _stride_speedups(results: List[dict]) -> None:
             continue
         r['measured_speedup'] = round(b['latency_ms'] / r['latency_ms'], 3)
         r['sim_attn_speedup'] = round(b['sim']['attn_macs_computed'] / r['sim']['attn_macs_computed'], 3)
+        r['backend_attn_speedup'] = round(b['sim']['attn_macs_backend'] / r['sim']['attn_macs_backend'], 3)
         if r.get('na_ms') and b.get('na_ms'):
             r['measured_na_speedup'] = round(b['na_ms'] / r['na_ms'], 3)
 
@@ -298,18 +333,20 @@ def markdown_table(results: List[dict]) -> str:
 
 def stride_table(results: List[dict]) -> str:
     lines = ['| model | input | batch | dtype | mode | stride | perfectly block-sparse (sim) | attn GMACs computed / '
-             'useful (sim) | sim attn speedup | NA layers ms | measured NA speedup | latency ms (min-max) | img/s | '
-             'measured speedup |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'useful (sim) | sim attn speedup | blocked backend: unmasked, attn GMACs (speedup) | NA layers ms | '
+             'measured NA speedup | latency ms (min-max) | img/s | measured speedup |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in results:
         size = 'x'.join(map(str, r['size']))
         sim = r['sim']
         head = f"| `{r['model']}` | {size} | {r['batch']} | {r['dtype']} | {r['mode']} | {r['stride']} | "
         if 'error' in sim:
-            lines.append(head + f"{sim['error']} | | | | | | | |")
+            lines.append(head + f"{sim['error']} | | | | | | | | |")
             continue
         head += (f"{'yes' if sim['perfectly_block_sparse'] else 'no'} | {sim['attn_macs_computed'] / 1e9:.3f} / "
-                 f"{sim['attn_macs_useful'] / 1e9:.3f} | {r.get('sim_attn_speedup', '')} | ")
+                 f"{sim['attn_macs_useful'] / 1e9:.3f} | {r.get('sim_attn_speedup', '')} | "
+                 f"{'yes' if sim['backend_unmasked'] else 'no'}, {sim['attn_macs_backend'] / 1e9:.3f} "
+                 f"({r.get('backend_attn_speedup', '')}) | ")
         if r['error']:
             lines.append(head + f"| | {r['error']} | | |")
             continue
