@@ -6,6 +6,12 @@ natten 0.14's get_window_start/get_pb_start), reduced-width configs taking every
 layer scale on and off, kernels 3 and 5, dilations up to 6, padded small maps, odd patch merging, non-square input),
 every parameter perturbed with seeded noise. Each holds the official float32 state dict, the input, and the official
 logits and stage maps (NCHW, before each downsampler) computed in float64 and in float32.
+
+tests/fixtures/nat_isotropic*.safetensors: the official isotropic NAT/DiNAT (classification/isotropic.py @ d334f5b) run
+with a NATTEN 0.14.6 stand-in (NeighborhoodAttention2D with natten 0.14's window/rpb start rules and pad-and-crop),
+checked first to reproduce the NAT fixtures above exactly; 8x8 maps (patch 8), kernel 3 with dilation 2 and kernel 5
+with dilation 2 (padded to 10x10), non-square inputs that the official patch embedding pads to 64x64, every parameter
+perturbed; logits and every block's map (NCHW) in float64 and float32.
 """
 import functools
 import json
@@ -19,7 +25,14 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from visionattn.layers import NeighborhoodAttention2d
-from visionattn.models.nat import NAT, NAT_DILATIONS, checkpoint_filter_fn, resolve_dilations
+from visionattn.models.nat import (
+    NAT,
+    NAT_DILATIONS,
+    NATIsotropic,
+    checkpoint_filter_fn,
+    resolve_dilations,
+    resolve_strides,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures'
 NAMES = ('nat_conv_ls', 'nat_conv', 'nat_patch')
@@ -242,3 +255,117 @@ def test_clamp_equals_pad_when_maps_are_large_enough():
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
+
+
+# --- strided GNA (stride > 1 on pretrained weights) ------------------------------------------------------------------
+
+def test_stride_one_is_the_released_model():
+    cfg, sd, t = _load('nat_conv_ls')
+    x = t['input'].double()
+    for stride in (None, 1, (1, 1), [1, 1, 1, 1]):
+        out, _ = _run(_ours(dict(cfg, stride=stride), sd, torch.float64), x)
+        assert (out - t['logits.float64']).abs().max() <= 1e-6, stride
+
+
+def _set_backend(model, backend):
+    for m in model.modules():
+        if isinstance(m, NeighborhoodAttention2d):
+            m.backend = backend
+    return model
+
+
+@pytest.mark.parametrize('small_input', ('pad', 'clamp'))
+def test_stride_equals_reference_backend(small_input):
+    # every layer a different (per-axis) stride, with dilations and rpb, on a non-square non-divisible input
+    torch.manual_seed(0)
+    depths = (2, 2, 3, 1)
+    stride = [[(2, 3), 5], [3, (1, 4)], [(5, 5), 2, (3, 1)], 4]
+    model = NAT(embed_dim=16, depths=depths, num_heads=(1, 2, 2, 4), kernel_size=5, dilations=[[1, 2], [1, 2], [
+        1, 2, 1], [1]], stride=stride, small_input=small_input, num_classes=7).eval().double()
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.1)  # rpb and norms away from their init
+    assert [b.attn.stride for b in model.stages[2].blocks] == [(5, 5), (2, 2), (3, 1)]
+    x = torch.randn(2, 3, 123, 93, dtype=torch.float64)
+    with torch.no_grad():
+        out, feats = model.forward_intermediates(x)
+        ref_out, ref_feats = _set_backend(model, 'reference').forward_intermediates(x)
+    for a, b in zip([out] + feats, [ref_out] + ref_feats):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    _set_backend(model, 'auto')
+    with torch.no_grad():
+        plain = NAT(embed_dim=16, depths=depths, num_heads=(1, 2, 2, 4), kernel_size=5, dilations=[[1, 2], [1, 2], [
+            1, 2, 1], [1]], small_input=small_input, num_classes=7).eval().double()
+        plain.load_state_dict(model.state_dict())
+        assert (plain(x) - model(x)).abs().max() > 1e-3  # the stride changes the function
+
+
+@pytest.mark.parametrize('stride', (2, 7))
+def test_stride_odd_sizes(stride):
+    model = timm.create_model('dinat_mini', stride=stride, embed_dim=8, num_heads=(1, 1, 2, 2), num_classes=5).eval()
+    for h, w in ((97, 61), (33, 130), (17, 23), (40, 40)):
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, h, w))
+        assert out.shape == (1, 5) and torch.isfinite(out).all(), (h, w)
+
+
+def test_stride_validation():
+    tiny = (3, 4, 18, 5)
+    assert resolve_strides(None, tiny) == resolve_strides(1, tiny) == [[(1, 1)] * n for n in tiny]
+    assert resolve_strides((2, 3), tiny)[3] == [(2, 3)] * 5
+    assert resolve_strides([1, 2, 3, 7], tiny)[2] == [(3, 3)] * 18
+    assert resolve_strides([1, 1, [2, 3] * 9, (1, 7)], tiny)[2][:3] == [(2, 2), (3, 3), (2, 2)]
+    assert resolve_strides([[1, 2], 1], (2, 1)) == [[(1, 1), (2, 2)], [(1, 1)]]  # per layer before a pair
+    assert resolve_strides([(1, 2), 1], (2, 1)) == [[(1, 1), (2, 2)], [(1, 1)]]
+    assert resolve_strides([[(1, 2), (1, 2)], 1], (2, 1)) == [[(1, 2), (1, 2)], [(1, 1)]]
+    for bad, match in ((0, 'stride 0'), (8, 'stride 8 .*kernel_size = 7'), ((1, 9), r'\(1, 9\)'),
+                       ([1, 2, 3], 'does not match depths'), (2.5, 'does not match depths'),
+                       ([1, 1, [2] * 17, 1], 'stage 2'), ([1, 1, 1, [1, 8, 1, 1, 1]], 'stage 3 layer 1: stride 8')):
+        with pytest.raises(ValueError, match=match):
+            resolve_strides(bad, tiny)
+    with pytest.raises(ValueError, match='stride 6 .*kernel_size = 5'):
+        timm.create_model('nat_mini', kernel_size=5, stride=6)
+    with pytest.raises(ValueError, match=r'stride \(2, 4\) for kernel_size \(3, 3\)'):
+        NeighborhoodAttention2d(16, 2, kernel_size=3, stride=(2, 4))
+
+
+# --- isotropic NAT / DiNAT --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ('nat_isotropic', 'nat_isotropic_pad'))
+def test_isotropic_official_fidelity(name):
+    with safe_open(str(FIXTURES / f'{name}.safetensors'), 'pt') as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta['config'])
+    sd = {k[len('state_dict.'):]: v for k, v in t.items() if k.startswith('state_dict.')}
+    n_blocks = sum(k.startswith('block') and k.endswith('float64') for k in t)
+    assert n_blocks == cfg['depth']
+    diffs = {}
+    for dtype in (torch.float64, torch.float32):
+        model = NATIsotropic(**cfg).eval().to(dtype)
+        model.load_state_dict(checkpoint_filter_fn({'model': sd}, model))
+        with torch.no_grad():
+            logits, blocks = model.forward_intermediates(t['input'].to(dtype))
+            logits = model.forward_head(logits)
+        diffs[dtype] = max([(logits.double() - t['logits.float64']).abs().max().item()] + [
+            (b.double() - t[f'block{i}.float64']).abs().max().item() for i, b in enumerate(blocks)])
+    own32 = float(meta['official_f32_vs_f64'])
+    assert diffs[torch.float64] <= 1e-6, diffs
+    assert diffs[torch.float32] <= max(2 * own32, 1e-5) and diffs[torch.float32] <= 1e-3, (diffs, own32)
+
+
+def test_isotropic_variants_and_dilations():
+    model = timm.create_model('dinat_isotropic_small', embed_dim=24, num_heads=2, depth=4).eval()
+    assert [b.attn.dilation for b in model.blocks] == [(1, 1), (2, 2), (1, 1), (2, 2)]
+    assert model.feature_info[-1] == dict(num_chs=24, reduction=16, module='blocks.3')
+    assert [b.attn.dilation[0] for b in NATIsotropic(depth=3, dilations=[3, 1, 2], embed_dim=8, num_heads=1).blocks] \
+        == [3, 1, 2]
+    strided = timm.create_model('nat_isotropic_small', embed_dim=24, num_heads=2, depth=4, stride=[1, 2, 7, (3, 1)])
+    assert [b.attn.stride for b in strided.blocks] == [(1, 1), (2, 2), (7, 7), (3, 1)]
+    with pytest.raises(ValueError, match='stride 8'):
+        NATIsotropic(depth=2, embed_dim=8, num_heads=1, stride=8)
+    with pytest.raises(ValueError, match='dilations must be 2 ints'):
+        NATIsotropic(depth=2, embed_dim=8, num_heads=1, dilations=[1])
+    # the official model is fixed to 224: ours takes any size (14x14 maps at 224, the official ones)
+    with torch.no_grad():
+        for h, w in ((224, 224), (97, 61), (17, 23)):
+            assert model(torch.randn(1, 3, h, w)).shape == (1, 1000)

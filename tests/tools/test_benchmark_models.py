@@ -43,3 +43,43 @@ def test_force_backend_and_sparse_macs():
     depths = (3, 4, 6, 5)
     expected = sum(d * h * (s * s) * 49 * hd * 2 for (h, hd, s), d in zip(heads_dims, depths))
     assert per_op['visionattn.gna_blocked'] == expected
+
+
+def test_models_benchmark_strides(tmp_path):
+    """--strides: stride 1 (the baseline) and the listed strides, each with the simulator's numbers; 'sim' picks
+    the strides the simulator finds perfectly block-sparse."""
+    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'strides.json'
+    bench.main(['models', '--models', 'nat_mini', '--sizes', '56', '--batch-sizes', '1', '--strides', '7',
+                '--warmup', '0', '--repeat', '1', '--threads', '1', '--out', str(out), '--no-plot'])
+    rows = json.loads(out.read_text())['results']
+    assert [r['stride'] for r in rows] == [1, 7]
+    assert not rows[0]['sim']['perfectly_block_sparse'] and rows[1]['sim']['perfectly_block_sparse']
+    assert rows[0]['measured_speedup'] == rows[0]['sim_attn_speedup'] == 1
+    assert rows[1]['sim_attn_speedup'] > 1 and rows[1]['measured_speedup'] > 0
+    assert rows[1]['attn_op_ms'] > 0 and rows[1]['measured_attn_op_speedup'] > 0
+    assert '| 7 | yes |' in out.with_suffix('.md').read_text()
+    plan = bench.run_models.__globals__['_stride_plan']('nat_mini', (56, 56), 'sim')
+    assert list(plan)[0] == 1 and 7 in plan and all(r['perfectly_block_sparse'] for r in list(plan.values())[1:])
+
+
+def test_simulator_and_blocked_backend_agree_on_unmasked_strides():
+    # what the blocked backend runs without a mask the simulator calls perfectly block-sparse (the converse can fail:
+    # the backend's key spans are uniform over tiles); window attention (stride = kernel) on NAT's maps is both
+    import sys
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from benchmark_models import simulate_na_layers
+
+    for size, k in ((56, 7), (28, 7), (14, 7), (7, 7), (33, 5), (17, 3), (32, 4)):
+        layer = dict(layer='x', map=[size, size], kernel_size=[k, k], dilation=[1, 1], small_input='pad', heads=2,
+                     head_dim=4)
+        for s in range(1, k + 1):
+            sim = simulate_na_layers([layer], s)
+            assert sim['perfectly_block_sparse'] or not sim['backend_unmasked'], (size, k, s)
+            row = sim['layers'][0]
+            assert row['attended_pairs'] == (size * k) ** 2
+            assert row['backend_pairs'] >= row['attended_pairs'] and row['computed_pairs'] >= row['attended_pairs']
+        if k == 7 and size % 7 == 0:  # NAT's maps at 224
+            assert simulate_na_layers([layer], 7)['backend_unmasked'], size

@@ -74,6 +74,14 @@ class _NeighborhoodAttentionNd(nn.Module):
         self.stride = _tup(stride, n)
         self.dilation = _tup(dilation, n)
         self.is_causal = _tup(is_causal, n)
+        if len(self.kernel_size) != n or len(self.stride) != n or len(self.dilation) != n:
+            raise ValueError(
+                f'kernel_size {kernel_size}, stride {stride}, dilation {dilation}: one value or {n} per axis')
+        for k, s in zip(self.kernel_size, self.stride):
+            if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= k:
+                raise ValueError(
+                    f'stride must be an int with 1 <= stride <= kernel_size per axis, got stride {self.stride} for '
+                    f'kernel_size {self.kernel_size}')
         self.small_input = small_input
         self.backend = backend
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)

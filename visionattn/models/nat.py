@@ -1,4 +1,4 @@
-"""NAT, DiNAT and DiNAT_s: hierarchical transformers over (dilated) neighborhood attention.
+"""NAT, DiNAT and DiNAT_s: hierarchical transformers over (dilated) neighborhood attention; isotropic NAT/DiNAT.
 
 Papers:
     - `Neighborhood Attention Transformer` - https://arxiv.org/abs/2204.07143 (Hassani, Walton, Li, Li, Shi;
@@ -6,7 +6,7 @@ Papers:
     - `Dilated Neighborhood Attention Transformer` - https://arxiv.org/abs/2209.15001 (Hassani, Shi; 2022)
 
 Official code and weights: https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (MIT license;
-``classification/nat.py``, ``dinat.py``, ``dinats.py``). The attention runs on visionattn's GNA op
+``classification/nat.py``, ``dinat.py``, ``dinats.py``, ``isotropic.py``). The attention runs on visionattn's GNA op
 (``visionattn.ops.neighborhood``) with the NAT relative positional bias, so NATTEN is not needed.
 
 What this version adds over the official classification code: any input size, square or not (see ``small_input``
@@ -15,6 +15,12 @@ below), per-layer dilations as a constructor argument with the official downstre
 ``forward_intermediates`` returning NCHW stage maps (the maps before each downsampler, as the official detection and
 segmentation backbones take them), and a ``checkpoint_filter_fn`` that reads official classification checkpoints,
 mmdet/mmseg backbone checkpoints and the Hugging Face ``transformers`` NAT/DiNAT layout (separate q/k/v).
+
+Strided GNA: every model takes ``stride`` (an int, a pair, per stage or per layer; ``resolve_strides``), so released
+weights run with query groups sharing one window (GNA, arXiv 2504.16922): ``timm.create_model('nat_tiny', stride=7)``.
+``python tools/benchmark.py models --models nat_tiny --strides sim`` times the strides that the GNA simulator finds
+perfectly block-sparse for the blocked CPU backend. The isotropic models (``NATIsotropic``) are the DiNAT paper's
+ViT-like variants: patch-16 stem, 12 layers at one resolution, NA with dilation 1 / 2 alternating for DiNAT.
 
 Layout: NHWC inside the model; ``forward_features`` returns NHWC (``output_fmt = 'NHWC'``, like timm's Swin), the
 intermediates are NCHW. Stage ``i > 0`` starts with the downsampler that the official code runs at the end of stage
@@ -30,14 +36,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models._manipulate import checkpoint, checkpoint_seq
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
 
-__all__ = ['NAT', 'NAT_DILATIONS']
+__all__ = ['NAT', 'NATIsotropic', 'NAT_DILATIONS', 'resolve_dilations', 'resolve_strides']
 
 _NAT_PAPER = dict(paper_ids='arXiv:2204.07143', paper_name='Neighborhood Attention Transformer')
 _DINAT_PAPER = dict(paper_ids='arXiv:2209.15001', paper_name='Dilated Neighborhood Attention Transformer')
@@ -96,6 +102,55 @@ def resolve_dilations(
             f'dilations {dilations} do not match depths {list(depths)} (one list per stage, one entry per layer)')
     if any(not isinstance(d, int) or d < 1 for s in out for d in s):
         raise ValueError(f'dilations must be ints >= 1, got {dilations}')
+    return out
+
+
+StrideArg = Union[None, int, Sequence[Union[int, Sequence[Union[int, Sequence[int]]]]]]
+
+
+def _stride_leaf(s, kernel_size: int, where: str) -> Tuple[int, int]:
+    """One layer's stride as ``(s_h, s_w)`` from an int or a pair; ValueError unless ``1 <= s <= kernel_size``."""
+    t = (s, s) if isinstance(s, int) and not isinstance(s, bool) else tuple(s) if isinstance(s, (list, tuple)) else ()
+    if len(t) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in t):
+        raise ValueError(f'{where}: stride must be an int or a pair (s_h, s_w) of ints, got {s!r}')
+    if not all(1 <= v <= kernel_size for v in t):
+        raise ValueError(
+            f'{where}: stride {s!r} out of range, GNA needs 1 <= stride <= kernel_size = {kernel_size} per axis')
+    return t
+
+
+def _is_pair(s) -> bool:
+    return isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) for v in s)
+
+
+def resolve_strides(stride: StrideArg, depths: Sequence[int], kernel_size: int = 7) -> List[List[Tuple[int, int]]]:
+    """Per-layer GNA strides ``[[(s_h, s_w), ...] per stage]``.
+
+    ``stride`` is None (1, plain neighborhood attention), an int or a pair ``(s_h, s_w)`` for every layer, or one
+    entry per stage; a stage entry is an int or pair for the whole stage, or a list with one int or pair per layer.
+    A sequence whose length equals the number of stages (of a stage: its depth) is read as per stage (per layer)
+    before a pair; the per-layer form with pairs is never ambiguous. Each value must satisfy
+    ``1 <= stride <= kernel_size`` (ValueError naming the values otherwise). ``stride == kernel_size`` is blocked
+    (window) attention.
+    """
+    n = len(depths)
+    if stride is None:
+        stride = 1
+    if isinstance(stride, int) or (_is_pair(stride) and len(stride) != n):
+        leaf = _stride_leaf(stride, kernel_size, 'stride')
+        return [[leaf] * d for d in depths]
+    if not isinstance(stride, (list, tuple)) or len(stride) != n:
+        raise ValueError(
+            f'stride {stride!r} does not match depths {list(depths)}: give an int, a pair (s_h, s_w), one entry per '
+            'stage or one list per stage with an entry per layer')
+    out = []
+    for i, (st, d) in enumerate(zip(stride, depths)):
+        if isinstance(st, (list, tuple)) and len(st) == d:
+            out.append([_stride_leaf(v, kernel_size, f'stride of stage {i} layer {j}') for j, v in enumerate(st)])
+        elif isinstance(st, int) or _is_pair(st):
+            out.append([_stride_leaf(st, kernel_size, f'stride of stage {i}')] * d)
+        else:
+            raise ValueError(f'stride of stage {i}: {st!r} is neither an int, a pair nor a list of {d} layer strides')
     return out
 
 
@@ -172,6 +227,7 @@ class NATBlock(nn.Module):
             num_heads: int,
             kernel_size: int = 7,
             dilation: int = 1,
+            stride: Union[int, Tuple[int, int]] = 1,
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             qk_scale: Optional[float] = None,
@@ -186,7 +242,8 @@ class NATBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = NeighborhoodAttention2d(
-            dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
+            dim, num_heads, kernel_size=kernel_size, stride=stride, dilation=dilation, qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
             rel_pos_bias=True, attn_drop=attn_drop, proj_drop=proj_drop, small_input=small_input)
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -211,6 +268,7 @@ class NATStage(nn.Module):
             depth: int,
             num_heads: int,
             dilations: Sequence[int],
+            strides: Optional[Sequence[Union[int, Tuple[int, int]]]] = None,
             downsample: Optional[Callable[..., nn.Module]] = None,
             drop_path: Sequence[float] = (),
             norm_layer: Type[nn.Module] = nn.LayerNorm,
@@ -221,7 +279,8 @@ class NATStage(nn.Module):
         self.downsample = downsample(dim, out_dim, norm_layer=norm_layer) if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*[
             NATBlock(
-                out_dim, num_heads, dilation=dilations[i], drop_path=drop_path[i] if drop_path else 0.,
+                out_dim, num_heads, dilation=dilations[i], stride=strides[i] if strides else 1,
+                drop_path=drop_path[i] if drop_path else 0.,
                 norm_layer=norm_layer, **block_kwargs)
             for i in range(depth)])
 
@@ -256,6 +315,7 @@ class NAT(nn.Module):
             num_heads: Sequence[int] = (2, 4, 8, 16),
             kernel_size: int = 7,
             dilations: Union[None, int, str, Sequence[Sequence[int]]] = None,
+            stride: StrideArg = None,
             mlp_ratio: float = 3.,
             qkv_bias: bool = True,
             qk_scale: Optional[float] = None,
@@ -280,6 +340,10 @@ class NAT(nn.Module):
             kernel_size: Neighborhood size (7 for all releases but the DiNAT-L 11x11 variants).
             dilations: Per-layer dilations: None (NAT), an int, a schedule name of ``NAT_DILATIONS`` (``'in1k'``,
                 ``'in1k_384'``, ``'coco'``, ``'ade20k'``, ``'ade20k_640'``) or one list per stage.
+            stride: GNA stride (``resolve_strides``): None or 1 (the released models), an int or ``(s_h, s_w)`` for
+                every layer, or per stage / per layer. Strides ``1 < s <= kernel_size`` make query groups of ``s``
+                share one window, which blocked backends compute with less masking: a speed/accuracy trade on
+                pretrained weights without fine-tuning (GNA, arXiv 2504.16922).
             mlp_ratio: MLP hidden width over the block width.
             qkv_bias: Bias of the qkv projection.
             qk_scale: Logit scale (default ``head_dim ** -0.5``).
@@ -307,6 +371,7 @@ class NAT(nn.Module):
         self.global_pool = global_pool
         self.output_fmt = 'NHWC'
         self.dilations = resolve_dilations(dilations, depths, stem_type)
+        self.strides = resolve_strides(stride, depths, kernel_size)
         num_stages = len(depths)
         dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
@@ -330,6 +395,7 @@ class NAT(nn.Module):
                 depth=depths[i],
                 num_heads=num_heads[i],
                 dilations=self.dilations[i],
+                strides=self.strides[i],
                 downsample=downsample if i > 0 else None,
                 drop_path=dpr[start:start + depths[i]],
                 norm_layer=norm_layer,
@@ -350,7 +416,8 @@ class NAT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    def _init_weights(self, m: nn.Module) -> None:
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
@@ -461,6 +528,185 @@ class NAT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class NATIsotropic(nn.Module):
+    """Isotropic NAT / DiNAT (DiNAT paper, the ViT-like ablation models; official ``classification/isotropic.py``).
+
+    A ViT layout without class token or position embedding: a ``patch_size`` patchify convolution with LayerNorm
+    (inputs padded bottom/right to a multiple of it), ``depth`` NAT blocks at one resolution, LayerNorm, average pool,
+    linear head. The official ``dilation`` argument alternates per layer: layers 0, 2, 4, ... use dilation 1, the
+    others ``dilation`` (NAT-iso: 1, DiNAT-iso: 2). The official model is fixed to 224 x 224; this one takes any size
+    (``small_input`` as in ``NAT``). Features: every block's map (stride ``patch_size``), as timm's ViTs.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            patch_size: int = 16,
+            embed_dim: int = 384,
+            depth: int = 12,
+            num_heads: int = 12,
+            kernel_size: int = 7,
+            dilation: int = 1,
+            dilations: Optional[Sequence[int]] = None,
+            stride: StrideArg = None,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            small_input: str = 'pad',
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+    ):
+        """
+        Args:
+            in_chans: Input image channels.
+            num_classes: Classes of the head (0 for none).
+            global_pool: ``'avg'`` or ``''`` (no pooling).
+            patch_size: Patch size of the stem (16 for the releases).
+            embed_dim: Width.
+            depth: Layers.
+            num_heads: Attention heads.
+            kernel_size: Neighborhood size.
+            dilation: Dilation of the odd layers (the official rule: even layers 1, odd layers ``dilation``).
+            dilations: Explicit per-layer dilations (overrides ``dilation``).
+            stride: GNA stride: None or 1 (the released models), an int or ``(s_h, s_w)`` for every layer, or one
+                entry per layer; ``1 <= stride <= kernel_size``.
+            mlp_ratio: MLP hidden width over the width.
+            qkv_bias: Bias of the qkv projection.
+            qk_scale: Logit scale (default ``head_dim ** -0.5``).
+            small_input: ``'pad'`` or ``'clamp'`` for maps smaller than kernel x dilation (see ``NAT``).
+            drop_rate: Dropout before the classifier.
+            proj_drop_rate: Dropout after the stem, the attention projection and in the MLP (official ``drop_rate``).
+            attn_drop_rate: Dropout on attention probabilities.
+            drop_path_rate: Stochastic depth, increasing linearly over the layers.
+            act_layer: MLP activation.
+            norm_layer: Norm layer.
+        """
+        super().__init__()
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if small_input not in _SMALL_INPUT:
+            raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.output_fmt = 'NHWC'
+        self.grad_checkpointing = False
+        self.num_features = self.head_hidden_size = embed_dim
+        self.dilations = list(dilations) if dilations is not None else [
+            1 if i % 2 == 0 else dilation for i in range(depth)]
+        if len(self.dilations) != depth or any(not isinstance(d, int) or d < 1 for d in self.dilations):
+            raise ValueError(f'dilations must be {depth} ints >= 1 (one per layer), got {self.dilations}')
+        per_layer = isinstance(stride, (list, tuple)) and len(stride) == depth and depth != 2
+        self.strides = resolve_strides([list(stride)] if per_layer else stride, (depth,), kernel_size)[0]
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer=norm_layer, patch_size=patch_size)
+        self.pos_drop = nn.Dropout(p=proj_drop_rate)
+        dpr = drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.Sequential(*[
+            NATBlock(
+                embed_dim, num_heads, kernel_size=kernel_size, dilation=self.dilations[i], stride=self.strides[i],
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate, drop_path=dpr[i], act_layer=act_layer, norm_layer=norm_layer,
+                small_input=small_input)
+            for i in range(depth)])
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
+        self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(NAT._init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    reset_classifier = NAT.reset_classifier
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the selected blocks' maps.
+
+        Args:
+            x: Input images ``[B, C, H, W]``.
+            indices: Take the last n blocks if int, all if None, the listed block indices if a sequence.
+            norm: Apply the final norm to the intermediates.
+            stop_early: Stop after the last block needed.
+            output_fmt: ``'NCHW'`` or ``'NHWC'``.
+            intermediates_only: Return only the intermediates.
+
+        Returns:
+            ``(features, intermediates)`` or only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
+        blocks = self.blocks if not stop_early and not torch.jit.is_scripting() else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    forward_head = NAT.forward_head
+    forward = NAT.forward
+
+
 def _split_hf_key(k: str, v: torch.Tensor, out: dict, pending: dict) -> None:
     """Map one Hugging Face ``transformers`` Nat/Dinat key; q/k/v wait in ``pending`` to be fused."""
     k = k.replace('embeddings.patch_embeddings.projection.', 'patch_embed.proj.')
@@ -495,8 +741,8 @@ def _split_hf_key(k: str, v: torch.Tensor, out: dict, pending: dict) -> None:
     out[k] = v
 
 
-def checkpoint_filter_fn(state_dict: dict, model: NAT) -> dict:
-    """Convert an official NAT/DiNAT/DiNAT_s checkpoint to this model.
+def checkpoint_filter_fn(state_dict: dict, model: Union[NAT, NATIsotropic]) -> dict:
+    """Convert an official NAT/DiNAT/DiNAT_s (or isotropic NAT/DiNAT) checkpoint to this model.
 
     Accepts raw state dicts and training dicts (``'model'``/``'state_dict'``/``'model_ema'``), official
     classification keys (``levels.i`` for NAT/DiNAT, ``layers.i`` for DiNAT_s, ``gamma1``/``gamma2`` layer scale),
@@ -506,6 +752,8 @@ def checkpoint_filter_fn(state_dict: dict, model: NAT) -> dict:
     DiNAT-L weights were made from the 7x7 ones).
     """
     state_dict = unwrap_state_dict(state_dict)
+    if isinstance(model, NATIsotropic):  # official isotropic.py: layers.{i} -> blocks.{i}
+        return {('blocks.' + k[len('layers.'):] if k.startswith('layers.') else k): v for k, v in state_dict.items()}
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
     hf = any(k.startswith(('nat.', 'dinat.', 'embeddings.patch_embeddings.')) for k in state_dict)
@@ -552,6 +800,18 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
     )
 
 
+def _create_nat_isotropic(variant: str, pretrained: bool = False, **kwargs) -> NATIsotropic:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model(
+        NATIsotropic,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
 def _cfg(url: str = '', paper: Optional[dict] = None, **kwargs) -> dict:
     return {
         'url': url,
@@ -573,6 +833,9 @@ _nat_cfg = partial(_cfg, paper=_NAT_PAPER)
 # DiNAT_s: patch stem. The code's URLs are used; classification/DiNAT.md links the same files without 'in'
 # (dinat_s_*_1k_224.pth).
 _dinat_s_cfg = partial(_cfg, first_conv='patch_embed.proj')
+# isotropic NAT/DiNAT (DiNAT paper): patch 16 stem, 14x14 maps at 224
+_iso_cfg = partial(_cfg, first_conv='patch_embed.proj', pool_size=(14, 14))
+_ISO_URL = _DINAT_URL + 'isotropic/'
 
 default_cfgs = generate_default_cfgs({
     'nat_mini.in1k': _nat_cfg(url=_NAT_URL + 'nat_mini.pth'),
@@ -592,6 +855,10 @@ default_cfgs = generate_default_cfgs({
     'dinat_large_11x11_384.in22k': _cfg(
         url=_DINAT_URL + 'imagenet22k/dinat_large_in22k_224_11x11interp.pth', **_in22k,
         input_size=(3, 224, 224), pool_size=(7, 7)),
+    'nat_isotropic_small.in1k': _iso_cfg(url=_ISO_URL + 'nat_isotropic_small_in1k_224.pth'),
+    'nat_isotropic_base.in1k': _iso_cfg(url=_ISO_URL + 'nat_isotropic_base_in1k_224.pth'),
+    'dinat_isotropic_small.in1k': _iso_cfg(url=_ISO_URL + 'dinat_isotropic_small_in1k_224.pth'),
+    'dinat_isotropic_base.in1k': _iso_cfg(url=_ISO_URL + 'dinat_isotropic_base_in1k_224.pth'),
     'dinat_s_tiny.in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_tiny_in1k_224.pth'),
     'dinat_s_small.in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_small_in1k_224.pth'),
     'dinat_s_base.in1k': _dinat_s_cfg(url=_DINAT_URL + 'imagenet1k/dinat_s_base_in1k_224.pth'),
@@ -740,3 +1007,39 @@ def dinat_s_large_384(pretrained: bool = False, **kwargs) -> NAT:
         depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=4, drop_path_rate=0.35,
         dilations='in1k_384', stem_type='patch')
     return _create_nat('dinat_s_large_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def nat_isotropic_small(pretrained: bool = False, **kwargs) -> NATIsotropic:
+    """NAT-iso-Small: ViT-S layout (patch 16, 384 wide, 12 layers, 12 heads) with 7x7 NA (80.0% top-1)."""
+    model_args = dict(
+        patch_size=16, embed_dim=384, depth=12, num_heads=12, mlp_ratio=4, kernel_size=7, dilation=1,
+        drop_path_rate=0.1)
+    return _create_nat_isotropic('nat_isotropic_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def nat_isotropic_base(pretrained: bool = False, **kwargs) -> NATIsotropic:
+    """NAT-iso-Base: ViT-B width (768, 12 layers) with 24 heads and 7x7 NA (81.6% top-1)."""
+    model_args = dict(
+        patch_size=16, embed_dim=768, depth=12, num_heads=24, mlp_ratio=4, kernel_size=7, dilation=1,
+        drop_path_rate=0.4)
+    return _create_nat_isotropic('nat_isotropic_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_isotropic_small(pretrained: bool = False, **kwargs) -> NATIsotropic:
+    """DiNAT-iso-Small: NAT-iso-Small with every odd layer dilated by 2 (80.8% top-1)."""
+    model_args = dict(
+        patch_size=16, embed_dim=384, depth=12, num_heads=12, mlp_ratio=4, kernel_size=7, dilation=2,
+        drop_path_rate=0.1)
+    return _create_nat_isotropic('dinat_isotropic_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dinat_isotropic_base(pretrained: bool = False, **kwargs) -> NATIsotropic:
+    """DiNAT-iso-Base: NAT-iso-Base with every odd layer dilated by 2 (82.1% top-1)."""
+    model_args = dict(
+        patch_size=16, embed_dim=768, depth=12, num_heads=24, mlp_ratio=4, kernel_size=7, dilation=2,
+        drop_path_rate=0.4)
+    return _create_nat_isotropic('dinat_isotropic_base', pretrained=pretrained, **dict(model_args, **kwargs))
