@@ -195,9 +195,13 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# extra memory of one step of the blocked backend: it gathers as many key blocks per query block at once as fit this
-# budget (gathered K/V plus logits), at least one; all ``topk`` at once for small maps
+# extra memory of one step of the blocked backend, at most: the backward gathers as many key blocks per query block at
+# once as fit this budget (gathered K/V, logits, probabilities and their gradient), at least one; all ``topk`` at once
+# for small maps. The forward's steps are also kept under 1 / _BLOCKED_KV_FRACTION of the K/V size (at least
+# _BLOCKED_MIN_STEP_BYTES), so its peak stays well below the gather's K/V copy even for small problems.
 _BLOCKED_STEP_BYTES = int(os.environ.get('VISIONATTN_BLOCKED_STEP_MB', '64')) * 2 ** 20
+_BLOCKED_KV_FRACTION = 8
+_BLOCKED_MIN_STEP_BYTES = 2 ** 18
 
 
 def _slots_per_step(B: int, H: int, Nq: int, Tq: int, Tk: int, D: int, Dv: int, topk: int, elem: int) -> int:
@@ -233,52 +237,93 @@ def _step_bias(
     return out
 
 
+def _forward_chunks(B: int, H: int, Nq: int, Tq: int, Tk: int, D: int, Dv: int, topk: int, elem: int,
+                    kv_bytes: int) -> Tuple[int, int]:
+    """(query blocks per chunk, slots per step) of the blocked forward.
+
+    One step holds, per query block and slot, the gathered keys and values and the logits of every head; its budget is
+    a fraction of the K/V size (so the forward never holds a copy-sized temporary, whatever the problem size), at
+    least ``_BLOCKED_MIN_STEP_BYTES`` (so small problems do not loop for nothing), at most ``_BLOCKED_STEP_BYTES``.
+    Whole query blocks with all their slots first (a plain softmax per chunk); only when one query block's slots do not
+    fit, one query block per chunk and an online softmax over steps of slots.
+    """
+    budget = min(_BLOCKED_STEP_BYTES, max(kv_bytes // _BLOCKED_KV_FRACTION, _BLOCKED_MIN_STEP_BYTES))
+    per_slot = B * H * Tk * (D + Dv + Tq) * elem  # one query block, one slot: gathered k and v, logits
+    per_block = per_slot * topk + B * H * Tq * (D + Dv) * elem  # all slots, plus the query chunk and accumulator
+    if per_block <= budget:
+        return max(1, min(Nq, budget // per_block)), topk
+    return 1, max(1, min(topk, budget // per_slot))
+
+
 def _blocked_forward(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
         idx: Tensor,
         scale: float,
         bias: Optional[Tensor],
         kbias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    """q: [B, H, Nq, Tq, D], k/v: [B, H, Nk, Tk, D|Dv], idx/bias: [B, H, Nq, topk], kbias: [B, Nk, Tk] (fp32).
+    """Public layout in and out: query [B, Nq, Tq, H, D], key/value [B, Nk, Tk, H, D|Dv], idx/bias [B, H, Nq, topk]
+    (bias in the accumulation dtype), kbias [B, Nk, Tk] (accumulation dtype).
 
-    Online softmax over steps of ``c`` slots (``_slots_per_step``): each step gathers ``c`` key/value blocks per query
-    block with one ``index_select``. Returns the output and the log-sum-exp [B, H, Nq, Tq] (-inf where nothing is
-    attendable), both in the accumulation dtype (fp32, fp64 for fp64 inputs).
+    Loops over chunks of query blocks (``_forward_chunks``); a chunk gathers its routed key/value blocks straight from
+    the inputs (advanced indexing on the heads-first view, no heads-first copy of K/V), computes logits, an in-place
+    softmax (online over steps of slots when a query block's slots exceed the budget) and writes its rows of the output
+    (input dtype, public layout) and of the log-sum-exp [B, H, Nq, Tq] (accumulation dtype; -inf where nothing is
+    attendable). Nothing but the output and the log-sum-exp is as large as Q, K or V.
     """
-    B, H, Nq, Tq, D = q.shape
-    Nk, Tk, Dv = k.shape[2], k.shape[3], v.shape[-1]
+    B, Nq, Tq, H, D = query.shape
+    Tk, Dv = key.shape[2], value.shape[-1]
     topk = idx.shape[-1]
-    acc_dtype = _acc_dtype(q.dtype)
-    qf = q.to(acc_dtype) * scale
-    kf = k.to(acc_dtype).reshape(B * H * Nk, Tk, D)
-    vf = v.to(acc_dtype).reshape(B * H * Nk, Tk, Dv)
-    kbias_rows = None if kbias is None else kbias.reshape(B * Nk, Tk)
-    c = _slots_per_step(B, H, Nq, Tq, Tk, D, Dv, topk, torch.finfo(acc_dtype).bits // 8)
-    m = torch.full((B, H, Nq, Tq), float('-inf'), dtype=acc_dtype, device=q.device)
-    den = torch.zeros((B, H, Nq, Tq), dtype=acc_dtype, device=q.device)
-    acc = torch.zeros((B, H, Nq, Tq, Dv), dtype=acc_dtype, device=q.device)
-    for j0 in range(0, topk, c):
-        idx_c = idx[..., j0:j0 + c]
-        cc = idx_c.shape[-1]
-        rows = _flat_rows(idx_c, H, Nk)
-        s = qf @ kf.index_select(0, rows).view(B, H, Nq, cc * Tk, D).transpose(-2, -1)  # [B, H, Nq, Tq, cc * Tk]
-        sb = _step_bias(bias, kbias_rows, idx_c, j0, Tk)
-        if sb is not None:
-            s = s + sb
-        m_new = torch.maximum(m, s.amax(dim=-1))
-        m_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
-        p = torch.exp(s - m_safe[..., None])
-        alpha = torch.exp(m - m_safe)
-        den = den * alpha + p.sum(dim=-1)
-        acc = acc * alpha[..., None] + p @ vf.index_select(0, rows).view(B, H, Nq, cc * Tk, Dv)
-        m = m_new
-    has = den > 0
-    out = torch.where(has[..., None], acc / torch.where(has, den, torch.ones_like(den))[..., None], 0.)
-    m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    lse = torch.where(has, m_safe + torch.log(torch.where(has, den, torch.ones_like(den))), float('-inf'))
+    dev = query.device
+    acc_dtype = _acc_dtype(query.dtype)
+    elem = torch.finfo(acc_dtype).bits // 8
+    nq, c = _forward_chunks(B, H, Nq, Tq, Tk, D, Dv, topk, elem, (key.numel() + value.numel()) * key.element_size())
+    kh = key.permute(0, 3, 1, 2, 4)  # [B, H, Nk, Tk, D] views
+    vh = value.permute(0, 3, 1, 2, 4)
+    qh = query.permute(0, 3, 1, 2, 4)
+    bi = torch.arange(B, device=dev).view(B, 1, 1, 1)
+    hi = torch.arange(H, device=dev).view(1, H, 1, 1)
+    out = torch.empty((B, Nq, Tq, H, Dv), dtype=query.dtype, device=dev)
+    lse = torch.empty((B, H, Nq, Tq), dtype=acc_dtype, device=dev)
+    for n0 in range(0, Nq, nq):
+        n1 = min(n0 + nq, Nq)
+        q_c = qh[:, :, n0:n1].to(acc_dtype, memory_format=torch.contiguous_format, copy=True).mul_(scale)
+        m: Optional[Tensor] = None
+        den: Optional[Tensor] = None
+        acc: Optional[Tensor] = None
+        for j0 in range(0, topk, c):
+            idx_c = idx[:, :, n0:n1, j0:j0 + c]  # [B, H, n, cc]
+            cc = idx_c.shape[-1]
+            k_c = kh[bi, hi, idx_c].to(acc_dtype).view(B, H, n1 - n0, cc * Tk, D)
+            s = q_c @ k_c.transpose(-2, -1)  # [B, H, n, Tq, cc * Tk]
+            del k_c
+            if bias is not None or kbias is not None:
+                s6 = s.view(B, H, n1 - n0, Tq, cc, Tk)
+                if bias is not None:
+                    s6.add_(bias[:, :, n0:n1, j0:j0 + cc, None, None].transpose(3, 4))
+                if kbias is not None:
+                    s6.add_(kbias[bi, idx_c][:, :, :, None])
+            m_s = s.amax(dim=-1)
+            m_new = m_s if m is None else torch.maximum(m, m_s)
+            m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.)
+            p = s.sub_(m_safe[..., None]).exp_()
+            v_c = vh[bi, hi, idx_c].to(acc_dtype).view(B, H, n1 - n0, cc * Tk, Dv)
+            if acc is None:
+                den = p.sum(dim=-1)
+                acc = p @ v_c
+            else:
+                alpha = torch.exp(m - m_safe)
+                den = den.mul_(alpha).add_(p.sum(dim=-1))
+                acc = acc.mul_(alpha[..., None]).add_(p @ v_c)
+            del s, p, v_c
+            m = m_new
+        assert m is not None and den is not None and acc is not None
+        m_safe = m.masked_fill(torch.isneginf(m), 0.)
+        lse[:, :, n0:n1] = m_safe + torch.log(den)  # -inf where den = 0 (nothing attendable)
+        acc.div_(den.masked_fill(den == 0, 1.)[..., None])  # rows with den = 0 have acc = 0
+        out[:, n0:n1] = acc.permute(0, 2, 3, 1, 4)
     return out, lse
 
 
@@ -342,12 +387,9 @@ def _impl_forward(q, k, v, idx, bias, kbias, scale, impl):
     if impl == 'triton':
         from .triton.block_sparse import block_sparse_fwd_triton
         return block_sparse_fwd_triton(q, k, v, idx, bias, kbias, scale)
-    perm = (0, 3, 1, 2, 4)
     acc_dtype = _acc_dtype(q.dtype)
-    out, lse = _blocked_forward(
-        q.permute(perm), k.permute(perm), v.permute(perm), idx, scale,
-        None if bias is None else bias.to(acc_dtype), None if kbias is None else kbias.to(acc_dtype))
-    return out.permute(0, 2, 3, 1, 4).to(q.dtype), lse
+    return _blocked_forward(q, k, v, idx, scale, None if bias is None else bias.to(acc_dtype),
+                            None if kbias is None else kbias.to(acc_dtype))
 
 
 def _impl_backward(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
