@@ -264,11 +264,12 @@ def _blocked_forward(
         bias: Optional[Tensor],
         kbias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    """Public layout in and out: query [B, Nq, Tq, H, D], key/value [B, Nk, Tk, H, D|Dv], idx/bias [B, H, Nq, topk]
-    (bias in the accumulation dtype), kbias [B, Nk, Tk] (accumulation dtype).
+    """Public layout in and out: query [B, Nq, Tq, H, D], key/value [B, Nk, Tk, H, D|Dv] (contiguous), idx
+    [B, H or 1, Nq, topk], bias [B, H, Nq, topk] (accumulation dtype), kbias [B, Nk, Tk] (accumulation dtype).
 
     Loops over chunks of query blocks (``_forward_chunks``); a chunk gathers its routed key/value blocks straight from
-    the inputs (advanced indexing on the heads-first view, no heads-first copy of K/V), computes logits, an in-place
+    the inputs (one ``index_select`` of whole rows when all heads share the index list, else advanced indexing on the
+    heads-first view; never a heads-first copy of all of K/V), computes logits, an in-place
     softmax (online over steps of slots when a query block's slots exceed the budget) and writes its rows of the output
     (input dtype, public layout) and of the log-sum-exp [B, H, Nq, Tq] (accumulation dtype; -inf where nothing is
     attendable). Nothing but the output and the log-sum-exp is as large as Q, K or V.
@@ -280,11 +281,24 @@ def _blocked_forward(
     acc_dtype = _acc_dtype(query.dtype)
     elem = torch.finfo(acc_dtype).bits // 8
     nq, c = _forward_chunks(B, H, Nq, Tq, Tk, D, Dv, topk, elem, (key.numel() + value.numel()) * key.element_size())
+    shared = idx.shape[1] == 1  # one index list for all heads (BiFormer): gather whole rows of the public layout
+    Nk = key.shape[1]
+    k_rows = key.reshape(B * Nk, Tk * H * D)  # views of contiguous inputs
+    v_rows = value.reshape(B * Nk, Tk * H * Dv)
     kh = key.permute(0, 3, 1, 2, 4)  # [B, H, Nk, Tk, D] views
     vh = value.permute(0, 3, 1, 2, 4)
     qh = query.permute(0, 3, 1, 2, 4)
     bi = torch.arange(B, device=dev).view(B, 1, 1, 1)
     hi = torch.arange(H, device=dev).view(1, H, 1, 1)
+
+    def gather(rows_or_idx: Tensor, src_rows: Tensor, src_h: Tensor, n: int, cc: int, d: int) -> Tensor:
+        # -> [B, H, n, cc * Tk, d] contiguous, accumulation dtype
+        if shared:
+            g = src_rows.index_select(0, rows_or_idx).view(B, n, cc, Tk, H, d).permute(0, 4, 1, 2, 3, 5)
+        else:
+            g = src_h[bi, hi, rows_or_idx]  # advanced indexing: [B, H, n, cc, Tk, d]
+        return g.to(acc_dtype, memory_format=torch.contiguous_format).view(B, H, n, cc * Tk, d)
+
     out = torch.empty((B, Nq, Tq, H, Dv), dtype=query.dtype, device=dev)
     lse = torch.empty((B, H, Nq, Tq), dtype=acc_dtype, device=dev)
     for n0 in range(0, Nq, nq):
@@ -296,7 +310,8 @@ def _blocked_forward(
         for j0 in range(0, topk, c):
             idx_c = idx[:, :, n0:n1, j0:j0 + c]  # [B, H, n, cc]
             cc = idx_c.shape[-1]
-            k_c = kh[bi, hi, idx_c].to(acc_dtype).view(B, H, n1 - n0, cc * Tk, D)
+            sel = (bi[:, 0] * Nk + idx_c[:, 0]).reshape(-1) if shared else idx_c
+            k_c = gather(sel, k_rows, kh, n1 - n0, cc, D)
             s = q_c @ k_c.transpose(-2, -1)  # [B, H, n, Tq, cc * Tk]
             del k_c
             if bias is not None or kbias is not None:
@@ -309,7 +324,7 @@ def _blocked_forward(
             m_new = m_s if m is None else torch.maximum(m, m_s)
             m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.)
             p = s.sub_(m_safe[..., None]).exp_()
-            v_c = vh[bi, hi, idx_c].to(acc_dtype).view(B, H, n1 - n0, cc * Tk, Dv)
+            v_c = gather(sel, v_rows, vh, n1 - n0, cc, Dv)
             if acc is None:
                 den = p.sum(dim=-1)
                 acc = p @ v_c
@@ -383,12 +398,12 @@ def _blocked_backward(
 # --------------------------------------------------------------------------------------------------------------------
 
 def _impl_forward(q, k, v, idx, bias, kbias, scale, impl):
-    """q/k/v in the public layout; idx/bias expanded to [B, H, Nq, topk]; kbias [B, Nk, Tk] fp32 or None."""
+    """q/k/v in the public layout; idx [B, H or 1 (blocked), Nq, topk]; bias [B, H, Nq, topk]; kbias [B, Nk, Tk]."""
     if impl == 'triton':
         from .triton.block_sparse import block_sparse_fwd_triton
         return block_sparse_fwd_triton(q, k, v, idx, bias, kbias, scale)
     acc_dtype = _acc_dtype(q.dtype)
-    return _blocked_forward(q, k, v, idx, scale, None if bias is None else bias.to(acc_dtype),
+    return _blocked_forward(q, k.contiguous(), v.contiguous(), idx, scale, None if bias is None else bias.to(acc_dtype),
                             None if kbias is None else kbias.to(acc_dtype))
 
 
@@ -433,7 +448,7 @@ def _bsa_bwd_op(
 
 @_bsa_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lse.new_empty(idx.shape)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lse.new_empty((*lse.shape[:3], idx.shape[-1]))
 
 
 def _setup_context(ctx, inputs, output):
@@ -456,7 +471,9 @@ _bsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def _fused(query, key, value, block_index, scale, bias, key_mask, impl):
     B, Nq, _, H, _ = query.shape
     topk = block_index.shape[-1]
-    idx = block_index.to(torch.int64).expand(B, H, Nq, topk).contiguous()
+    idx = block_index.to(torch.int64)
+    # blocked: one list for all heads stays one (its forward then gathers whole rows); triton wants one per head
+    idx = (idx if impl == 'blocked' else idx.expand(B, H, Nq, topk)).contiguous()
     b = None
     if bias is not None:
         # expanded to all heads; the head-sum of the gradient flows back through expand
