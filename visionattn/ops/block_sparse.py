@@ -200,7 +200,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 # for small maps. The forward's steps are also kept under 1 / _BLOCKED_KV_FRACTION of the K/V size (at least
 # _BLOCKED_MIN_STEP_BYTES), so its peak stays well below the gather's K/V copy even for small problems.
 _BLOCKED_STEP_BYTES = int(os.environ.get('VISIONATTN_BLOCKED_STEP_MB', '64')) * 2 ** 20
-_BLOCKED_KV_FRACTION = 8
+_BLOCKED_KV_FRACTION = 4
 _BLOCKED_MIN_STEP_BYTES = 2 ** 18
 
 
