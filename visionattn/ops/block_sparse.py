@@ -18,10 +18,12 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 
 * ``triton``: fused forward and backward reading key blocks through the index list; CUDA tensors only (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
-* ``blocked``: pure PyTorch, memory-aware: loops over the ``topk`` slots in steps with an online softmax, each step
-  gathering (one ``index_select``) as many key blocks per query block as fit a fixed budget (64 MiB, env
-  ``VISIONATTN_BLOCKED_STEP_MB``; at least one block), and has a hand-written backward that recomputes per step, so
-  neither pass holds the ``topk``-times gathered K/V of large maps.
+* ``blocked``: pure PyTorch, memory-aware: loops over chunks of query blocks (and, when one query block's slots do not
+  fit, over steps of ``topk`` slots with an online softmax); each step gathers its routed key/value blocks straight
+  from the inputs (one ``index_select`` of whole rows when the heads share the list) under a budget of a quarter of
+  the K/V size (at least 2 MiB, at most 64 MiB, env ``VISIONATTN_BLOCKED_STEP_MB``), with an in-place softmax, and has
+  a hand-written backward that recomputes per step, so neither pass holds the ``topk``-times gathered K/V (nor any
+  other temporary as large as K/V); the forward's peak is about the output.
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
 * ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
 """
@@ -201,7 +203,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 # _BLOCKED_STEP_BYTES (env VISIONATTN_BLOCKED_STEP_MB)
 _BLOCKED_STEP_BYTES = int(os.environ.get('VISIONATTN_BLOCKED_STEP_MB', '64')) * 2 ** 20
 _BLOCKED_KV_FRACTION = 4
-_BLOCKED_MIN_STEP_BYTES = 2 ** 18
+_BLOCKED_MIN_STEP_BYTES = 2 * 2 ** 20
 
 
 def _chunks(B: int, H: int, Nq: int, Tq: int, Tk: int, topk: int, per_slot_cols: int, per_block_cols: int, elem: int,
