@@ -21,9 +21,9 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 * ``blocked``: pure PyTorch, memory-aware: loops over chunks of query blocks (and, when one query block's slots do not
   fit, over steps of ``topk`` slots with an online softmax); each step gathers its routed key/value blocks straight
   from the inputs (one ``index_select`` of whole rows when the heads share the list) under a budget of a quarter of
-  the K/V size (at least 2 MiB and 1/16 of all steps at once, at most 64 MiB, env ``VISIONATTN_BLOCKED_STEP_MB``),
-  with an in-place softmax, and has a hand-written backward that recomputes per step, so neither pass holds the
-  ``topk``-times gathered K/V (nor any other temporary as large as K/V); the forward's peak is about the output.
+  the K/V size (at least 2 MiB, at most 64 MiB, env ``VISIONATTN_BLOCKED_STEP_MB``), with an in-place softmax, and has
+  a hand-written backward that recomputes per step, so neither pass holds the ``topk``-times gathered K/V (nor any
+  other temporary as large as K/V); the forward's peak is about the output.
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
 * ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
 """
@@ -199,13 +199,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # extra memory of one step of the blocked backend (the gathered key/value blocks of a chunk of query blocks, their
 # logits and, in the backward, the gradients): a fraction of the K/V size, so neither pass holds a copy-sized temporary
-# whatever the problem size; but at least 1 / _BLOCKED_MAX_CHUNKS of the one-step size and _BLOCKED_MIN_STEP_BYTES
-# (small problems do not pay Python overhead for many tiny steps), at most _BLOCKED_STEP_BYTES (env
-# VISIONATTN_BLOCKED_STEP_MB)
+# whatever the problem size, at least _BLOCKED_MIN_STEP_BYTES (small problems do not loop for nothing), at most
+# _BLOCKED_STEP_BYTES (env VISIONATTN_BLOCKED_STEP_MB)
 _BLOCKED_STEP_BYTES = int(os.environ.get('VISIONATTN_BLOCKED_STEP_MB', '64')) * 2 ** 20
 _BLOCKED_KV_FRACTION = 4
 _BLOCKED_MIN_STEP_BYTES = 2 * 2 ** 20
-_BLOCKED_MAX_CHUNKS = 16
 
 
 def _chunks(B: int, H: int, Nq: int, Tq: int, Tk: int, topk: int, per_slot_cols: int, per_block_cols: int, elem: int,
@@ -216,10 +214,9 @@ def _chunks(B: int, H: int, Nq: int, Tq: int, Tk: int, topk: int, per_slot_cols:
     ``per_block_cols``: elements per query token of one query block (query chunk, accumulators). Whole query blocks with
     all their slots first; only when one query block's slots do not fit, one query block per chunk and steps of slots.
     """
+    budget = min(_BLOCKED_STEP_BYTES, max(kv_bytes // _BLOCKED_KV_FRACTION, _BLOCKED_MIN_STEP_BYTES))
     per_slot = B * H * Tk * per_slot_cols * elem
     per_block = per_slot * topk + B * H * Tq * per_block_cols * elem
-    budget = max(kv_bytes // _BLOCKED_KV_FRACTION, per_block * Nq // _BLOCKED_MAX_CHUNKS, _BLOCKED_MIN_STEP_BYTES)
-    budget = min(_BLOCKED_STEP_BYTES, budget)
     if per_block <= budget:
         return max(1, min(Nq, budget // per_block)), topk
     return 1, max(1, min(topk, budget // per_slot))
