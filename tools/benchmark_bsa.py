@@ -30,6 +30,9 @@ BSA_SHAPES = {
     'in224_56_topk4': (4, 56, 56, 64, 2, 7, 4),
     'in224_56_topk16': (4, 56, 56, 64, 2, 7, 16),
     'ade512_s1': (1, 128, 128, 64, 2, 8, 1),   # 64 regions of 16x16 tokens
+    'ade512_s1_topk4': (1, 128, 128, 64, 2, 8, 4),    # the ADE20K stage-1 map with larger topk
+    'ade512_s1_topk8': (1, 128, 128, 64, 2, 8, 8),
+    'ade512_s1_topk16': (1, 128, 128, 64, 2, 8, 16),
     'coco_s1': (1, 200, 304, 64, 2, 16, 1),    # padded to 208x304: 256 regions of 13x19
     'coco_s2': (1, 100, 152, 128, 4, 16, 4),   # padded to 112x160: 256 regions of 7x10
     'in224_s1': (4, 56, 56, 64, 2, 7, 1),     # ImageNet 224, stage 1: 49 regions of 8x8 tokens, topk 1

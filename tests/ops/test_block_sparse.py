@@ -196,12 +196,14 @@ def test_fx_notrace():
     torch.testing.assert_close(fx(q, k, v, idx)['mul'], M()(q, k, v, idx))
 
 
-@pytest.mark.parametrize('step_bytes', [1, 10 ** 9])
-def test_blocked_steps(monkeypatch, step_bytes):
-    """One slot per step (a tiny budget) and all slots in one step give the oracle's output and gradients."""
+@pytest.mark.parametrize('Hi', [1, 3])
+@pytest.mark.parametrize('step_bytes', [1, 20000, 40000, 10 ** 9])
+def test_blocked_steps(monkeypatch, step_bytes, Hi):
+    """Budgets from one query block and one slot per step (online softmax), through several query blocks per chunk,
+    to everything in one step give the oracle's output and gradients (shared and per-head index lists)."""
     import visionattn.ops.block_sparse as bs
     monkeypatch.setattr(bs, '_BLOCKED_STEP_BYTES', step_bytes)
-    q, k, v, idx, bias, key_mask = _inputs(Hi=3)
+    q, k, v, idx, bias, key_mask = _inputs(Hi=Hi)
     key_mask[1, idx[1, 0, 2]] = False
     inputs = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
     ref_inputs = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]

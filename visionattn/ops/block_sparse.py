@@ -18,10 +18,12 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 
 * ``triton``: fused forward and backward reading key blocks through the index list; CUDA tensors only (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
-* ``blocked``: pure PyTorch, memory-aware: loops over the ``topk`` slots in steps with an online softmax, each step
-  gathering (one ``index_select``) as many key blocks per query block as fit a fixed budget (64 MiB, env
-  ``VISIONATTN_BLOCKED_STEP_MB``; at least one block), and has a hand-written backward that recomputes per step, so
-  neither pass holds the ``topk``-times gathered K/V of large maps.
+* ``blocked``: pure PyTorch, memory-aware: loops over chunks of query blocks (and, when one query block's slots do not
+  fit, over steps of ``topk`` slots with an online softmax); each step gathers its routed key/value blocks straight
+  from the inputs (one ``index_select`` of whole rows when the heads share the list) under a budget of a quarter of
+  the K/V size (at least 2 MiB, at most 64 MiB, env ``VISIONATTN_BLOCKED_STEP_MB``), with an in-place softmax, and has
+  a hand-written backward that recomputes per step, so neither pass holds the ``topk``-times gathered K/V (nor any
+  other temporary as large as K/V); the forward's peak is about the output.
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
 * ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
 """
@@ -188,105 +190,152 @@ def _block_sparse_gather(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# blocked (memory-aware pure PyTorch, online softmax over the topk slots)
+# blocked (memory-aware pure PyTorch: chunks of query blocks, online softmax over the topk slots when needed)
 # --------------------------------------------------------------------------------------------------------------------
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# extra memory of one step of the blocked backend: it gathers as many key blocks per query block at once as fit this
-# budget (gathered K/V plus logits), at least one; all ``topk`` at once for small maps
+# extra memory of one step of the blocked backend (the gathered key/value blocks of a chunk of query blocks, their
+# logits and, in the backward, the gradients): a fraction of the K/V size, so neither pass holds a copy-sized temporary
+# whatever the problem size, at least _BLOCKED_MIN_STEP_BYTES (small problems do not loop for nothing), at most
+# _BLOCKED_STEP_BYTES (env VISIONATTN_BLOCKED_STEP_MB)
 _BLOCKED_STEP_BYTES = int(os.environ.get('VISIONATTN_BLOCKED_STEP_MB', '64')) * 2 ** 20
+_BLOCKED_KV_FRACTION = 4
+_BLOCKED_MIN_STEP_BYTES = 2 * 2 ** 20
 
 
-def _slots_per_step(B: int, H: int, Nq: int, Tq: int, Tk: int, D: int, Dv: int, topk: int, elem: int) -> int:
-    per_slot = B * H * Nq * Tk * (D + Dv + 3 * Tq) * elem  # gathered k, v; logits, probabilities, their gradient
-    return max(1, min(topk, _BLOCKED_STEP_BYTES // max(per_slot, 1)))
+def _chunks(B: int, H: int, Nq: int, Tq: int, Tk: int, topk: int, per_slot_cols: int, per_block_cols: int, elem: int,
+            kv_bytes: int) -> Tuple[int, int]:
+    """(query blocks per chunk, slots per step) of the blocked passes under the step budget.
+
+    ``per_slot_cols``: elements per key token of one query block and slot (gathered k/v, logits, ...);
+    ``per_block_cols``: elements per query token of one query block (query chunk, accumulators). Whole query blocks with
+    all their slots first; only when one query block's slots do not fit, one query block per chunk and steps of slots.
+    """
+    budget = min(_BLOCKED_STEP_BYTES, max(kv_bytes // _BLOCKED_KV_FRACTION, _BLOCKED_MIN_STEP_BYTES))
+    per_slot = B * H * Tk * per_slot_cols * elem
+    per_block = per_slot * topk + B * H * Tq * per_block_cols * elem
+    if per_block <= budget:
+        return max(1, min(Nq, budget // per_block)), topk
+    return 1, max(1, min(topk, budget // per_slot))
 
 
-def _flat_rows(idx: Tensor, H: int, Nk: int) -> Tensor:
-    """idx [B, Hi, Nq, c] (Hi = H) -> flat row indices into a [B * H * Nk, ...] view of [B, H, Nk, ...]."""
-    B = idx.shape[0]
-    dev = idx.device
-    base = (torch.arange(B, device=dev).view(B, 1, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1, 1)) * Nk
-    return (base + idx).reshape(-1)
+def _slot_select(idx_c: Tensor, Nk: int) -> Tensor:
+    """idx [B, Hi, n, c] -> flat rows [B * n * c] into a [B * Nk, ...] view when Hi = 1, else idx itself."""
+    if idx_c.shape[1] != 1:
+        return idx_c
+    B = idx_c.shape[0]
+    return (torch.arange(B, device=idx_c.device).view(B, 1, 1) * Nk + idx_c[:, 0]).reshape(-1)
 
 
-def _step_bias(
-        bias: Optional[Tensor],
-        kbias_rows: Optional[Tensor],
-        idx_c: Tensor,
-        j0: int,
-        Tk: int,
-) -> Optional[Tensor]:
-    """Additive logit bias [B, H, Nq, 1, c * Tk] of the slots ``j0 : j0 + c`` (slot bias and key mask), or None."""
-    B, H, Nq, c = idx_c.shape
-    out: Optional[Tensor] = None
+def _gather_slots(src: Tensor, sel: Tensor, n: int, cc: int, dtype: torch.dtype) -> Tensor:
+    """src [B, Nk, Tk, H, d] (contiguous) -> the listed blocks [B, H, n, cc * Tk, d] (contiguous, ``dtype``).
+
+    ``sel``: flat rows from :func:`_slot_select` (one list for all heads: one ``index_select`` of whole rows) or the
+    per-head index [B, H, n, cc] (advanced indexing on the heads-first view). Never a heads-first copy of ``src``.
+    """
+    B, Nk, Tk, H, d = src.shape
+    if sel.ndim == 1:
+        g = src.view(B * Nk, Tk * H * d).index_select(0, sel).view(B, n, cc, Tk, H, d).permute(0, 4, 1, 2, 3, 5)
+    else:
+        bi = torch.arange(B, device=src.device).view(B, 1, 1, 1)
+        hi = torch.arange(H, device=src.device).view(1, H, 1, 1)
+        g = src.permute(0, 3, 1, 2, 4)[bi, hi, sel]  # [B, H, n, cc, Tk, d]
+    return g.to(dtype, memory_format=torch.contiguous_format).view(B, H, n, cc * Tk, d)
+
+
+def _scatter_add_slots(dst: Tensor, sel: Tensor, contrib: Tensor) -> None:
+    """Adds ``contrib`` [B, H, n, cc * Tk, d] into the listed blocks of ``dst`` [B, Nk, Tk, H, d] (inverse of
+    :func:`_gather_slots`, duplicates summed)."""
+    B, Nk, Tk, H, d = dst.shape
+    c6 = contrib.view(B, H, -1, Tk, d)  # [B, H, n * cc, Tk, d]
+    if sel.ndim == 1:
+        dst.view(B * Nk, Tk * H * d).index_add_(0, sel, c6.permute(0, 2, 3, 1, 4).reshape(-1, Tk * H * d))
+    else:
+        bi = torch.arange(B, device=dst.device).view(B, 1, 1, 1)
+        hi = torch.arange(H, device=dst.device).view(1, H, 1, 1)
+        dst.permute(0, 3, 1, 2, 4).index_put_((bi, hi, sel), c6.view(*sel.shape, Tk, d), accumulate=True)
+
+
+def _add_step_bias(s: Tensor, bias: Optional[Tensor], kbias: Optional[Tensor], idx_c: Tensor, n0: int, j0: int) -> None:
+    """In place: adds the slot bias and the key-mask bias of slots ``j0 :`` of query blocks ``n0 :`` to the logits
+    ``s`` [B, H, n, Tq, cc * Tk]."""
+    if bias is None and kbias is None:
+        return
+    B, H, n, Tq, _ = s.shape
+    cc = idx_c.shape[-1]
+    s6 = s.view(B, H, n, Tq, cc, -1)
     if bias is not None:
-        out = bias[..., j0:j0 + c].repeat_interleave(Tk, dim=-1)[..., None, :]
-    if kbias_rows is not None:
-        Nk = kbias_rows.shape[0] // B
-        rows = (torch.arange(B, device=idx_c.device).view(B, 1, 1, 1) * Nk + idx_c).reshape(-1)
-        kb = kbias_rows.index_select(0, rows).view(B, H, Nq, 1, c * Tk)
-        out = kb if out is None else out + kb
-    return out
+        s6.add_(bias[:, :, n0:n0 + n, j0:j0 + cc, None, None].transpose(3, 4))
+    if kbias is not None:
+        s6.add_(kbias[torch.arange(B, device=s.device).view(B, 1, 1, 1), idx_c][:, :, :, None])
 
 
 def _blocked_forward(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
         idx: Tensor,
         scale: float,
         bias: Optional[Tensor],
         kbias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    """q: [B, H, Nq, Tq, D], k/v: [B, H, Nk, Tk, D|Dv], idx/bias: [B, H, Nq, topk], kbias: [B, Nk, Tk] (fp32).
+    """Public layout in and out: query [B, Nq, Tq, H, D], key/value [B, Nk, Tk, H, D|Dv] (contiguous), idx
+    [B, H or 1, Nq, topk], bias [B, H, Nq, topk] (accumulation dtype), kbias [B, Nk, Tk] (accumulation dtype).
 
-    Online softmax over steps of ``c`` slots (``_slots_per_step``): each step gathers ``c`` key/value blocks per query
-    block with one ``index_select``. Returns the output and the log-sum-exp [B, H, Nq, Tq] (-inf where nothing is
-    attendable), both in the accumulation dtype (fp32, fp64 for fp64 inputs).
+    Loops over chunks of query blocks (``_chunks``); a chunk gathers its routed key/value blocks straight from the
+    inputs (``_gather_slots``), computes logits, an in-place softmax (online over steps of slots when a query block's
+    slots exceed the budget) and writes its rows of the output (input dtype, public layout) and of the log-sum-exp
+    [B, H, Nq, Tq] (accumulation dtype; -inf where nothing is attendable). Nothing but the output and the log-sum-exp
+    is as large as Q, K or V.
     """
-    B, H, Nq, Tq, D = q.shape
-    Nk, Tk, Dv = k.shape[2], k.shape[3], v.shape[-1]
+    B, Nq, Tq, H, D = query.shape
+    Nk, Tk, Dv = key.shape[1], key.shape[2], value.shape[-1]
     topk = idx.shape[-1]
-    acc_dtype = _acc_dtype(q.dtype)
-    qf = q.to(acc_dtype) * scale
-    kf = k.to(acc_dtype).reshape(B * H * Nk, Tk, D)
-    vf = v.to(acc_dtype).reshape(B * H * Nk, Tk, Dv)
-    kbias_rows = None if kbias is None else kbias.reshape(B * Nk, Tk)
-    c = _slots_per_step(B, H, Nq, Tq, Tk, D, Dv, topk, torch.finfo(acc_dtype).bits // 8)
-    m = torch.full((B, H, Nq, Tq), float('-inf'), dtype=acc_dtype, device=q.device)
-    den = torch.zeros((B, H, Nq, Tq), dtype=acc_dtype, device=q.device)
-    acc = torch.zeros((B, H, Nq, Tq, Dv), dtype=acc_dtype, device=q.device)
-    for j0 in range(0, topk, c):
-        idx_c = idx[..., j0:j0 + c]
-        cc = idx_c.shape[-1]
-        rows = _flat_rows(idx_c, H, Nk)
-        s = qf @ kf.index_select(0, rows).view(B, H, Nq, cc * Tk, D).transpose(-2, -1)  # [B, H, Nq, Tq, cc * Tk]
-        sb = _step_bias(bias, kbias_rows, idx_c, j0, Tk)
-        if sb is not None:
-            s = s + sb
-        m_new = torch.maximum(m, s.amax(dim=-1))
-        m_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
-        p = torch.exp(s - m_safe[..., None])
-        alpha = torch.exp(m - m_safe)
-        den = den * alpha + p.sum(dim=-1)
-        acc = acc * alpha[..., None] + p @ vf.index_select(0, rows).view(B, H, Nq, cc * Tk, Dv)
-        m = m_new
-    has = den > 0
-    out = torch.where(has[..., None], acc / torch.where(has, den, torch.ones_like(den))[..., None], 0.)
-    m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    lse = torch.where(has, m_safe + torch.log(torch.where(has, den, torch.ones_like(den))), float('-inf'))
+    acc_dtype = _acc_dtype(query.dtype)
+    kv_bytes = (key.numel() + value.numel()) * key.element_size()
+    nq, c = _chunks(B, H, Nq, Tq, Tk, topk, D + Dv + Tq, D + Dv, torch.finfo(acc_dtype).bits // 8, kv_bytes)
+    qh = query.permute(0, 3, 1, 2, 4)
+    out = torch.empty((B, Nq, Tq, H, Dv), dtype=query.dtype, device=query.device)
+    lse = torch.empty((B, H, Nq, Tq), dtype=acc_dtype, device=query.device)
+    for n0 in range(0, Nq, nq):
+        n1 = min(n0 + nq, Nq)
+        q_c = qh[:, :, n0:n1].to(acc_dtype, memory_format=torch.contiguous_format, copy=True).mul_(scale)
+        m: Optional[Tensor] = None
+        den = acc = torch.empty(0)
+        for j0 in range(0, topk, c):
+            idx_c = idx[:, :, n0:n1, j0:j0 + c]  # [B, Hi, n, cc]
+            cc = idx_c.shape[-1]
+            sel = _slot_select(idx_c, Nk)
+            s = q_c @ _gather_slots(key, sel, n1 - n0, cc, acc_dtype).transpose(-2, -1)  # [B, H, n, Tq, cc * Tk]
+            _add_step_bias(s, bias, kbias, idx_c, n0, j0)
+            m_s = s.amax(dim=-1)
+            m_new = m_s if m is None else torch.maximum(m, m_s)
+            m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.)
+            p = s.sub_(m_safe[..., None]).exp_()
+            pv = p @ _gather_slots(value, sel, n1 - n0, cc, acc_dtype)
+            if m is None:
+                den, acc = p.sum(dim=-1), pv
+            else:
+                alpha = torch.exp(m - m_safe)
+                den = den.mul_(alpha).add_(p.sum(dim=-1))
+                acc = acc.mul_(alpha[..., None]).add_(pv)
+            del s, p, pv
+            m = m_new
+        assert m is not None
+        lse[:, :, n0:n1] = m.masked_fill(torch.isneginf(m), 0.) + torch.log(den)  # -inf where den = 0
+        acc.div_(den.masked_fill(den == 0, 1.)[..., None])  # rows with den = 0 have acc = 0
+        out[:, n0:n1] = acc.permute(0, 2, 3, 1, 4)
     return out, lse
 
 
 def _blocked_backward(
         dout: Tensor,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
         out: Tensor,
         lse: Tensor,
         idx: Tensor,
@@ -294,43 +343,49 @@ def _blocked_backward(
         bias: Optional[Tensor],
         kbias: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Recompute per step of slots; returns dq [B,H,Nq,Tq,D], dk, dv [B,H,Nk,Tk,.], dbias [B,H,Nq,topk] (acc dtype)."""
-    B, H, Nq, Tq, D = q.shape
-    Nk, Tk, Dv = k.shape[2], k.shape[3], v.shape[-1]
+    """Public layout as :func:`_blocked_forward`; recomputes the probabilities per chunk of query blocks and step of
+    slots from the log-sum-exp. Returns dq, dk, dv (public layout, accumulation dtype) and dbias [B, H, Nq, topk]."""
+    B, Nq, Tq, H, D = query.shape
+    Nk, Tk, Dv = key.shape[1], key.shape[2], value.shape[-1]
     topk = idx.shape[-1]
-    dev = q.device
-    acc_dtype = _acc_dtype(q.dtype)
-    dout = dout.to(acc_dtype)
-    delta = (dout * out.to(acc_dtype)).sum(dim=-1)  # [B, H, Nq, Tq]
-    lse = lse.to(acc_dtype)
-    lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float('inf')), lse)  # p = 0 for empty rows
-    qf = q.to(acc_dtype)
-    kf = k.to(acc_dtype).reshape(B * H * Nk, Tk, D)
-    vf = v.to(acc_dtype).reshape(B * H * Nk, Tk, Dv)
-    kbias_rows = None if kbias is None else kbias.reshape(B * Nk, Tk)
-    dq = torch.zeros_like(qf)
-    dk = torch.zeros((B * H * Nk, Tk, D), dtype=acc_dtype, device=dev)
-    dv = torch.zeros((B * H * Nk, Tk, Dv), dtype=acc_dtype, device=dev)
-    dbias = torch.zeros((B, H, Nq, topk), dtype=acc_dtype, device=dev)
-    c = _slots_per_step(B, H, Nq, Tq, Tk, D, Dv, topk, torch.finfo(acc_dtype).bits // 8)
-    for j0 in range(0, topk, c):
-        idx_c = idx[..., j0:j0 + c]
-        cc = idx_c.shape[-1]
-        rows = _flat_rows(idx_c, H, Nk)
-        k_c = kf.index_select(0, rows).view(B, H, Nq, cc * Tk, D)
-        v_c = vf.index_select(0, rows).view(B, H, Nq, cc * Tk, Dv)
-        s = (qf * scale) @ k_c.transpose(-2, -1)
-        sb = _step_bias(bias, kbias_rows, idx_c, j0, Tk)
-        if sb is not None:
-            s = s + sb
-        p = torch.exp(s - lse[..., None])  # [B, H, Nq, Tq, cc * Tk]
-        dv.index_add_(0, rows, (p.transpose(-2, -1) @ dout).reshape(B * H * Nq * cc, Tk, Dv))
-        ds = p * (dout @ v_c.transpose(-2, -1) - delta[..., None])
-        dbias[..., j0:j0 + cc] = ds.view(B, H, Nq, Tq, cc, Tk).sum(dim=(3, 5))
-        ds = ds * scale
-        dq += ds @ k_c
-        dk.index_add_(0, rows, (ds.transpose(-2, -1) @ qf).reshape(B * H * Nq * cc, Tk, D))
-    return dq, dk.view(B, H, Nk, Tk, D), dv.view(B, H, Nk, Tk, Dv), dbias
+    dev = query.device
+    acc_dtype = _acc_dtype(query.dtype)
+    kv_bytes = (key.numel() + value.numel()) * key.element_size()
+    nq, c = _chunks(B, H, Nq, Tq, Tk, topk, 2 * (D + Dv + Tq), 2 * (D + Dv), torch.finfo(acc_dtype).bits // 8,
+                    kv_bytes)
+    lse = torch.where(torch.isneginf(lse), float('inf'), lse).to(acc_dtype)  # p = 0 for rows with nothing attendable
+    qh, doh, oh = (t.permute(0, 3, 1, 2, 4) for t in (query, dout, out))
+    dq = torch.empty((B, Nq, Tq, H, D), dtype=acc_dtype, device=dev)
+    dk = torch.zeros((B, Nk, Tk, H, D), dtype=acc_dtype, device=dev)
+    dv = torch.zeros((B, Nk, Tk, H, Dv), dtype=acc_dtype, device=dev)
+    dbias = torch.empty((B, H, Nq, topk), dtype=acc_dtype, device=dev)
+    for n0 in range(0, Nq, nq):
+        n1 = min(n0 + nq, Nq)
+        n = n1 - n0
+        q_c = qh[:, :, n0:n1].to(acc_dtype, memory_format=torch.contiguous_format)
+        do_c = doh[:, :, n0:n1].to(acc_dtype, memory_format=torch.contiguous_format)
+        delta = (do_c * oh[:, :, n0:n1]).sum(dim=-1, keepdim=True)  # [B, H, n, Tq, 1]
+        lse_c = lse[:, :, n0:n1, :, None]
+        dq_c: Optional[Tensor] = None
+        for j0 in range(0, topk, c):
+            idx_c = idx[:, :, n0:n1, j0:j0 + c]
+            cc = idx_c.shape[-1]
+            sel = _slot_select(idx_c, Nk)
+            k_c = _gather_slots(key, sel, n, cc, acc_dtype)
+            s = (q_c @ k_c.transpose(-2, -1)).mul_(scale)  # [B, H, n, Tq, cc * Tk]
+            _add_step_bias(s, bias, kbias, idx_c, n0, j0)
+            p = s.sub_(lse_c).exp_()
+            _scatter_add_slots(dv, sel, p.transpose(-2, -1) @ do_c)
+            ds = (do_c @ _gather_slots(value, sel, n, cc, acc_dtype).transpose(-2, -1)).sub_(delta).mul_(p)
+            del s, p
+            dbias[:, :, n0:n1, j0:j0 + cc] = ds.view(B, H, n, Tq, cc, Tk).sum(dim=(3, 5))
+            ds.mul_(scale)
+            dq_c = ds @ k_c if dq_c is None else dq_c.add_(ds @ k_c)
+            _scatter_add_slots(dk, sel, ds.transpose(-2, -1) @ q_c)
+            del ds, k_c
+        assert dq_c is not None
+        dq[:, n0:n1] = dq_c.permute(0, 2, 3, 1, 4)
+    return dq, dk, dv, dbias
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -338,29 +393,24 @@ def _blocked_backward(
 # --------------------------------------------------------------------------------------------------------------------
 
 def _impl_forward(q, k, v, idx, bias, kbias, scale, impl):
-    """q/k/v in the public layout; idx/bias expanded to [B, H, Nq, topk]; kbias [B, Nk, Tk] fp32 or None."""
+    """q/k/v in the public layout; idx [B, H or 1 (blocked), Nq, topk]; bias [B, H, Nq, topk]; kbias [B, Nk, Tk]."""
     if impl == 'triton':
         from .triton.block_sparse import block_sparse_fwd_triton
         return block_sparse_fwd_triton(q, k, v, idx, bias, kbias, scale)
-    perm = (0, 3, 1, 2, 4)
     acc_dtype = _acc_dtype(q.dtype)
-    out, lse = _blocked_forward(
-        q.permute(perm), k.permute(perm), v.permute(perm), idx, scale,
-        None if bias is None else bias.to(acc_dtype), None if kbias is None else kbias.to(acc_dtype))
-    return out.permute(0, 2, 3, 1, 4).to(q.dtype), lse
+    return _blocked_forward(q, k.contiguous(), v.contiguous(), idx, scale, None if bias is None else bias.to(acc_dtype),
+                            None if kbias is None else kbias.to(acc_dtype))
 
 
 def _impl_backward(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
     if impl == 'triton':
         from .triton.block_sparse import block_sparse_bwd_triton
         return block_sparse_bwd_triton(dout, q, k, v, out, lse, idx, bias, kbias, scale)
-    perm = (0, 3, 1, 2, 4)
     acc_dtype = _acc_dtype(q.dtype)
     dq, dk, dv, dbias = _blocked_backward(
-        dout.permute(perm), q.permute(perm), k.permute(perm), v.permute(perm), out.permute(perm), lse, idx, scale,
-        None if bias is None else bias.to(acc_dtype), None if kbias is None else kbias.to(acc_dtype))
-    inv = (0, 2, 3, 1, 4)
-    return dq.permute(inv).to(q.dtype), dk.permute(inv).to(k.dtype), dv.permute(inv).to(v.dtype), dbias
+        dout, q, k.contiguous(), v.contiguous(), out, lse, idx, scale, None if bias is None else bias.to(acc_dtype),
+        None if kbias is None else kbias.to(acc_dtype))
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
 
 
 @torch.library.custom_op('visionattn::block_sparse_attn_fwd', mutates_args=())
@@ -391,7 +441,7 @@ def _bsa_bwd_op(
 
 @_bsa_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lse.new_empty(idx.shape)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lse.new_empty((*lse.shape[:3], idx.shape[-1]))
 
 
 def _setup_context(ctx, inputs, output):
@@ -414,7 +464,9 @@ _bsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 def _fused(query, key, value, block_index, scale, bias, key_mask, impl):
     B, Nq, _, H, _ = query.shape
     topk = block_index.shape[-1]
-    idx = block_index.to(torch.int64).expand(B, H, Nq, topk).contiguous()
+    idx = block_index.to(torch.int64)
+    # blocked: one list for all heads stays one (its forward then gathers whole rows); triton wants one per head
+    idx = (idx if impl == 'blocked' else idx.expand(B, H, Nq, topk)).contiguous()
     b = None
     if bias is not None:
         # expanded to all heads; the head-sum of the gradient flows back through expand
