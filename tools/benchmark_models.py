@@ -290,9 +290,8 @@ def run_models(args) -> dict:
     if args.strides:
         _stride_speedups(results)
     report = dict(machine=machine_info(device), args=vars(args) | {'func': None}, results=results)
-    path = write_report(report, 'models', device, args.out)
     table = markdown_table(results)
-    path.with_suffix('.md').write_text(table)
+    path = write_report(report, 'models', device, args.out, markdown=table)
     print(table)
     if not args.no_plot:
         plot(results, path.with_suffix('.png'))
