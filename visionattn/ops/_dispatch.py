@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 __all__ = [
     'register_backend', 'get_backend', 'list_backends', 'BackendUnavailable', 'force_backend', 'opaque_ops',
-    'use_opaque_ops']
+    'use_opaque_ops', 'triton_unsupported']
 
 _logger = logging.getLogger('visionattn.ops')
 if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
@@ -126,3 +126,22 @@ def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
             return b.fn
         _logger.debug('%s: skipped backend %r: %s', op, name, reason)
     raise BackendUnavailable(f'{op}: no backend can run this call')
+
+
+def triton_unsupported(query, value, max_head_dim: int = 256) -> Optional[str]:
+    """The checks every Triton backend shares (device or interpreter, dtype, triton importable, head dim): a reason,
+    or None when a Triton kernel can run on these tensors."""
+    import torch
+    if not (query.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1'):
+        return 'needs CUDA tensors (or TRITON_INTERPRET=1)'
+    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f'dtype {query.dtype} not supported (fp32, fp16, bf16 only)'
+    if query.dtype == torch.bfloat16 and not query.is_cuda:
+        return 'bf16 is not supported by the Triton interpreter (numpy has no bf16)'
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return 'triton is not installed'
+    if max(query.shape[-1], value.shape[-1]) > max_head_dim:
+        return f'head_dim {max(query.shape[-1], value.shape[-1])} > {max_head_dim}'
+    return None

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from ._dispatch import get_backend, register_backend
+from ._dispatch import get_backend, register_backend, triton_unsupported
 
 __all__ = ['block_sparse_attention', 'block_sparse_attention_reference']
 
@@ -486,24 +486,8 @@ def _block_sparse_triton(query, key, value, block_index, scale, bias=None, key_m
     return _fused(query, key, value, block_index, scale, bias, key_mask, 'triton')
 
 
-def _triton_interpret() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
 def _triton_unsupported(query: Tensor, **kwargs) -> Optional[str]:
-    if not (query.is_cuda or _triton_interpret()):
-        return 'needs CUDA tensors (or TRITON_INTERPRET=1)'
-    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f'dtype {query.dtype} not supported (fp32, fp16, bf16 only)'
-    if query.dtype == torch.bfloat16 and not query.is_cuda:
-        return 'bf16 is not supported by the Triton interpreter (numpy has no bf16)'
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return 'triton is not installed'
-    if max(query.shape[-1], kwargs['value'].shape[-1]) > 256:
-        return f'head_dim {query.shape[-1]} > 256'
-    return None
+    return triton_unsupported(query, kwargs['value'])
 
 
 register_backend(_OP, 'triton', _block_sparse_triton, priority=30, unsupported=_triton_unsupported)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from ._dispatch import get_backend, register_backend
+from ._dispatch import get_backend, register_backend, triton_unsupported
 
 __all__ = ['topk_attention', 'topk_attention_reference', 'topk_index_to_mask']
 
@@ -313,21 +313,9 @@ def _topk_masked_sdpa(query, key, value, index, scale, num_dense=0, dropout_p=0.
 
 
 def _triton_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optional[str]:
-    if not (query.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1'):
-        return 'needs CUDA tensors (or TRITON_INTERPRET=1)'
-    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f'dtype {query.dtype} not supported (fp32, fp16, bf16 only)'
-    if query.dtype == torch.bfloat16 and not query.is_cuda:
-        return 'bf16 is not supported by the Triton interpreter (numpy has no bf16)'
     if dropout_p > 0:
         return 'attention dropout is not implemented in the kernel'
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return 'triton is not installed'
-    if max(query.shape[-1], kwargs['value'].shape[-1]) > 256:
-        return f'head_dim {query.shape[-1]} > 256'
-    return None
+    return triton_unsupported(query, kwargs['value'])
 
 
 # ``auto`` takes the sparse backend only at densities ``K / Nk`` up to this (env VISIONATTN_TOPK_SPARSE_DENSITY):
