@@ -179,7 +179,7 @@ def test_any_input_size():
 
 def test_stl_small_input_and_bad_args():
     stl = timm.create_model('biformer_stl', depths=(1, 1, 1, 1)).eval()
-    with pytest.raises(ValueError, match='17x23'):
+    with pytest.raises(ValueError, match='height 17, width 23'):
         stl(torch.randn(1, 3, 17, 23))
     with torch.no_grad():
         assert stl(torch.randn(1, 3, 32, 45)).shape == (1, 1000)

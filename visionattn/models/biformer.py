@@ -375,7 +375,7 @@ class BiFormer(nn.Module):
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans)
         if self.stem_type == 'patch':
-            x = _check_patch_input(x, len(self.stages))
+            x = check_stl_input(x, len(self.stages))
         return self.stem(x)
 
     def forward_intermediates(
@@ -451,14 +451,16 @@ class BiFormer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_notrace_function  # reason: raises on shape values, which FX cannot trace
-def _check_patch_input(x: torch.Tensor, num_stages: int) -> torch.Tensor:
+# reason: raises on shape values, which FX cannot trace (no leading underscore: FX autowraps public names only)
+@register_notrace_function
+def check_stl_input(x: torch.Tensor, num_stages: int) -> torch.Tensor:
     """BiFormer-STL floors like its official patch convs: the last stage map must not vanish."""
     H, W = x.shape[-2:]
     min_size = 4 * 2 ** (num_stages - 1)
     if H < min_size or W < min_size:
         raise ValueError(
-            f'input {H}x{W} is too small for the patch (STL) layout: both sides must be at least {min_size}')
+            f'input height {H}, width {W} is too small for the patch (STL) layout: both sides must be at least '
+            f'{min_size}')
     return x
 
 
