@@ -73,7 +73,7 @@ def test_equals_official(name, fused_attn):
     assert diff32 <= max(2 * own, 1e-5) and diff32 <= 1e-3, f'float32 logits differ by {diff32} (official {own})'
 
 
-@pytest.mark.parametrize('backend', ['sparse', 'masked_sdpa', 'reference'])
+@pytest.mark.parametrize('backend', ['cpu', 'sparse', 'masked_sdpa', 'reference'])
 @pytest.mark.parametrize('name', ['sparse', 'prune'])
 def test_equals_official_topk_backends(name, backend):
     # the top-k attention computed only over the kept pairs (visionattn.ops.topk_attention) equals the official

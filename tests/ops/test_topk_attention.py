@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from visionattn.ops import get_backend
+from visionattn.ops import BackendUnavailable, get_backend
 from visionattn.ops import topk as T
 from visionattn.ops.topk import topk_attention, topk_attention_reference, topk_index_to_mask
 
@@ -25,7 +25,7 @@ def _qkv(leaves):
     return leaves[0].unbind(2) if len(leaves) == 1 else leaves
 
 
-@pytest.mark.parametrize('backend', ['sparse', 'masked_sdpa'])
+@pytest.mark.parametrize('backend', ['cpu', 'sparse', 'masked_sdpa'])
 @pytest.mark.parametrize('num_dense, packed, K', [(1, True, 5), (0, True, 3), (2, False, 13), (1, False, 1)])
 def test_backend_equals_reference(backend, num_dense, packed, K):
     leaves, index = _case(num_dense=num_dense, packed=packed, K=K)
@@ -70,22 +70,62 @@ def test_sparse_backward_with_dropout_equals_autograd():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_float32_and_large_budget():
-    leaves, index = _case(dtype=torch.float32, N=40, H=2, D=16, K=20)
-    q, k, v = _qkv(leaves)
+@pytest.mark.parametrize('backend', ['cpu', 'sparse'])
+@pytest.mark.parametrize('D, Dv', [(16, 16), (64, 40), (12, 12)])  # AVX2 path (D, Dv % 8 == 0), Dv % 32 != 0, generic
+def test_float32_and_large_budget(backend, D, Dv):
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 2, 40, 2, D, generator=g).unbind(0)
+    v = torch.randn(2, 40, 2, Dv, generator=g)
+    index = torch.randn(2, 2, 39, 40, generator=g).topk(20, dim=-1)[1]
     ref = topk_attention(q.double(), k.double(), v.double(), index, None, 1, backend='reference')
-    out = topk_attention(q, k, v, index, None, 1, backend='sparse')
+    out = topk_attention(q, k, v, index, None, 1, backend=backend)
     assert (out.double() - ref).abs().max() < 1e-5
 
 
-def test_auto_backend_by_density():
+def test_cpu_inference_and_threads():
+    # no gradient wanted: the kernel skips the probabilities; rows split over threads give the same result
+    leaves, index = _case(B=3, N=50, H=4, D=16, K=9, dtype=torch.float32)
+    q, k, v = _qkv(leaves)
+    with torch.no_grad():
+        one = topk_attention(q, k, v, index, 0.3, 1, backend='cpu')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out = T._cpu_forward(q, k, v, index, 0.3, 1, need_probs=False)[0]
+    finally:
+        torch.set_num_threads(threads)
+    ref = topk_attention(q.double(), k.double(), v.double(), index, 0.3, 1, backend='reference')
+    assert (one.double() - ref).abs().max() < 1e-5
+    torch.testing.assert_close(out, one, rtol=0, atol=0)
+
+
+def test_cpu_index_out_of_range_is_an_error():
+    (q, k, v), index = _case(packed=False)
+    with pytest.raises(ValueError, match=r'index values must be in \[0, Nk=13\)'):
+        topk_attention(q, k, v, index + 13, num_dense=1, backend='cpu')
+    with pytest.raises(ValueError, match='index values'):
+        topk_attention(q, k, v, index - 1, num_dense=1, backend='cpu')
+
+
+def test_auto_backend_by_density(monkeypatch):
     q = torch.randn(1, 197, 6, 64)
-    low = torch.zeros(1, 6, 196, math.ceil(0.1 * 197), dtype=torch.long)
-    high = torch.zeros(1, 6, 196, math.ceil(0.25 * 197), dtype=torch.long)
-    assert get_backend('topk_attention', query=q, key=q, value=q, index=low) is T._topk_sparse
-    assert get_backend('topk_attention', query=q, key=q, value=q, index=high) is T._topk_masked_sdpa
+
+    def pick(density, backend='auto', query=q):
+        index = torch.zeros(1, 6, 196, math.ceil(density * 197), dtype=torch.long)
+        return get_backend('topk_attention', backend, query=query, key=query, value=query, index=index)
+
+    assert pick(0.1) is T._topk_cpu and pick(0.25) is T._topk_cpu
+    assert pick(0.5) is T._topk_masked_sdpa
+    assert pick(0.25, query=q.double()) is T._topk_cpu
+    assert pick(0.25, query=q.bfloat16()) is T._topk_masked_sdpa  # no bf16 C kernel
     # an explicit request runs at any density
-    assert get_backend('topk_attention', 'sparse', query=q, key=q, value=q, index=high) is T._topk_sparse
+    assert pick(0.5, 'cpu') is T._topk_cpu and pick(0.5, 'sparse') is T._topk_sparse
+    # without the C kernels: the sparse backend at low density, dense SDPA above
+    from visionattn.ops import cpu
+    monkeypatch.setattr(cpu, '_STATE', {'error': 'disabled by VISIONATTN_NO_CPU_KERNELS'})
+    assert pick(0.1) is T._topk_sparse and pick(0.25) is T._topk_masked_sdpa
+    with pytest.raises(BackendUnavailable, match='VISIONATTN_NO_CPU_KERNELS'):
+        pick(0.1, 'cpu')
 
 
 def test_input_errors():
@@ -102,11 +142,12 @@ def test_input_errors():
         topk_attention(q, k.float(), v, index, num_dense=1)
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize('backend', ['cpu', 'sparse'])
+def test_compile_fullgraph(backend):
     leaves, index = _case(dtype=torch.float32)
     q, k, v = _qkv(leaves)
     fn = torch.compile(
-        lambda q, k, v: topk_attention(q, k, v, index, 0.3, num_dense=1, backend='sparse'), fullgraph=True,
+        lambda q, k, v: topk_attention(q, k, v, index, 0.3, num_dense=1, backend=backend), fullgraph=True,
         backend='aot_eager')
     torch.testing.assert_close(fn(q, k, v), topk_attention(q, k, v, index, 0.3, 1, backend='reference'),
                                rtol=0, atol=1e-5)

@@ -79,7 +79,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
-from visionattn.ops.topk import topk_attention
+from visionattn.ops.topk import topk_attention, topk_indices
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
@@ -252,8 +252,8 @@ class MaskPredictor(nn.Module):
         if not recon:
             basis = F.threshold(basis.abs(), self.basis_threshold, 0.)
             if self.basis_topk is not None:
-                top, idx = coef.topk(self.basis_topk, dim=-1, sorted=False)
-                coef = torch.zeros_like(coef).scatter(-1, idx, top)
+                idx = topk_indices(coef.detach(), self.basis_topk)
+                coef = torch.zeros_like(coef).scatter(-1, idx, coef.gather(-1, idx))
             elif self.basis_coef_threshold > 0:
                 coef = F.threshold(coef, self.basis_coef_threshold, 0.)
         approx_attn = coef @ basis  # [B, H, N - 1, N]
@@ -266,7 +266,7 @@ class MaskPredictor(nn.Module):
         if return_index:
             if not self.attn_score_topk:
                 raise ValueError('return_index needs the top-k attention budget (attn_score_topk=True)')
-            return approx_attn, score.topk(self.attn_budget(N), dim=-1, sorted=False)[1], coef
+            return approx_attn, topk_indices(score, self.attn_budget(N)), coef
         # additive: 0 where attended, -inf elsewhere (SDPA takes it at the speed of no mask; a bool mask costs ~2x
         # there, measured on CPU at N = 197); the class-token row stays dense
         if additive:
@@ -277,8 +277,7 @@ class MaskPredictor(nn.Module):
             keep, drop = True, False
         mask[:, :, 0] = keep
         if self.attn_score_topk:
-            idx = score.topk(self.attn_budget(N), dim=-1, sorted=False)[1]
-            mask[:, :, 1:].scatter_(-1, idx, keep)
+            mask[:, :, 1:].scatter_(-1, topk_indices(score, self.attn_budget(N)), keep)
         elif self.attn_score_threshold > 0:
             mask[:, :, 1:].masked_fill_(score > self.attn_score_threshold, keep)
         else:

@@ -7,4 +7,4 @@ from .gna_sim import GNASim, perfectly_block_sparse_strides, simulate_gna
 from .neighborhood import na1d, na2d, na3d, neighborhood_attention
 from .rala import apply_rope_2d, rank_augmented_linear_attention, rope_2d_tables, rope_softmax_attention
 from .routing import bilevel_routing_attention, region_partition, region_reverse, topk_routing
-from .topk import topk_attention, topk_attention_reference, topk_index_to_mask
+from .topk import topk_attention, topk_attention_reference, topk_index_to_mask, topk_indices

@@ -33,6 +33,7 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 * ``masked_sdpa``: ``F.scaled_dot_product_attention`` with the additive mask of the index (dense work).
 * ``reference``: the oracle, dense attention with the boolean mask (O(Nq * Nk) memory).
 """
+import ctypes
 import os
 import warnings
 from typing import Optional, Tuple
@@ -44,7 +45,7 @@ from torch import Tensor
 
 from ._dispatch import get_backend, register_backend, triton_unsupported
 
-__all__ = ['topk_attention', 'topk_attention_reference', 'topk_index_to_mask']
+__all__ = ['topk_attention', 'topk_attention_reference', 'topk_index_to_mask', 'topk_indices']
 
 _OP = 'topk_attention'
 
@@ -222,6 +223,43 @@ def _sparse_backward(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# cpu (C kernel, visionattn/ops/cpu/topk.c)
+# --------------------------------------------------------------------------------------------------------------------
+
+def _strides(t: Tensor) -> Tuple[Tensor, ctypes.Array]:
+    """``t`` with unit channel stride (copied if needed) and its batch, token and head strides for the C kernel."""
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t, (ctypes.c_int64 * 3)(*t.stride()[:3])
+
+
+def _cpu_forward(
+        q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float, num_dense: int, need_probs: bool,
+) -> Tuple[Tensor, Tensor]:
+    """The C kernel's forward: the output and, with ``need_probs``, the listed rows' probabilities ``[B, Nq - nd, H,
+    K]`` (the contract of ``_sparse_forward``, whose backward runs on them)."""
+    from . import cpu
+    B, Nq, H, D = q.shape
+    Nk, Dv, K = k.shape[1], v.shape[-1], index.shape[-1]
+    (q, qs), (k, ks), (v, vs) = _strides(q), _strides(k), _strides(v)
+    index = index.to(torch.int64).contiguous()
+    out = q.new_empty((B, Nq, H, Dv))
+    probs = q.new_empty((B, Nq - num_dense, H, K) if need_probs and Nq > num_dense else (0,))
+    fn = cpu.load().va_topk_attn_fwd_f64 if q.dtype == torch.float64 else cpu.load().va_topk_attn_fwd_f32
+    work = B * H * ((Nq - num_dense) * K + num_dense * Nk) * (D + Dv)
+    threads = cpu.num_threads() if work >= 1 << 22 else 1  # a thread start costs about a 10k-pair row block
+    err = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), index.data_ptr(), out.data_ptr(),
+             probs.data_ptr() if probs.numel() else None, B, Nq, Nk, H, D, Dv, K, num_dense, qs, ks, vs, scale,
+             threads)
+    if err == 2:
+        raise ValueError(f'topk_attention: index values must be in [0, Nk={Nk}), got min {int(index.min())}, '
+                         f'max {int(index.max())}')
+    if err:
+        raise MemoryError('topk_attention: the CPU kernel could not allocate its row buffers')
+    return out, probs
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # custom ops (opaque to torch.compile / FX), autograd
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -230,6 +268,9 @@ def _impl_forward(q, k, v, index, scale, num_dense, dropout_p, impl):
         from .triton.topk import topk_attention_fwd_triton
         out, lse = topk_attention_fwd_triton(q, k, v, index, scale, num_dense)
         return out, lse, lse.new_empty(0), lse.new_empty(0)
+    if impl in ('cpu', 'cpu_infer'):
+        out, p = _cpu_forward(q, k, v, index, scale, num_dense, need_probs=impl == 'cpu')
+        return out, p, p.new_empty(0), p.new_empty(0)
     return _sparse_forward(q, k, v, index, scale, num_dense, dropout_p)
 
 
@@ -249,7 +290,7 @@ def _(q, k, v, index, scale, num_dense, dropout_p, impl):
     out = q.new_empty((B, Nq, H, v.shape[-1]))
     if impl == 'triton':
         return out, q.new_empty((B, H, Nq - num_dense), dtype=torch.float32), q.new_empty(0), q.new_empty(0)
-    shape = (B, Nq - num_dense, H, index.shape[-1]) if Nq > num_dense else (0,)
+    shape = (B, Nq - num_dense, H, index.shape[-1]) if Nq > num_dense and impl != 'cpu_infer' else (0,)
     p = q.new_empty(shape)
     if dropout_p > 0:
         return out, p, q.new_empty(shape), q.new_empty((B, H, num_dense, k.shape[1]) if num_dense else (0,))
@@ -295,6 +336,12 @@ def _topk_sparse(query, key, value, index, scale, num_dense=0, dropout_p=0.):
     return _topk_fwd_op(query, key, value, index, float(scale), int(num_dense), float(dropout_p), 'sparse')[0]
 
 
+def _topk_cpu(query, key, value, index, scale, num_dense=0, dropout_p=0.):
+    """The C kernel's forward (keys and values read through the index); the backward is the ``sparse`` one."""
+    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    return _topk_fwd_op(query, key, value, index, float(scale), int(num_dense), 0., 'cpu' if grad else 'cpu_infer')[0]
+
+
 def _topk_triton(query, key, value, index, scale, num_dense=0, dropout_p=0.):
     """Fused Triton kernels reading keys and values through the index (nothing gathered)."""
     return _topk_fwd_op(query, key, value, index, float(scale), int(num_dense), 0., 'triton')[0]
@@ -318,9 +365,30 @@ def _triton_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optio
     return triton_unsupported(query, kwargs['value'])
 
 
-# ``auto`` takes the sparse backend only at densities ``K / Nk`` up to this (env VISIONATTN_TOPK_SPARSE_DENSITY):
-# above it dense SDPA with a mask is faster on CPU (measured, see tools/benchmark_sparsifiner.py)
+def _density(key: Tensor, index: Tensor) -> float:
+    return index.shape[-1] / max(key.shape[1], 1)
+
+
+# ``auto`` takes a sparse backend only up to these densities ``K / Nk`` (env VISIONATTN_TOPK_CPU_DENSITY,
+# VISIONATTN_TOPK_SPARSE_DENSITY); above them dense SDPA with a mask is faster on CPU (measured, see the module
+# docstring); asked for by name they run at any density
+_CPU_MAX_DENSITY = float(os.environ.get('VISIONATTN_TOPK_CPU_DENSITY', '0.4'))
 _SPARSE_MAX_DENSITY = float(os.environ.get('VISIONATTN_TOPK_SPARSE_DENSITY', '0.15'))
+
+
+def _cpu_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optional[str]:
+    if query.device.type != 'cpu':
+        return 'needs CPU tensors'
+    if query.dtype not in (torch.float32, torch.float64):
+        return f'{query.dtype}: the C kernel runs float32 and float64'
+    if dropout_p > 0:
+        return 'attention dropout is not implemented in the kernel'
+    from . import cpu
+    return cpu.unavailable_reason()
+
+
+def _cpu_priority(key: Tensor, index: Tensor, **kwargs) -> int:
+    return 20 if _density(key, index) <= _CPU_MAX_DENSITY else 5
 
 
 def _sparse_unsupported(query: Tensor, **kwargs) -> Optional[str]:
@@ -329,19 +397,59 @@ def _sparse_unsupported(query: Tensor, **kwargs) -> Optional[str]:
     return None
 
 
-def _sparse_auto_unsupported(query: Tensor, key: Tensor, index: Tensor, **kwargs) -> Optional[str]:
-    density = index.shape[-1] / max(key.shape[1], 1)
-    if density > _SPARSE_MAX_DENSITY:
-        return f'density {density:.2f} > {_SPARSE_MAX_DENSITY}: dense masked SDPA is faster here'
-    return _sparse_unsupported(query)
+def _sparse_priority(key: Tensor, index: Tensor, **kwargs) -> int:
+    # below the always-available reference above the density cap: ``auto`` never reaches it there
+    return 15 if _density(key, index) <= _SPARSE_MAX_DENSITY else -10
 
 
 register_backend(_OP, 'triton', _topk_triton, priority=30, unsupported=_triton_unsupported)
-register_backend(_OP, 'sparse_auto', _topk_sparse, priority=15, unsupported=_sparse_auto_unsupported)
+register_backend(_OP, 'cpu', _topk_cpu, priority=20, unsupported=_cpu_unsupported, priority_fn=_cpu_priority)
+register_backend(_OP, 'sparse', _topk_sparse, priority=15, unsupported=_sparse_unsupported,
+                 priority_fn=_sparse_priority)
 register_backend(_OP, 'masked_sdpa', _topk_masked_sdpa, priority=10)
 register_backend(_OP, 'reference', topk_attention_reference, priority=0)
-# explicit only (any density): below the always-available reference, so ``auto`` never reaches it
-register_backend(_OP, 'sparse', _topk_sparse, priority=-10, unsupported=_sparse_unsupported)
+
+
+@torch.library.custom_op('visionattn::topk_indices', mutates_args=())
+def _topk_indices_op(scores: Tensor, k: int) -> Tensor:
+    """CPU float32: the C kernel's exact selection, its flagged rows (ties, NaN) by ``torch.topk``."""
+    from . import cpu
+    if cpu.load() is None:
+        return scores.topk(k, dim=-1, sorted=False)[1]
+    N = scores.shape[-1]
+    x = scores.contiguous().view(-1, N)
+    out = torch.empty((x.shape[0], k), dtype=torch.int64)
+    fallback = torch.empty(x.shape[0], dtype=torch.uint8)
+    threads = cpu.num_threads() if x.numel() >= 1 << 16 else 1
+    if cpu.load().va_topk_select_f32(x.data_ptr(), x.shape[0], N, N, k, out.data_ptr(), fallback.data_ptr(), threads):
+        raise MemoryError('topk_indices: the CPU kernel could not allocate its row buffer')
+    rows = fallback.nonzero().squeeze(1)
+    if rows.numel():
+        out[rows] = x[rows].topk(k, dim=-1, sorted=False)[1]
+    return out.view(*scores.shape[:-1], k)
+
+
+@_topk_indices_op.register_fake
+def _(scores, k):
+    return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int64)
+
+
+@register_notrace_function
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """The indices of the ``k`` largest entries along the last dim of ``scores``: the set that
+    ``scores.topk(k, dim=-1)`` returns, exactly (in an unspecified order, like ``sorted=False``).
+
+    On CPU float32 a C kernel finds the ``k``-th largest value by bisection over the floats' bit patterns (about 2x
+    ``torch.topk`` at 197 scores, k = 50); rows with a tie at the ``k``-th value or a NaN, where torch's pick is its
+    own implementation detail, are passed to ``torch.topk``, so the result never differs from it. Elsewhere (other
+    devices and dtypes, TorchScript, no C compiler) this is ``torch.topk``.
+    """
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f'topk_indices: k must be in [1, {scores.shape[-1]}] for scores of shape {tuple(scores.shape)}'
+                         f', got {k}')
+    if torch.jit.is_scripting() or scores.device.type != 'cpu' or scores.dtype != torch.float32:
+        return scores.topk(k, dim=-1, sorted=False)[1]
+    return _topk_indices_op(scores, k)
 
 
 @register_notrace_function
