@@ -1,9 +1,8 @@
 /* visionattn CPU kernels: per-row top-k (sparse) attention forward and exact row-wise top-k selection.
  *
  * Plain C99 + pthreads, compiled on first use by visionattn/ops/cpu/__init__.py and called through ctypes (which
- * releases the GIL). The loops are written for the compiler's vectorizer (-O3 -march=native -fopenmp-simd): keys in
- * groups of four so that four dot products run at once, a polynomial exp that vectorizes, the value rows accumulated
- * four at a time.
+ * releases the GIL). Written for the compiler's vectorizer (-O3 -march=native -fopenmp-simd), with an AVX2 + FMA row
+ * kernel for float32 where the CPU has it; rows are split over threads in contiguous ranges.
  */
 #include <math.h>
 #include <pthread.h>
@@ -269,50 +268,95 @@ typedef struct {
     uint8_t *fallback;
 } select_args;
 
-/* The k largest entries of each row, written in increasing index order: the k-th largest value t is found by
- * bisection over the order-preserving integer keys of the floats (count of keys >= mid, vectorized), then the entries
- * > t and the ones == t are taken. Rows where more entries equal t than fit (a tie at the boundary, whose pick is
- * implementation-defined in torch.topk) or with a NaN are flagged instead and left to the caller. */
+static inline int32_t float_key(float f) {  /* integer keys in the order of the floats */
+    union { float f; int32_t i; } u;
+    u.f = f + 0.0f;  /* -0 -> +0: torch.topk treats them as equal */
+    return u.i < 0 ? u.i ^ INT32_MAX : u.i;
+}
+
+static inline float key_float(int32_t key) {
+    union { float f; int32_t i; } u;
+    u.i = key < 0 ? key ^ INT32_MAX : key;
+    return u.f;
+}
+
+static inline int32_t count_ge(const int32_t *key, int64_t N, int32_t t) {
+    int32_t c = 0;
+    _Pragma("omp simd reduction(+:c)")
+    for (int64_t j = 0; j < N; ++j) c += key[j] >= t;
+    return c;
+}
+
+#define SELECT_SMALL 16
+
+/* The k largest entries of each row, written in increasing index order. A bracket [lo, hi) of the order-preserving
+ * integer keys of the floats with count(key >= lo) >= k > count(key >= hi) is narrowed by vectorized counts, the
+ * next pivot interpolated linearly between the bracket's values (or the bisection of the keys when the last step did
+ * not halve the bracket), until at most SELECT_SMALL entries lie inside; their ranks give the k-th largest value t,
+ * and the entries >= t are taken. Rows where the entries equal to t do not all fit (a tie at the boundary,
+ * whose pick is implementation-defined in torch.topk) or with a NaN are flagged instead and left to the caller. */
 static void *select_rows(void *arg) {
     const select_args *a = (const select_args *)arg;
-    const int64_t N = a->N, k = a->k;
-    int32_t *key = (int32_t *)malloc(sizeof(int32_t) * (size_t)N);
-    if (!key) return (void *)1;
+    const int64_t N = a->N;
+    const int32_t k = (int32_t)a->k;
+    int32_t *key = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * N + 1));
+    int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(N + 1));
+    if (!key || !pos) { free(key); free(pos); return (void *)1; }
+    int32_t *cand = key + N;
     for (int64_t r = a->row0; r < a->row1; ++r) {
         const float *x = a->x + r * a->ld;
         int nan = 0;
         int32_t kmin = INT32_MAX, kmax = INT32_MIN;
         for (int64_t j = 0; j < N; ++j) {
-            union { float f; int32_t i; } u;
-            u.f = x[j] + 0.0f;  /* -0 -> +0: torch.topk treats them as equal */
+            const int32_t kk = float_key(x[j]);
             nan |= x[j] != x[j];
-            int32_t kk = u.i < 0 ? u.i ^ INT32_MAX : u.i;
             key[j] = kk;
             kmin = kk < kmin ? kk : kmin;
             kmax = kk > kmax ? kk : kmax;
         }
-        a->fallback[r] = 0;
-        if (nan) { a->fallback[r] = 1; continue; }
-        int64_t lo = kmin, hi = (int64_t)kmax + 1;  /* count(key >= lo) >= k > count(key >= hi) */
-        while (hi - lo > 1) {
-            const int64_t mid64 = lo + (hi - lo) / 2;
-            const int32_t mid = (int32_t)mid64;
-            int32_t c = 0;
-            _Pragma("omp simd reduction(+:c)")
-            for (int64_t j = 0; j < N; ++j) c += key[j] >= mid;
-            if (c >= k) lo = mid64; else hi = mid64;
+        a->fallback[r] = 1;
+        if (nan) continue;
+        int64_t lo = kmin, hi = (int64_t)kmax + 1;
+        int32_t c_lo = (int32_t)N, c_hi = 0, last = c_lo - c_hi;
+        int bisect = 0;
+        while (c_lo - c_hi > SELECT_SMALL && hi - lo > 1) {
+            int64_t mid = lo + (hi - lo) / 2;
+            if (!bisect) {
+                const float lv = key_float((int32_t)lo), hv = key_float((int32_t)(hi - 1));
+                const float t = lv + (hv - lv) * ((float)(c_lo - k) + 0.5f) / (float)(c_lo - c_hi);
+                if (t == t && t > -INFINITY && t < INFINITY) mid = float_key(t);
+                mid = mid <= lo ? lo + 1 : mid >= hi ? hi - 1 : mid;
+            }
+            const int32_t c = count_ge(key, N, (int32_t)mid);
+            if (c >= k) { lo = mid; c_lo = c; } else { hi = mid; c_hi = c; }
+            bisect = 2 * (c_lo - c_hi) > last;
+            last = c_lo - c_hi;
         }
-        const int32_t t = (int32_t)lo;
-        int32_t ge = 0;
-        _Pragma("omp simd reduction(+:ge)")
-        for (int64_t j = 0; j < N; ++j) ge += key[j] >= t;
-        if (ge != k) { a->fallback[r] = 1; continue; }
-        int64_t *o = a->out + r * k;
-        int64_t c = 0;
-        for (int64_t j = 0; j < N; ++j)
-            if (key[j] >= t) o[c++] = j;
+        /* the need = k - c_hi largest of the m entries in [lo, hi): the one with fewer than need entries above it
+         * and at least need at or above it (ranks by counting; branch-free loops, the branchy ones mispredict) */
+        const int32_t need = k - c_hi;
+        int32_t t = (int32_t)lo, m = 0, tie = c_lo - c_hi > need;
+        if (hi - lo > 1) {
+            for (int64_t j = 0; j < N; ++j) {
+                cand[m] = key[j];
+                m += (key[j] >= lo) & (key[j] < hi);
+            }
+            for (int32_t u = 0; u < m; ++u) {
+                int32_t gt = 0, ge = 0;
+                for (int32_t w = 0; w < m; ++w) { gt += cand[w] > cand[u]; ge += cand[w] >= cand[u]; }
+                if (gt < need && need <= ge) { t = cand[u]; tie = ge > need; }
+            }
+        }
+        if (tie) continue;
+        int32_t c = 0;
+        for (int64_t j = 0; j < N; ++j) {
+            pos[c] = j;
+            c += key[j] >= t;
+        }
+        memcpy(a->out + r * k, pos, sizeof(int64_t) * (size_t)k);
+        a->fallback[r] = 0;
     }
-    free(key);
+    free(key); free(pos);
     return NULL;
 }
 
