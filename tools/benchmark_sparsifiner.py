@@ -51,7 +51,7 @@ def add_sparsifiner_parser(sub):
     p.add_argument('--keep-rates', default='0.25,0.5', help='attention densities (keys kept per query / N)')
     p.add_argument('--batch-sizes', default='1,32')
     p.add_argument('--parts', default='attn,module,model', help='comma list of attn, module, model')
-    p.add_argument('--backends', default='sparse,masked_sdpa', help='topk_attention backends to time')
+    p.add_argument('--backends', default='cpu,sparse,masked_sdpa', help='topk_attention backends to time')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeat', type=int, default=7)
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')

@@ -30,10 +30,10 @@ def _images(root, per_class: int = 4, size: int = 32) -> None:
             Image.fromarray(img).save(root / name / f'{i}.png')
 
 
-def _config(data_root: str, work_dir: str):
+def _config(data_root: str, work_dir: str, launcher: str = 'none'):
     from visionattn.mm.runner import load_config
 
-    cfg = load_config(CONFIG, work_dir=work_dir)
+    cfg = load_config(CONFIG, work_dir=work_dir, launcher=launcher)
     strip_pretrained(cfg._cfg_dict)
     assert cfg.model.pretrained is False
     # a reduced-width Sparsifiner (65 tokens: 16 reduced tokens >= the basis top-8), no stochastic depth, no mixup
@@ -57,7 +57,8 @@ def _config(data_root: str, work_dir: str):
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=ITERS)
     cfg.log_processor = dict(by_epoch=False)
     cfg.randomness = dict(seed=0)
-    cfg.model_wrapper_cfg = None
+    if launcher == 'none':
+        cfg.model_wrapper_cfg = None
     return cfg
 
 
@@ -133,3 +134,55 @@ def test_two_phase_recipe(tmp_path):
                                     reduce_n_factor=4)
     student.load_state_dict(checkpoint_filter_fn(ckpt, student), strict=True)
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), clf.model.state_dict().values()))
+
+
+def _ddp_worker(rank: int, world: int, port: int, data_root: str, work_dir: str) -> None:
+    import os
+
+    from mmengine.hooks import Hook
+
+    from visionattn.mm.runner import build_runner
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = _config(data_root, work_dir, launcher='pytorch')  # gloo, the config's DDP wrapper (find_unused_parameters)
+    assert cfg.model_wrapper_cfg.find_unused_parameters
+    runner = build_runner(cfg)
+    records = []
+
+    class Recorder(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            student = runner.model.module.model
+            records.append(dict(
+                phase=runner.model.module.phase,
+                pred=[p.detach().clone() for n, p in student.named_parameters() if '.mask_predictor.' in n],
+                backbone=[p.detach().clone() for n, p in student.named_parameters() if '.mask_predictor.' not in n]))
+
+    runner.register_hook(Recorder(), 'LOWEST')
+    runner.train()
+    torch.save(records, osp.join(work_dir, f'rank{rank}.pth'))
+
+
+def test_two_phase_recipe_ddp(tmp_path):
+    # two processes (gloo, CPU), the config's DDP wrapper: the phase switch (requires_grad flipped on parameters DDP
+    # already tracks) happens on both ranks, and they stay identical through both phases
+    import socket
+
+    import torch.multiprocessing as tmp
+
+    _images(tmp_path / 'data')
+    work = str(tmp_path / 'work')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    tmp.spawn(_ddp_worker, args=(2, port, str(tmp_path / 'data'), work), nprocs=2, join=True)
+    r0, r1 = (torch.load(osp.join(work, f'rank{r}.pth'), weights_only=False) for r in (0, 1))
+    assert [r['phase'] for r in r0] == [r['phase'] for r in r1] == ['recon'] * SWITCH + ['distill'] * (ITERS - SWITCH)
+    for a, b in zip(r0, r1):
+        for key in ('pred', 'backbone'):
+            for x, y in zip(a[key], b[key]):
+                torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert all(torch.equal(x, y) for x, y in zip(r0[0]['backbone'], r0[SWITCH - 1]['backbone']))  # frozen, phase 1
+    assert all(torch.equal(x, y) for x, y in zip(r0[SWITCH - 1]['pred'], r0[-1]['pred']))  # frozen, phase 2
+    assert not all(torch.equal(x, y) for x, y in zip(r0[SWITCH - 1]['backbone'], r0[-1]['backbone']))
