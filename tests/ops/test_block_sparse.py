@@ -96,6 +96,40 @@ def test_backend_matches_reference_fp64(backend, Hi, extras):
         assert results[backend][0][1, 2, :, 0].abs().max() == 0
 
 
+@pytest.mark.parametrize('Hi', [1, 3])
+def test_dense_backend_matches_reference_fp64(Hi):
+    # dense SDPA with the block lists as an additive mask (duplicates: log 2), forward and gradients
+    q, k, v, idx, _, _ = _inputs(Hi=Hi)
+    results = {}
+    for name in ('reference', 'dense'):
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = block_sparse_attention(*xs, idx, scale=0.41, backend=name)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results[name] = [out] + [x.grad for x in xs]
+    for got, want in zip(results['dense'], results['reference']):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_dense_backend_choice():
+    def pick(B, S, n_win, topk, heads=2, D=16, **kw):
+        T = (S // n_win) ** 2
+        q = torch.zeros(B, n_win ** 2, T, heads, D)
+        idx = torch.zeros(B, 1, n_win ** 2, topk, dtype=torch.long)
+        return get_backend('block_sparse_attention', query=q, key=q, value=q, block_index=idx, **kw).__name__
+
+    # BiFormer at 224: the 14x14 stage (topk 16 of 49 blocks of 4 tokens) runs dense, the 56x56 and 28x28 ones blocked
+    assert pick(4, 14, 7, 16) == '_block_sparse_dense'
+    assert pick(4, 56, 7, 4) == pick(4, 56, 7, 16) == pick(4, 28, 7, 4) == '_block_sparse_blocked'
+    # never with a bias or key mask, nor when the mask would be too large
+    assert pick(4, 14, 7, 16, bias=torch.zeros(4, 1, 49, 16)) == '_block_sparse_blocked'
+    assert pick(4, 14, 7, 16, key_mask=torch.ones(4, 49, 4, dtype=torch.bool)) == '_block_sparse_blocked'
+    assert pick(64, 56, 7, 49) == '_block_sparse_blocked'
+    q = torch.zeros(1, 4, 4, 1, 8)
+    with pytest.raises(BackendUnavailable, match='bias and key_mask'):
+        block_sparse_attention(q, q, q, torch.zeros(1, 1, 4, 2, dtype=torch.long), bias=torch.zeros(1, 1, 4, 2),
+                               backend='dense')
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_blocked_low_precision_accuracy_rule(dtype):
     """Error vs the fp32 oracle is at most 2x that of the oracle run in the low precision (FlashAttention's rule)."""
@@ -121,6 +155,9 @@ def test_auto_dispatch_cpu():
     q, k, v, idx, _, _ = _inputs(dtype=torch.float32)
     call = {'query': q, 'key': k, 'value': v, 'block_index': idx, 'bias': None, 'key_mask': None}
     fn = get_backend('block_sparse_attention', 'auto', **call)
+    # small blocks, 3 of 7 listed: dense SDPA is the faster one on CPU (test_dense_backend_choice)
+    assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else '_block_sparse_dense')
+    fn = get_backend('block_sparse_attention', 'auto', **dict(call, key_mask=torch.ones(2, 7, 5, dtype=torch.bool)))
     assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else '_block_sparse_blocked')
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match='CUDA'):

@@ -45,17 +45,16 @@ budget across calls (``self.attn_budget``), here it is recomputed per call (the 
 
 On the sparse attention kernel: each query row keeps its own set of keys, so the attention is
 ``visionattn.ops.topk_attention`` (per-row key lists; ``set_attn_backend`` / ``attn_backend``): ``triton`` on GPU (a
-fused kernel reading the kept keys and values by index), ``sparse`` (CSR SDDMM for the kept scores, a softmax over
-them, ``embedding_bag`` for ``P @ V``: only the kept pairs are computed, with a dense-GEMM backward), ``masked_sdpa``
-(dense SDPA with the mask). ``auto`` takes ``sparse`` on CPU only up to 15% density: measured on this project's CPU
-(2-core AMD EPYC, AVX2, 1 thread, shared with other jobs; ``tools/benchmark.py sparsifiner``,
-benchmarks/sparsifiner_cpu_2026-11-22.json) the ``sparse`` attention op at N = 197 takes 1.7-1.9x the time of DeiT's
-dense SDPA at keep rate 0.25 (batch 1 and 32) and 2-3x at 0.5: dense SDPA is a register-tiled GEMM (~50 GFLOP/s on
-one core) while a per-row pattern shares no key between queries (each kept pair is its own 64-long dot product from a
-random key row, ~12 GFLOP/s), so on CPU the kept-pairs-only attention breaks even near 10-15% density. The whole model
-is 1.4-1.7x slower than DeiT-S with the same weights on CPU at both keep rates: attention is a small share of DeiT-S at
-N = 197, and the connectivity predictor (its per-row top-k over N keys) costs more than the attention saves. The
-block-sparse op with one-token blocks is 30-40x slower than dense (measured earlier).
+fused kernel reading the kept keys and values by index), ``cpu`` on CPU (a C kernel computing only the kept pairs,
+reading keys and values through the index), ``sparse`` (CSR SDDMM + ``embedding_bag``, any device), ``masked_sdpa``
+(dense SDPA with the mask). The predictor's two top-k selections (top-8 of the basis coefficients, top-K of the N
+keys) go through ``visionattn.ops.topk_indices`` (the exact sets of ``torch.topk``, 3.6x faster on CPU). Measured on
+this project's CPU (2-core AMD EPYC, AVX2, 1 thread on an isolated core; ``tools/benchmark.py sparsifiner``,
+benchmarks/sparsifiner_cpu_2026-11-23.md) against DeiT-S with the same weights: the attention op at keep rate 0.25
+takes 0.69x (batch 1) / 0.74x (batch 32) of DeiT's dense SDPA, 1.2-1.3x at 0.5; the attention layer with its
+predictor 1.6x DeiT's layer and the whole model 1.2x DeiT-S at both rates: attention is a small share of DeiT-S at
+N = 197, and the predictor (its projections, ``coef @ basis`` and the top-k over N keys per row) costs more than the
+attention saves.
 """
 import logging
 import math

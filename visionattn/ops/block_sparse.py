@@ -486,11 +486,53 @@ def _block_sparse_triton(query, key, value, block_index, scale, bias=None, key_m
     return _fused(query, key, value, block_index, scale, bias, key_mask, 'triton')
 
 
+def _block_sparse_dense(query, key, value, block_index, scale, bias=None, key_mask=None):
+    """Dense SDPA over all tokens with the block lists as an additive mask: ``log`` of how often each key block is
+    listed (0 once, ``log 2`` twice: the multiset semantics; ``-inf`` unlisted)."""
+    B, Nq, Tq, H, D = query.shape
+    _, Nk, Tk, _, Dv = value.shape
+    Hi = block_index.shape[1]
+    count = torch.zeros((B, Hi, Nq, Nk), dtype=query.dtype, device=query.device)
+    count.scatter_add_(-1, block_index.long(), count.new_ones(()).expand(block_index.shape))
+    mask = count.log()[:, :, :, None, :, None].expand(B, Hi, Nq, Tq, Nk, Tk).reshape(B, Hi, Nq * Tq, Nk * Tk)
+    out = F.scaled_dot_product_attention(
+        query.reshape(B, Nq * Tq, H, D).transpose(1, 2), key.reshape(B, Nk * Tk, H, D).transpose(1, 2),
+        value.reshape(B, Nk * Tk, H, Dv).transpose(1, 2), attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(B, Nq, Tq, H, Dv)
+
+
 def _triton_unsupported(query: Tensor, **kwargs) -> Optional[str]:
     return triton_unsupported(query, kwargs['value'])
 
 
+# ``dense`` mask bytes above which it is never chosen by ``auto``
+_DENSE_MAX_MASK_BYTES = 256 << 20
+
+
+def _dense_unsupported(query: Tensor, bias=None, key_mask=None, **kwargs) -> Optional[str]:
+    if query.device.type != 'cpu':
+        return 'a CPU path (the Triton kernel serves GPUs)'
+    if bias is not None or key_mask is not None:
+        return 'bias and key_mask are not supported (a fully masked query row would give NaN in SDPA)'
+    return None
+
+
+def _dense_priority(query: Tensor, key: Tensor, block_index: Tensor, **kwargs) -> int:
+    """Above ``blocked`` where dense SDPA over all tokens is the faster one on CPU. Cost model fitted to
+    benchmarks/bsa_cpu_2026-11-22.md (BiFormer's shapes, fp32, 1 thread): per computed pair ``blocked`` costs
+    ``f(T) = 13 (T / 4) ** -0.6`` times dense SDPA's for key blocks of ``T`` tokens (13x at 4 tokens, 2.5x at 64:
+    small blocks make small matmuls), so dense wins where ``topk / Nk * f(T) > 1`` (BiFormer's 14x14 stage,
+    topk 16 of 49 blocks of 4 tokens: 4.3, measured 4.5x; 56x56 topk 16 of blocks of 64: 0.82, measured 0.81x)."""
+    B, Nq, Tq, H, _ = query.shape
+    Nk, Tk = key.shape[1], key.shape[2]
+    mask_bytes = B * block_index.shape[1] * Nq * Tq * Nk * Tk * query.element_size()
+    gain = block_index.shape[-1] / Nk * 13. * (Tk / 4.) ** -0.6
+    return 25 if gain > 1. and mask_bytes <= _DENSE_MAX_MASK_BYTES else 5
+
+
 register_backend(_OP, 'triton', _block_sparse_triton, priority=30, unsupported=_triton_unsupported)
+register_backend(_OP, 'dense', _block_sparse_dense, priority=5, unsupported=_dense_unsupported,
+                 priority_fn=_dense_priority)
 register_backend(_OP, 'blocked', _block_sparse_blocked, priority=20)
 register_backend(_OP, 'gather', _block_sparse_gather, priority=10)
 register_backend(_OP, 'reference', block_sparse_attention_reference, priority=0)

@@ -18,18 +18,25 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 * ``triton``: fused forward and backward, one program per (query tile, batch * head) reading the listed keys and
   values by index (nothing gathered in memory), online softmax over chunks of the list; CUDA tensors (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
+* ``cpu``: a C kernel (``visionattn/ops/cpu/topk.c``, compiled on first use, see ``visionattn.ops.cpu``); CPU fp32 /
+  fp64. Per query row: the listed keys' dot products eight at a time (one load of the query per eight keys; AVX2 +
+  FMA where the CPU has it), the softmax over them, the listed value rows accumulated in registers; rows of one head
+  in a row so its keys stay in cache; keys and values read through the index (strided views of a packed qkv
+  projection need no copy); rows split over torch's threads. The backward is the ``sparse`` one. Measured on the
+  project's CPU (2-core AMD EPYC, AVX2, 1 thread on an isolated core, DeiT-S shapes N = 197, 6 heads, 64 channels;
+  ``tools/benchmark.py sparsifiner``, benchmarks/sparsifiner_cpu_2026-11-23.json): 0.69x the time of dense SDPA at
+  density 0.25 (batch 1) and 0.74x (batch 32), 1.2-1.3x at 0.5, 2.1x at 1.0, where masked dense SDPA takes 1.4-2.4x:
+  faster than ``masked_sdpa`` at every density, so ``auto`` takes it on CPU whenever it can run. The kernel is bound
+  by reading each listed key and value row (2 x 256 bytes per pair from L2: a per-row pattern shares no row between
+  queries), which is why it scales with the density at about 2.6x the dense time per unit of density.
 * ``sparse``: pure PyTorch on sparse kernels, any device: the scores are a sampled dense-dense product (SDDMM,
   ``torch.sparse.sampled_addmm`` over a CSR pattern of all query rows), the softmax runs over the ``K`` scores of
   each row, and ``softmax @ V`` is ``F.embedding_bag`` with per-sample weights (on CPU a JIT-compiled FBGEMM
   gather-and-accumulate kernel, about 2x MKL's CSR SpMM here). The backward scatters the probabilities into the
   dense ``[B, H, Nq, Nk]`` pattern and runs batched GEMMs (memory of one dense attention map, dense-GEMM speed).
-  Measured on the project's CPU (2-core AMD EPYC, AVX2, 1 thread, DeiT-S shapes N = 197, 6 heads, 64 channels;
-  ``tools/benchmark.py sparsifiner``, benchmarks/sparsifiner_cpu_2026-11-22.json): 1.7-1.9x the time of dense SDPA at
-  density 0.25 (batch 1 and 32), 3-4x at 0.5; it breaks even near 10-15% density (a per-row pattern shares no key
-  between queries, so each kept pair is a 64-long dot product from a random row, ~4x less efficient than the
-  register-tiled GEMM of dense SDPA). ``auto`` therefore uses it on CPU only up to 15% density (``sparse_auto``;
-  env ``VISIONATTN_TOPK_SPARSE_DENSITY``) and dense SDPA with the mask (``masked_sdpa``) above; ``sparse`` runs it at
-  any density when asked for.
+  On the same CPU 1.4x (batch 1) to 2.3x (batch 32) the time of dense SDPA at density 0.25, 2.7-3.5x at 0.5; it
+  breaks even near 10-15% density. ``auto`` uses it only where the ``cpu`` backend cannot run, up to 15% density (env
+  ``VISIONATTN_TOPK_SPARSE_DENSITY``), and dense SDPA with the mask above; asked for by name it runs at any density.
 * ``masked_sdpa``: ``F.scaled_dot_product_attention`` with the additive mask of the index (dense work).
 * ``reference``: the oracle, dense attention with the boolean mask (O(Nq * Nk) memory).
 """
@@ -43,7 +50,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from ._dispatch import get_backend, register_backend, triton_unsupported
+from ._dispatch import get_backend, register_backend, triton_unsupported, use_opaque_ops
 
 __all__ = ['topk_attention', 'topk_attention_reference', 'topk_index_to_mask', 'topk_indices']
 
@@ -339,6 +346,8 @@ def _topk_sparse(query, key, value, index, scale, num_dense=0, dropout_p=0.):
 def _topk_cpu(query, key, value, index, scale, num_dense=0, dropout_p=0.):
     """The C kernel's forward (keys and values read through the index); the backward is the ``sparse`` one."""
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    if not grad and not use_opaque_ops():  # eager inference: no autograd, skip the custom op's dispatch
+        return _cpu_forward(query, key, value, index, float(scale), int(num_dense), need_probs=False)[0]
     return _topk_fwd_op(query, key, value, index, float(scale), int(num_dense), 0., 'cpu' if grad else 'cpu_infer')[0]
 
 
@@ -365,14 +374,8 @@ def _triton_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optio
     return triton_unsupported(query, kwargs['value'])
 
 
-def _density(key: Tensor, index: Tensor) -> float:
-    return index.shape[-1] / max(key.shape[1], 1)
-
-
-# ``auto`` takes a sparse backend only up to these densities ``K / Nk`` (env VISIONATTN_TOPK_CPU_DENSITY,
-# VISIONATTN_TOPK_SPARSE_DENSITY); above them dense SDPA with a mask is faster on CPU (measured, see the module
-# docstring); asked for by name they run at any density
-_CPU_MAX_DENSITY = float(os.environ.get('VISIONATTN_TOPK_CPU_DENSITY', '0.4'))
+# ``auto`` takes the sparse backend only up to this density ``K / Nk`` (env VISIONATTN_TOPK_SPARSE_DENSITY): above it
+# dense SDPA with a mask is faster on CPU (measured, see the module docstring); asked for by name it runs at any density
 _SPARSE_MAX_DENSITY = float(os.environ.get('VISIONATTN_TOPK_SPARSE_DENSITY', '0.15'))
 
 
@@ -387,10 +390,6 @@ def _cpu_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optional
     return cpu.unavailable_reason()
 
 
-def _cpu_priority(key: Tensor, index: Tensor, **kwargs) -> int:
-    return 20 if _density(key, index) <= _CPU_MAX_DENSITY else 5
-
-
 def _sparse_unsupported(query: Tensor, **kwargs) -> Optional[str]:
     if query.dtype in (torch.float16, torch.bfloat16) and not query.is_cuda:
         return f'{query.dtype}: no CPU sampled_addmm kernel'
@@ -399,11 +398,11 @@ def _sparse_unsupported(query: Tensor, **kwargs) -> Optional[str]:
 
 def _sparse_priority(key: Tensor, index: Tensor, **kwargs) -> int:
     # below the always-available reference above the density cap: ``auto`` never reaches it there
-    return 15 if _density(key, index) <= _SPARSE_MAX_DENSITY else -10
+    return 15 if index.shape[-1] / max(key.shape[1], 1) <= _SPARSE_MAX_DENSITY else -10
 
 
 register_backend(_OP, 'triton', _topk_triton, priority=30, unsupported=_triton_unsupported)
-register_backend(_OP, 'cpu', _topk_cpu, priority=20, unsupported=_cpu_unsupported, priority_fn=_cpu_priority)
+register_backend(_OP, 'cpu', _topk_cpu, priority=20, unsupported=_cpu_unsupported)
 register_backend(_OP, 'sparse', _topk_sparse, priority=15, unsupported=_sparse_unsupported,
                  priority_fn=_sparse_priority)
 register_backend(_OP, 'masked_sdpa', _topk_masked_sdpa, priority=10)
