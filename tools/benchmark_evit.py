@@ -7,10 +7,10 @@ Used by ``tools/benchmark.py evit``. Models, side by side in one run, inference 
 - ``evit``: our EViT at ``--keep-rate`` (blocks 3, 6, 9) with or without token fusion.
 
 All share the same (random) weights. The models are timed in turn within each repeat, so a load change on the
-machine hits all of them; times are medians of ``--repeat`` runs after ``--warmup`` runs. Measured 2026-11-22 on
-the shared 2-core CPU (load 3-8 from other jobs), DeiT-S vs EViT-DeiT-S keep 0.7 with fusion: 1 thread 1.44x at
-batch 1 and 1.50x at batch 32; 2 threads 1.04-1.48x at batch 1 (thread contention dominates) and 1.39-1.47x at
-batch 32.
+machine hits all of them; times are medians of ``--repeat`` runs after ``--warmup`` runs. Measured 2026-11-23 on the
+2-core AMD EPYC, 1 thread on an isolated core (every other process pinned to the other core), DeiT-S vs EViT-DeiT-S
+keep 0.7 (benchmarks/evit_cpu_2026-11-23.json, evit_nofuse_cpu_2026-11-23.json): with fusion 1.37x at batch 1 and
+1.58x at batch 32; without fusion 1.39x and 1.67x (targets: >= 1.3x at batch 32, not slower at batch 1).
 """
 import statistics
 import time

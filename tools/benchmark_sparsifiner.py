@@ -17,24 +17,21 @@ for each attention keep rate (density) and batch size:
 Ratios are Sparsifiner time / dense time (< 1: faster than dense), of the medians and of the minima (on a loaded
 machine the minima are the least disturbed runs).
 
-Measured 2026-11-22 on the shared 2-core AMD EPYC (AVX2; other sessions running, load average 5.9), 1 thread, float32
-(benchmarks/sparsifiner_cpu_2026-11-22.json; median ratio, minimum-time ratio in brackets):
+Measured 2026-11-23 on the 2-core AMD EPYC (AVX2), 1 thread on an isolated core, float32
+(benchmarks/sparsifiner_evit_cpu_2026-11-23.md; median ratios):
 
-=========  =====  =================  =================  =================  ==================
-keep rate  batch  attn ``sparse``    attn masked_sdpa   layer ``sparse``   model ``sparse``
-=========  =====  =================  =================  =================  ==================
-0.25       1      2.40x (1.92x)      1.44x (1.56x)      2.60x (2.69x)      1.44x (1.70x)
-0.25       32     1.80x (1.67x)      1.49x (1.63x)      2.63x (2.62x)      1.43x (1.44x)
-0.5        1      6.00x (3.25x)      2.26x (1.92x)      2.86x (2.00x)      1.65x (1.60x)
-0.5        32     3.77x (3.15x)      1.72x (1.78x)      3.42x (3.30x)      1.80x (2.30x)
-=========  =====  =================  =================  =================  ==================
+=========  =====  ==========  =================  ==================  ===========  ===========
+keep rate  batch  attn cpu    attn ``sparse``    attn masked_sdpa    layer cpu    model cpu
+=========  =====  ==========  =================  ==================  ===========  ===========
+0.25       1      0.69x       1.39x              1.44x               1.59x        1.23x
+0.25       32     0.74x       2.26x              1.52x               1.60x        1.20x
+0.5        1      1.28x       2.71x              2.00x               2.02x        1.30x
+0.5        32     1.19x       3.46x              1.85x               1.79x        1.31x
+=========  =====  ==========  =================  ==================  ===========  ===========
 
-So on this CPU the target (attention below dense at 0.25) is not met: the sparse attention reaches the dense one only
-at about 10-15% density. Dense SDPA on CPU is a register-tiled GEMM (~50 GFLOP/s on one core), while every kept
-query-key pair of a per-row pattern is an unshared 64-long dot product from a random key row (SDDMM ~12 GFLOP/s,
-``embedding_bag`` for ``P @ V`` about twice that), plus fixed costs. The attention layer and the model are slower
-still because of the connectivity predictor: its two ``torch.topk`` calls (top-8 of 32 basis coefficients, top-K of
-N keys, about 2.7 us per 197-long row on this CPU) cost more per layer than the whole dense attention.
+The C kernel (``cpu``) meets the target (attention below dense at 0.25). The layer and the model stay slower than
+DeiT-S: the connectivity predictor (projections, ``coef @ basis``, two top-k selections per row) costs more than the
+attention saves at N = 197.
 """
 import math
 import statistics

@@ -24,18 +24,18 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
   in a row so its keys stay in cache; keys and values read through the index (strided views of a packed qkv
   projection need no copy); rows split over torch's threads. The backward is the ``sparse`` one. Measured on the
   project's CPU (2-core AMD EPYC, AVX2, 1 thread on an isolated core, DeiT-S shapes N = 197, 6 heads, 64 channels;
-  ``tools/benchmark.py sparsifiner``, benchmarks/sparsifiner_cpu_2026-11-23.json): 0.69x the time of dense SDPA at
-  density 0.25 (batch 1) and 0.74x (batch 32), 1.2-1.3x at 0.5, 2.1x at 1.0, where masked dense SDPA takes 1.4-2.4x:
-  faster than ``masked_sdpa`` at every density, so ``auto`` takes it on CPU whenever it can run. The kernel is bound
-  by reading each listed key and value row (2 x 256 bytes per pair from L2: a per-row pattern shares no row between
-  queries), which is why it scales with the density at about 2.6x the dense time per unit of density.
+  ``tools/benchmark.py sparsifiner``, benchmarks/sparsifiner_evit_cpu_2026-11-23.md): 0.64-0.69x the time of dense
+  SDPA at density 0.25 (batch 1) and 0.72-0.74x (batch 32), 0.35-0.41x at 0.1, 1.2-1.3x at 0.5, 2.2x at 1.0, where
+  masked dense SDPA takes 1.3-2.3x: faster than ``masked_sdpa`` at every density, so ``auto`` takes it on CPU whenever
+  it can run. It is bound by reading each listed key and value row (2 x 256 bytes per pair from L2: a per-row pattern
+  shares no row between queries), hence about 2.2x the dense time per unit of density.
 * ``sparse``: pure PyTorch on sparse kernels, any device: the scores are a sampled dense-dense product (SDDMM,
   ``torch.sparse.sampled_addmm`` over a CSR pattern of all query rows), the softmax runs over the ``K`` scores of
   each row, and ``softmax @ V`` is ``F.embedding_bag`` with per-sample weights (on CPU a JIT-compiled FBGEMM
   gather-and-accumulate kernel, about 2x MKL's CSR SpMM here). The backward scatters the probabilities into the
   dense ``[B, H, Nq, Nk]`` pattern and runs batched GEMMs (memory of one dense attention map, dense-GEMM speed).
-  On the same CPU 1.4x (batch 1) to 2.3x (batch 32) the time of dense SDPA at density 0.25, 2.7-3.5x at 0.5; it
-  breaks even near 10-15% density. ``auto`` uses it only where the ``cpu`` backend cannot run, up to 15% density (env
+  On the same CPU 1.4x (batch 1) to 2.3x (batch 32) the time of dense SDPA at density 0.25, 2.3-3.5x at 0.5; it
+  breaks even near 10% density. ``auto`` uses it only where the ``cpu`` backend cannot run, up to 15% density (env
   ``VISIONATTN_TOPK_SPARSE_DENSITY``), and dense SDPA with the mask above; asked for by name it runs at any density.
 * ``masked_sdpa``: ``F.scaled_dot_product_attention`` with the additive mask of the index (dense work).
 * ``reference``: the oracle, dense attention with the boolean mask (O(Nq * Nk) memory).
