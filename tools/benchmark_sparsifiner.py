@@ -6,12 +6,12 @@ for each attention keep rate (density) and batch size:
 
 - ``attn``: the attention op alone on DeiT-S shapes (N = 197, 6 heads, 64 channels; q, k, v strided views of one
   packed qkv tensor, as in the model; each query row after the class token keeps ``ceil(rate * N)`` keys, the class
-  token row is dense): ``dense`` is ``F.scaled_dot_product_attention`` without a mask (DeiT), ``sparse`` the
-  ``visionattn.ops.topk_attention`` backend that computes only the kept pairs, ``masked_sdpa`` dense SDPA with the
-  mask (what a masked implementation costs);
+  token row is dense): ``dense`` is ``F.scaled_dot_product_attention`` without a mask (DeiT); the
+  ``visionattn.ops.topk_attention`` backends ``cpu`` (C kernel) and ``sparse`` (CSR SDDMM + ``embedding_bag``) compute
+  only the kept pairs, ``masked_sdpa`` is dense SDPA with the mask (what a masked implementation costs);
 - ``module``: one whole attention layer (qkv projection, Sparsifiner's connectivity predictor with its top-k, the
   attention, the output projection) against timm's DeiT-S attention layer with the same weights;
-- ``model``: ``sparsifiner_deit_small_patch16_224`` (backends ``sparse`` and ``masked_sdpa``) against timm's
+- ``model``: ``sparsifiner_deit_small_patch16_224`` (each backend of ``--backends``) against timm's
   ``deit_small_patch16_224`` with the same weights.
 
 Ratios are Sparsifiner time / dense time (< 1: faster than dense), of the medians and of the minima (on a loaded

@@ -24,6 +24,10 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
   the K/V size (at least 2 MiB, at most 64 MiB, env ``VISIONATTN_BLOCKED_STEP_MB``), with an in-place softmax, and has
   a hand-written backward that recomputes per step, so neither pass holds the ``topk``-times gathered K/V (nor any
   other temporary as large as K/V); the forward's peak is about the output.
+* ``dense``: CPU, ``F.scaled_dot_product_attention`` over all tokens with the block lists as an additive mask (no bias
+  or key mask). ``auto`` prefers it to ``blocked`` where a cost model fitted to benchmarks/bsa_cpu_2026-11-22.md says
+  dense SDPA is faster: small blocks listed densely, e.g. BiFormer's 14x14 stage at 224 (topk 16 of 49 blocks of 4
+  tokens: 3.5x faster than ``blocked``; BiFormer-T whole-model inference 1.19x faster).
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
 * ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
 """

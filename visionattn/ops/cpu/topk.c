@@ -34,7 +34,7 @@ static inline double va_exp(double x) { return exp(x); }
 
 /* Row kernels: the softmax attention of one query qi over n key rows kr[j] and value rows vr[j]; s is scratch of n
  * entries and ends holding the probabilities; o [Dv] receives the output. */
-#define DEFINE_ROW_GENERIC(T, SUF, SOFTMAX)                                                                             \
+#define DEFINE_ROW_GENERIC(T, SUF, SOFTMAX)                                                                           \
 static void row_##SUF(const T *qi, const T *const *kr, const T *const *vr, int64_t n, int64_t D, int64_t Dv,          \
                       T scale, T *s, T *o) {                                                                          \
     int64_t j = 0;                                                                                                    \
@@ -105,9 +105,9 @@ static inline float hsum1(__m256 a) {
 }
 
 /* AVX2 + FMA, D and Dv multiples of 8: eight keys per step share each load of q (one register-blocked 1 x 8 product,
- * summed across lanes by one hadd tree); the output is accumulated in registers, 32 columns per pass over the keys (64 is no faster). The
- * rows of K and V come from L2 (a head of DeiT-S is 2 x 50 KB): at N = 197 the kernel streams them at about the L2
- * bandwidth; copying a head to contiguous rows first was slower. */
+ * summed across lanes by one hadd tree); the output is accumulated in registers, 32 columns per pass over the keys (64
+ * is no faster). The rows of K and V come from L2 (a head of DeiT-S is 2 x 50 KB): at N = 197 the kernel streams them
+ * at about the L2 bandwidth; copying a head to contiguous rows first was slower. */
 static void row_f32(const float *qi, const float *const *kr, const float *const *vr, int64_t n, int64_t D, int64_t Dv,
                     float scale, float *s, float *o) {
     if (D % 8 || Dv % 8) {
@@ -134,7 +134,8 @@ static void row_f32(const float *qi, const float *const *kr, const float *const 
     }
     for (; j < n; ++j) {
         __m256 a0 = _mm256_setzero_ps();
-        for (int64_t d = 0; d < D; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kr[j] + d), a0);
+        for (int64_t d = 0; d < D; d += 8)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kr[j] + d), a0);
         s[j] = hsum1(a0) * scale;
     }
     softmax_f32(s, n);
