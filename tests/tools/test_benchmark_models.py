@@ -45,6 +45,19 @@ def test_force_backend_and_sparse_macs():
     assert per_op['visionattn.gna_blocked'] == expected
 
 
+def test_sparse_macs_whatever_backend_runs():
+    from visionattn.ops.flops import count_macs
+    x = torch.randn(1, 3, 224, 224)
+    # BiFormer-T: routed pairs of the block-sparse op in stages 1-3 (at 14x14 the CPU picks dense SDPA to run it,
+    # but the count is the op's): (tokens, topk, region tokens, channels, depth)
+    _, per_op = count_macs(timm.create_model('biformer_tiny').eval(), x)
+    stages = [(3136, 1, 64, 64, 2), (784, 4, 16, 128, 2), (196, 16, 4, 256, 8)]
+    assert per_op['visionattn.block_sparse_attn_fwd'] == sum(n * k * t * 2 * c * d for n, k, t, c, d in stages)
+    # Sparsifiner-DeiT-S: 50 listed keys per patch-token row, all 197 for the class token, 6 heads of 64, 12 layers
+    _, per_op = count_macs(timm.create_model('sparsifiner_deit_small_patch16_224').eval(), x)
+    assert per_op['visionattn.topk_attn_fwd'] == 12 * 6 * (196 * 50 + 197) * 128
+
+
 def test_models_benchmark_strides(tmp_path):
     """--strides: stride 1 (the baseline) and the listed strides, each with the simulator's numbers; 'sim' picks
     the strides the simulator finds perfectly block-sparse."""

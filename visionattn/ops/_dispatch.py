@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 __all__ = [
     'register_backend', 'get_backend', 'list_backends', 'BackendUnavailable', 'force_backend', 'opaque_ops',
-    'use_opaque_ops', 'triton_unsupported']
+    'use_opaque_ops', 'counting_ops', 'triton_unsupported']
 
 _logger = logging.getLogger('visionattn.ops')
 if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
@@ -52,6 +52,11 @@ def opaque_ops():
         yield
     finally:
         _OPAQUE.reset(token)
+
+
+def counting_ops() -> bool:
+    """Whether an ``opaque_ops()`` context is active (FLOP counting): backends that are not custom ops stand aside."""
+    return _OPAQUE.get()
 
 
 def use_opaque_ops() -> bool:

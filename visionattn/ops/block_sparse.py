@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from ._dispatch import get_backend, register_backend, triton_unsupported
+from ._dispatch import counting_ops, get_backend, register_backend, triton_unsupported
 
 __all__ = ['block_sparse_attention', 'block_sparse_attention_reference']
 
@@ -516,6 +516,8 @@ _DENSE_MAX_MASK_BYTES = 256 << 20
 def _dense_unsupported(query: Tensor, bias=None, key_mask=None, **kwargs) -> Optional[str]:
     if query.device.type != 'cpu':
         return 'a CPU path (the Triton kernel serves GPUs)'
+    if counting_ops():
+        return 'inside opaque_ops(): the block-sparse custom op runs, so FLOP counters see its formula'
     if bias is not None or key_mask is not None:
         return 'bias and key_mask are not supported (a fully masked query row would give NaN in SDPA)'
     return None

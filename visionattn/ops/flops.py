@@ -3,7 +3,8 @@
 ``count_macs(model, x)`` runs ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, SDPA counted by
 torch's formulas) with formulas for visionattn's sparse custom ops, which count only the attended pairs: for
 neighborhood attention each query's window (exact per-axis neighbour counts, so causal and strided windows count
-what they see) plus its additional keys; for block-sparse attention each query block's routed key blocks. The
+what they see) plus its additional keys; for block-sparse attention each query block's routed key blocks; for top-k
+attention (Sparsifiner) each query row's listed keys (the class-token row all keys). The
 dense-equivalent N^2 is never counted for them; TransNeXt's aggregated attention counts its k x k window slots and
 pooled keys per query. Work that the CPU backend spends on tile halos is not counted:
 the figure is the op's arithmetic, as papers report it. Returned as MACs (one multiply-add = 1; fvcore and the
@@ -18,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from . import aggregated as _aggregated  # noqa: F401  (registers the custom ops)
 from . import block_sparse as _block_sparse  # noqa: F401
 from . import neighborhood as _neighborhood  # noqa: F401
+from . import topk as _topk  # noqa: F401
 from ._dispatch import opaque_ops
 from .reference import gna_axis_mask
 
@@ -59,6 +61,15 @@ def _bsa_flops(q_shape, k_shape, v_shape, idx_shape, bias_shape, kbias_shape, sc
     batch, n_q, t_q, heads, dim = q_shape
     t_k, topk = k_shape[2], idx_shape[-1]
     return 2 * batch * heads * n_q * t_q * topk * t_k * (dim + v_shape[-1])
+
+
+@register_flop_formula(torch.ops.visionattn.topk_attn_fwd)
+def _topk_flops(q_shape, k_shape, v_shape, idx_shape, scale, num_dense, dropout_p, impl, out_shape=None,
+                **kwargs) -> int:
+    # the listed keys of every query row after the dense ones, every key for the dense rows (class token)
+    batch, n_q, heads, dim = q_shape
+    pairs = (n_q - num_dense) * idx_shape[-1] + num_dense * k_shape[1]
+    return 2 * batch * heads * pairs * (dim + v_shape[-1])
 
 
 def count_macs(model: torch.nn.Module, x: torch.Tensor) -> Tuple[int, Dict[str, int]]:
