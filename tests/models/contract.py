@@ -234,6 +234,9 @@ def check_fx(create: Create) -> None:
 def check_compile(create: Create, backend: str = 'inductor') -> None:
     """torch.compile(fullgraph=True) traces the model without graph breaks and gives the same output."""
     torch._dynamo.reset()
+    # fixed weights: a model with a top-k (Sparsifiner, EViT) is discontinuous at near-ties, which rounding differences
+    # of the compiled graph may flip for some random weights
+    torch.manual_seed(0)
     model = create().eval()
     x = _input(FWD_SIZE, model)
     with torch.no_grad():
