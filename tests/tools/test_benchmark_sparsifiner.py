@@ -19,5 +19,5 @@ def test_sparsifiner_in_process(tmp_path):
     (row,) = report['results']
     assert row['keep_rate'] == 0.25 and row['keys_per_query'] == 50 and row['batch'] == 1
     for part in ('attn', 'module'):
-        assert set(row[f'{part}_ms']) == {'dense', 'sparse', 'masked_sdpa'}
+        assert set(row[f'{part}_ms']) == {'dense', 'cpu', 'sparse', 'masked_sdpa'}
         assert all(v > 0 for v in row[f'{part}_ratio'].values())
