@@ -275,12 +275,6 @@ static inline int32_t float_key(float f) {  /* integer keys in the order of the 
     return u.i < 0 ? u.i ^ INT32_MAX : u.i;
 }
 
-static inline float key_float(int32_t key) {
-    union { float f; int32_t i; } u;
-    u.i = key < 0 ? key ^ INT32_MAX : key;
-    return u.f;
-}
-
 static inline int32_t count_ge(const int32_t *key, int64_t N, int32_t t) {
     int32_t c = 0;
     _Pragma("omp simd reduction(+:c)")
@@ -288,12 +282,13 @@ static inline int32_t count_ge(const int32_t *key, int64_t N, int32_t t) {
     return c;
 }
 
-#define SELECT_SMALL 16
+#define SELECT_SMALL 8
 
 /* The k largest entries of each row, written in increasing index order. A bracket [lo, hi) of the order-preserving
  * integer keys of the floats with count(key >= lo) >= k > count(key >= hi) is narrowed by vectorized counts, the
- * next pivot interpolated linearly between the bracket's values (or the bisection of the keys when the last step did
- * not halve the bracket), until at most SELECT_SMALL entries lie inside; their ranks give the k-th largest value t,
+ * next pivot interpolated linearly between the bracket's keys (about the log of positive values: fewer steps than
+ * interpolating the values on Sparsifiner's skewed scores), or their bisection when the last step did not halve the
+ * bracket, until at most SELECT_SMALL entries lie inside; their ranks give the k-th largest value t,
  * and the entries >= t are taken. Rows where the entries equal to t do not all fit (a tie at the boundary,
  * whose pick is implementation-defined in torch.topk) or with a NaN are flagged instead and left to the caller. */
 static void *select_rows(void *arg) {
@@ -323,9 +318,7 @@ static void *select_rows(void *arg) {
         while (c_lo - c_hi > SELECT_SMALL && hi - lo > 1) {
             int64_t mid = lo + (hi - lo) / 2;
             if (!bisect) {
-                const float lv = key_float((int32_t)lo), hv = key_float((int32_t)(hi - 1));
-                const float t = lv + (hv - lv) * ((float)(c_lo - k) + 0.5f) / (float)(c_lo - c_hi);
-                if (t == t && t > -INFINITY && t < INFINITY) mid = float_key(t);
+                mid = lo + (int64_t)((double)(hi - 1 - lo) * ((double)(c_lo - k) + 0.5) / (double)(c_lo - c_hi));
                 mid = mid <= lo ? lo + 1 : mid >= hi ? hi - 1 : mid;
             }
             const int32_t c = count_ge(key, N, (int32_t)mid);
