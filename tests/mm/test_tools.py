@@ -1,6 +1,7 @@
 """tools/train.py, tools/test.py and tools/dist_train.sh as users run them: a few iterations of the demo segmentor,
-evaluation of the checkpoint, two-process DDP on the CPU (gloo) with identical weights on both ranks, SIGKILL and
---resume with the same iteration count and learning rate, and safe loading of mmengine's checkpoints."""
+evaluation of the checkpoint (plain and with --tta), two-process DDP on the CPU (gloo) with identical weights on both
+ranks, SIGKILL and --resume with the same iteration count and learning rate, and safe loading of mmengine's
+checkpoints."""
 import json
 import os
 import os.path as osp
@@ -69,6 +70,11 @@ def test_train_then_test(tmp_path):
     drawn = [f for _, _, fs in os.walk(osp.join(work, 'vis')) for f in fs if f.endswith('.png')]
     assert drawn, '--show-dir drew nothing under the work dir'
     assert not osp.exists(osp.join(ROOT, 'vis')), '--show-dir wrote into the current directory'
+    # --tta: the config's tta_pipeline (2 scales x flip) through mmseg's SegTTAModel
+    r = _run([sys.executable, osp.join(TOOLS, 'test.py'), CONFIG, ckpt, '--work-dir', work, '--tta',
+              '--cfg-options', *_options(2, 2)], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'mIoU' in r.stdout + r.stderr and "type='SegTTAModel'" in r.stdout + r.stderr
 
 
 def test_mmengine_checkpoints_load_safely(tmp_path):

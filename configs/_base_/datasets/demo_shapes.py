@@ -20,6 +20,20 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs')
 ]
+# tools/test.py --tta: two scales x horizontal flip, predictions averaged (mmseg's SegTTAModel)
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale=(128, 128), keep_ratio=True),
+             dict(type='Resize', scale=(192, 192), keep_ratio=True)],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='PackSegInputs')]
+        ])
+]
 train_dataloader = dict(
     batch_size=8,
     num_workers=0,
