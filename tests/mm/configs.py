@@ -9,14 +9,14 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CONFIG_DIR = osp.join(ROOT, 'configs')
 DEMO_ROOT = osp.join(ROOT, 'demo_data', 'shapes')
 CONFIGS = sorted(
-    osp.relpath(p, CONFIG_DIR) for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True)
-    if '_base_' not in p)
+    path for path in (osp.relpath(p, CONFIG_DIR) for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True))
+    if not path.startswith('_base_' + osp.sep))  # not a substring test: 'upernet_nat_base_ade20k.py' is a config
 
 
 def task(path: str) -> str:
     """'cls', 'seg' or 'det' from the config file name (OpenMMLab naming: the head comes first)."""
     name = osp.basename(path)
-    if name.startswith(('upernet_', 'fpn_')):
+    if name.startswith(('upernet_', 'fpn_', 'mask2former_')):
         return 'seg'
     if name.startswith(('mask_rcnn_', 'retinanet_', 'cascade_')):
         return 'det'
@@ -88,7 +88,11 @@ def on_demo_data(path: str, work_dir: str, iters: int = 1, n_val: int = 2, optio
         cfg[key] = copy.deepcopy(data[key])
         if 'ann_file' in cfg[key]:
             cfg[key].ann_file = osp.join(DEMO_ROOT, 'annotations', 'instances_val.json')
-    _set_num_classes(cfg.model, 4 if kind == 'seg' else 3)
+    n_cls = 4 if kind == 'seg' else 3
+    _set_num_classes(cfg.model, n_cls)
+    loss_cls = cfg.model.get('decode_head', {}).get('loss_cls')
+    if loss_cls and loss_cls.get('class_weight'):  # Mask2Former: one weight per class, then the no-object one
+        loss_cls.class_weight = [1.0] * n_cls + [loss_cls.class_weight[-1]]
     if kind == 'seg':
         cfg.model.data_preprocessor.size = (128, 128)
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
