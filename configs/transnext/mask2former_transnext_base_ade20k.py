@@ -1,53 +1,9 @@
-_base_ = [
-    '../_base_/models/mask2former_visionattn.py', '../_base_/datasets/ade20k.py',
-    '../_base_/default_runtime_seg.py', '../_base_/schedules/schedule_160k_adamw.py'
-]
+_base_ = ['./mask2former_transnext_tiny_ade20k.py']
 # TransNeXt-Base Mask2Former, ADE20K 160k, 512x512: 54.7 mIoU (TransNeXt README (DaiShiResearch/TransNeXt),
-# segmentation/mask2former); drop path 0.6 as its mm backbone; AdamW lr 1e-4 wd 0.05, the backbone at 0.1x the
-# learning rate, no weight decay on norms, biases, query embeddings, position biases (cpb, local), temperatures and
-# learnable tokens; poly decay, clip 0.01 (mmseg's Mask2Former recipe)
-custom_imports = dict(imports=['visionattn.mm', 'mmdet.models'], allow_failed_imports=False)
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
+# segmentation/mask2former); drop path 0.6 as its mm backbone; the recipe of the tiny config
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         arch='transnext_base',
         drop_path_rate=0.6,
         init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/DaiShiResearch/transnext-base-224-1k/resolve/main/transnext_base_224_1k.pth')),
     decode_head=dict(in_channels=[96, 192, 384, 768]))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomChoiceResize', scales=[int(512 * x * 0.1) for x in range(5, 21)],
-         resize_type='ResizeShortestEdge', max_size=2048),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs')
-]
-# 8 GPUs x 2 images
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
-no_decay = dict(decay_mult=0.)
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
-    clip_grad=dict(max_norm=0.01, norm_type=2),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        custom_keys={
-            'backbone': dict(lr_mult=0.1),
-            'query_embedding': dict(lr_mult=0.1, decay_mult=0.),
-            'relative_pos_bias_local': dict(lr_mult=0.1, decay_mult=0.),
-            'cpb': dict(lr_mult=0.1, decay_mult=0.),
-            'temperature': dict(lr_mult=0.1, decay_mult=0.),
-            'learnable_tokens': dict(lr_mult=0.1, decay_mult=0.),
-            'learnable_bias': dict(lr_mult=0.1, decay_mult=0.),
-            'query_embed': no_decay,
-            'query_feat': no_decay,
-            'level_embed': no_decay,
-        }))
-param_scheduler = [dict(type='PolyLR', eta_min=0, power=0.9, begin=0, end=160000, by_epoch=False)]
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, save_best='mIoU'))
