@@ -21,6 +21,29 @@ def test_library_builds_and_is_cached(tmp_path, monkeypatch):
     assert built[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob('cpu_kernels/*/*'))) == 1
 
 
+@pytest.mark.parametrize('threading', ['-fopenmp', '-fopenmp-simd'])  # OpenMP (torch's pool) or pthreads
+def test_threaded_builds(threading, tmp_path, monkeypatch):
+    from visionattn.ops.topk import topk_attention
+    monkeypatch.setenv('VISIONATTN_CACHE', str(tmp_path))
+    monkeypatch.setattr(cpu, '_THREADING', ([threading],))
+    monkeypatch.setattr(cpu, '_STATE', {'lib': cpu._build()})
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 8, 200, 6, 16, generator=g).unbind(0)  # enough work to be split over threads
+    index = torch.randn(8, 6, 199, 200, generator=g).topk(60, dim=-1)[1]
+    ref = topk_attention(q.double(), k.double(), v.double(), index, 0.25, 1, backend='reference')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with torch.no_grad():
+            out = topk_attention(q, k, v, index, 0.25, 1, backend='cpu')
+        x = torch.randn(400, 197, generator=g)
+        sel = topk_indices(x, 50)
+    finally:
+        torch.set_num_threads(threads)
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert _same_sets(sel, x.topk(50, dim=-1)[1])
+
+
 def test_unavailable_reasons(monkeypatch):
     monkeypatch.setattr(cpu, '_STATE', {})
     monkeypatch.setenv('VISIONATTN_NO_CPU_KERNELS', '1')

@@ -1,10 +1,12 @@
 """Small C kernels for the CPU (``topk.c``), compiled on first use with the system C compiler and called via ctypes.
 
-No torch headers and no Python extension module: the library is plain C99 + pthreads (a compile takes about a
-second), built with ``-O3 -march=native`` into ``$VISIONATTN_CACHE`` (default ``~/.cache/visionattn``)
-``/cpu_kernels/<hash>/`` once per source, compiler and CPU, and loaded with ``ctypes`` (which releases the GIL during
-the call). Everything that uses it has a pure-PyTorch fallback: without a C compiler (``$CC``, else ``cc``/``gcc``/
-``clang``) or with ``VISIONATTN_NO_CPU_KERNELS=1`` the backends that need it report why and are skipped.
+No torch headers and no Python extension module: the library is plain C99 with OpenMP, or pthreads where the
+compiler has no OpenMP (a compile takes about a second), built with ``-O3 -march=native`` into ``$VISIONATTN_CACHE``
+(default ``~/.cache/visionattn``) ``/cpu_kernels/<hash>/`` once per source, compiler and CPU, and loaded with
+``ctypes`` (which releases the GIL during the call) after torch, so that its OpenMP calls bind to the libgomp torch
+loaded and share its thread pool. Everything that uses it has a pure-PyTorch fallback: without a C compiler (``$CC``,
+else ``cc``/``gcc``/``clang``) or with ``VISIONATTN_NO_CPU_KERNELS=1`` the backends that need it report why and are
+skipped.
 """
 import ctypes
 import hashlib
@@ -20,8 +22,9 @@ from typing import Optional
 __all__ = ['load', 'unavailable_reason', 'num_threads']
 
 _SOURCE = Path(__file__).with_name('topk.c')
-_FLAGS = ['-O3', '-march=native', '-fopenmp-simd', '-fno-math-errno', '-fno-trapping-math', '-fPIC', '-shared',
-          '-pthread', '-std=gnu99']
+_FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fPIC', '-shared', '-pthread', '-std=gnu99']
+# OpenMP first (the kernels then share torch's libgomp thread pool, see topk.c's run_split), else pthreads
+_THREADING = (['-fopenmp'], ['-fopenmp-simd'])
 _LOCK = threading.Lock()
 _STATE: dict = {}  # 'lib': the loaded library, or 'error': why there is none
 
@@ -63,13 +66,18 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix='.so', dir=lib_path.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *_FLAGS, '-o', tmp, str(_SOURCE), '-lm'], capture_output=True, text=True)
+            for threading_flags in _THREADING:
+                cmd = [cc, *_FLAGS, *threading_flags, '-o', tmp, str(_SOURCE), '-lm']
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if not proc.returncode:
+                    break
             if proc.returncode:
                 raise RuntimeError(f'{cc} failed to compile {_SOURCE.name}: {proc.stderr.strip()[-2000:]}')
             os.replace(tmp, lib_path)  # atomic: concurrent builds (e.g. DDP ranks) each write their own temp file
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    import torch  # noqa: F401  (loaded first: its libgomp is the one this library binds to)
     lib = ctypes.CDLL(str(lib_path))
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)

@@ -1,8 +1,8 @@
 /* visionattn CPU kernels: per-row top-k (sparse) attention forward and exact row-wise top-k selection.
  *
- * Plain C99 + pthreads, compiled on first use by visionattn/ops/cpu/__init__.py and called through ctypes (which
- * releases the GIL). Written for the compiler's vectorizer (-O3 -march=native -fopenmp-simd), with an AVX2 + FMA row
- * kernel for float32 where the CPU has it; rows are split over threads in contiguous ranges.
+ * Plain C99 with OpenMP (or pthreads without it), compiled on first use by visionattn/ops/cpu/__init__.py and called
+ * through ctypes (which releases the GIL). Written for the compiler's vectorizer (-O3 -march=native), with an AVX2 +
+ * FMA row kernel for float32 where the CPU has it; rows are split over threads in contiguous ranges.
  */
 #include <math.h>
 #include <pthread.h>
@@ -211,24 +211,39 @@ DEFINE_ATTN(float, f32)
 DEFINE_ATTN(double, f64)
 
 /* Runs fn over rows [0, rows) split into nthreads contiguous ranges, each on a copy of the argument struct (of size
- * bytes, starting with row0, row1); the calling thread takes the first range. Returns 0, or the nonzero code a range
- * returned: 1 out of memory, 2 an index out of range. */
+ * bytes, starting with row0, row1). With OpenMP the ranges run on the OpenMP thread pool: loaded after torch, this
+ * library binds to the libgomp torch already loaded (same soname), so it shares torch's pool instead of competing
+ * with its spinning threads (separate threads ran 1.6x slower right after a torch op on 2 cores). Without OpenMP,
+ * pthreads (the calling thread takes the first range). Returns 0, or the nonzero code a range returned: 1 out of
+ * memory, 2 an index out of range. */
 static int run_split(void *(*fn)(void *), const void *base, size_t size, int64_t rows, int nthreads) {
     if (nthreads > rows) nthreads = (int)rows;
     if (nthreads < 1) nthreads = 1;
     char *args = (char *)malloc(size * (size_t)nthreads);
-    pthread_t *tid = (pthread_t *)malloc(sizeof(pthread_t) * (size_t)nthreads);
-    int *started = (int *)calloc((size_t)nthreads, sizeof(int));
-    if (!args || !tid || !started) { free(args); free(tid); free(started); return 1; }
+    if (!args) return 1;
     for (int t = 0; t < nthreads; ++t) {
         int64_t *range = (int64_t *)(args + size * (size_t)t);
         memcpy(range, base, size);
         range[0] = rows * t / nthreads;
         range[1] = rows * (t + 1) / nthreads;
     }
+    intptr_t err = 0;
+#ifdef _OPENMP
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static, 1)")
+    for (int t = 0; t < nthreads; ++t) {
+        const intptr_t ret = (intptr_t)fn(args + size * (size_t)t);
+        if (ret) {
+            _Pragma("omp critical")
+            err = ret;
+        }
+    }
+#else
+    pthread_t *tid = (pthread_t *)malloc(sizeof(pthread_t) * (size_t)nthreads);
+    int *started = (int *)calloc((size_t)nthreads, sizeof(int));
+    if (!tid || !started) { free(args); free(tid); free(started); return 1; }
+    intptr_t ret;
     for (int t = 1; t < nthreads; ++t)
         started[t] = pthread_create(&tid[t], NULL, fn, args + size * (size_t)t) == 0;
-    intptr_t err = 0, ret;
     for (int t = 1; t < nthreads; ++t)
         if (!started[t] && (ret = (intptr_t)fn(args + size * (size_t)t))) err = ret;  /* no thread: run it here */
     if ((ret = (intptr_t)fn(args))) err = ret;
@@ -237,7 +252,9 @@ static int run_split(void *(*fn)(void *), const void *base, size_t size, int64_t
         if (started[t] && pthread_join(tid[t], &r) != 0) err = 1;
         if (r) err = (intptr_t)r;
     }
-    free(args); free(tid); free(started);
+    free(tid); free(started);
+#endif
+    free(args);
     return (int)err;
 }
 
