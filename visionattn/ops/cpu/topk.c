@@ -228,6 +228,11 @@ static int run_split(void *(*fn)(void *), const void *base, size_t size, int64_t
         range[1] = rows * (t + 1) / nthreads;
     }
     intptr_t err = 0;
+    if (nthreads == 1) {  /* no team at all: also safe in forked workers, where libgomp's pool is gone */
+        err = (intptr_t)fn(args);
+        free(args);
+        return (int)err;
+    }
 #ifdef _OPENMP
     _Pragma("omp parallel for num_threads(nthreads) schedule(static, 1)")
     for (int t = 0; t < nthreads; ++t) {
