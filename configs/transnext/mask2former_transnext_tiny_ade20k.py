@@ -4,8 +4,8 @@ _base_ = [
 ]
 # TransNeXt-Tiny Mask2Former, ADE20K 160k, 512x512: 53.4 mIoU (TransNeXt README (DaiShiResearch/TransNeXt),
 # segmentation/mask2former); drop path 0.3 as its mm backbone; AdamW lr 1e-4 wd 0.05, the backbone at 0.1x the
-# learning rate, no weight decay on norms, biases, query embeddings, position biases (cpb, local), temperatures and
-# learnable tokens; poly decay, clip 0.01 (mmseg's Mask2Former recipe)
+# learning rate, no weight decay on norms, biases, query embeddings, position biases (cpb, local) and temperatures;
+# poly decay, clip 0.01 (mmseg's Mask2Former recipe)
 custom_imports = dict(imports=['visionattn.mm', 'mmdet.models'], allow_failed_imports=False)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -32,19 +32,18 @@ no_decay = dict(decay_mult=0.)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    constructor='BackboneLrMultOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
     clip_grad=dict(max_norm=0.01, norm_type=2),
     paramwise_cfg=dict(
+        backbone_lr_mult=0.1,
         norm_decay_mult=0.,
         bias_decay_mult=0.,
         custom_keys={
-            'backbone': dict(lr_mult=0.1),
-            'query_embedding': dict(lr_mult=0.1, decay_mult=0.),
-            'relative_pos_bias_local': dict(lr_mult=0.1, decay_mult=0.),
-            'cpb': dict(lr_mult=0.1, decay_mult=0.),
-            'temperature': dict(lr_mult=0.1, decay_mult=0.),
-            'learnable_tokens': dict(lr_mult=0.1, decay_mult=0.),
-            'learnable_bias': dict(lr_mult=0.1, decay_mult=0.),
+            'query_embedding': no_decay,
+            'relative_pos_bias_local': no_decay,
+            'cpb': no_decay,
+            'temperature': no_decay,
             'query_embed': no_decay,
             'query_feat': no_decay,
             'level_embed': no_decay,

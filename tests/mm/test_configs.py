@@ -132,3 +132,35 @@ def test_classification_config_trains_one_iteration(tmp_path):
     loss.backward()
     optim.step()
     assert torch.isfinite(loss)
+
+
+def test_backbone_lr_mult_constructor():
+    # the Mask2Former recipe: backbone at 0.1x the learning rate, and its biases, norms and position biases still
+    # without weight decay (a plain custom key 'backbone' would give them decay)
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, 'transnext', 'mask2former_transnext_tiny_ade20k.py'))
+    init_default_scope('mmseg')
+    strip_pretrained(cfg._cfg_dict)
+    cfg.model.backbone.arch = 'transnext_micro'
+    cfg.model.decode_head.in_channels = [48, 96, 192, 384]
+    model = _registry('mmseg').MODELS.build(cfg.model)
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    by_name = {n: g for n, p in model.named_parameters() for g in groups if g['params'][0] is p}
+    assert len(by_name) == len(list(model.parameters()))
+
+    def lr_wd(name):
+        return by_name[name]['lr'], by_name[name]['weight_decay']
+
+    blk = 'backbone.model.stages.0.blocks.0.'
+    assert lr_wd(blk + 'attn.q.weight') == pytest.approx((1e-5, 0.05))
+    for name in ('attn.q.bias', 'norm1.weight', 'attn.query_embedding', 'attn.relative_pos_bias_local',
+                 'attn.cpb.cpb_fc1.weight', 'attn.temperature'):
+        assert lr_wd(blk + name) == pytest.approx((1e-5, 0.)), name
+    assert lr_wd(blk + 'attn.learnable_tokens') == pytest.approx((1e-5, 0.05))
+    head = [n for n in by_name if n.startswith('decode_head.')]
+    assert lr_wd(next(n for n in head if n.endswith('query_embed.weight'))) == pytest.approx((1e-4, 0.))
+    assert lr_wd(next(n for n in head if n.endswith('.weight') and 'norm' not in n and 'embed' not in n
+                      and by_name[n]['params'][0].ndim > 1)) == pytest.approx((1e-4, 0.05))

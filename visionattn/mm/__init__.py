@@ -1,15 +1,17 @@
 """OpenMMLab adapters. Imported only by configs (``custom_imports=dict(imports=['visionattn.mm'])``) or explicitly;
 the core never imports this. Registers ``VisionAttnBackbone`` and one type per family (``FAMILY_TYPES``, e.g.
 ``type='NAT'``) in mmengine's root MODELS registry and in those of mmseg, mmdet and mmpretrain that are installed,
-and lets torch's safe (``weights_only``) loader read the checkpoints mmengine writes.
+registers ``BackboneLrMultOptimWrapperConstructor``, and lets torch's safe (``weights_only``) loader read the
+checkpoints mmengine writes.
 """
 import importlib
 
-from mmengine.registry import HOOKS, MODELS
+from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .backbone import FAMILY_TYPES, VisionAttnBackbone, family_backbones, load_checkpoint_file
 from .checkpoint import allow_mmengine_checkpoints
 from .hooks import KeepRateHook, SparsifinerPhaseHook
+from .optim import BackboneLrMultOptimWrapperConstructor
 
 _TYPES = dict(VisionAttnBackbone=VisionAttnBackbone, **family_backbones())
 _registries = [MODELS]
@@ -23,6 +25,7 @@ for _registry in _registries:
         _registry.register_module(name=_name, module=_cls, force=True)
 HOOKS.register_module(module=KeepRateHook, force=True)
 HOOKS.register_module(module=SparsifinerPhaseHook, force=True)
+OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=BackboneLrMultOptimWrapperConstructor, force=True)
 try:  # registers SparsifinerClassifier in mmpretrain's MODELS
     from .sparsifiner import SparsifinerClassifier  # noqa: F401
 except ImportError:  # mmpretrain not installed
