@@ -18,7 +18,7 @@ def task(path: str) -> str:
     name = osp.basename(path)
     if name.startswith(('upernet_', 'fpn_', 'mask2former_')):
         return 'seg'
-    if name.startswith(('mask_rcnn_', 'retinanet_', 'cascade_')):
+    if name.startswith(('mask_rcnn_', 'retinanet_', 'cascade_', 'dino_')):
         return 'det'
     return 'cls'
 
@@ -84,10 +84,13 @@ def on_demo_data(path: str, work_dir: str, iters: int = 1, n_val: int = 2, optio
             loader.dataset.indices = n_val
         loader.pop('batch_sampler', None)
         cfg[key] = loader
+    boxes_only = kind == 'det' and 'mask_head' not in cfg.model.get('roi_head', {})  # RetinaNet, DINO
     for key in ('val_evaluator', 'test_evaluator'):
         cfg[key] = copy.deepcopy(data[key])
         if 'ann_file' in cfg[key]:
             cfg[key].ann_file = osp.join(DEMO_ROOT, 'annotations', 'instances_val.json')
+        if boxes_only:
+            cfg[key].metric = ['bbox']
     n_cls = 4 if kind == 'seg' else 3
     _set_num_classes(cfg.model, n_cls)
     loss_cls = cfg.model.get('decode_head', {}).get('loss_cls')
@@ -95,6 +98,10 @@ def on_demo_data(path: str, work_dir: str, iters: int = 1, n_val: int = 2, optio
         loss_cls.class_weight = [1.0] * n_cls + [loss_cls.class_weight[-1]]
     if kind == 'seg':
         cfg.model.data_preprocessor.size = (128, 128)
+    if cfg.model.get('type') == 'DINO':  # its 900 queries are picked among the encoder tokens: a demo image has ~340
+        cfg.model.num_queries = 100
+    if 'score_thr' in cfg.model.get('test_cfg', {}):  # RetinaNet after one iteration scores below 0.05 (prior 0.01)
+        cfg.model.test_cfg.score_thr = 0.
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=iters)]
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1, log_metric_by_epoch=False)

@@ -86,11 +86,12 @@ def test_config_builds(path):
 
 def _demo_runs():
     # default tier: UperNet and Mask R-CNN on NAT; slow tier: the first config of every head type (UperNet, FPN,
-    # Mask2Former, Mask R-CNN, Cascade Mask R-CNN, RetinaNet) of every family
+    # Mask2Former, Mask R-CNN, Cascade Mask R-CNN, RetinaNet, DINO) of every family
     default = ['nat/upernet_nat_mini_ade20k.py', 'nat/mask_rcnn_nat_mini_fpn_3x_coco.py']
     slow = []
     for paths in families_with_configs().values():
-        for prefix in ('upernet_', 'fpn_', 'mask2former_', 'mask_rcnn_', 'cascade_mask_rcnn_', 'retinanet_'):
+        for prefix in ('upernet_', 'fpn_', 'mask2former_', 'mask_rcnn_', 'cascade_mask_rcnn_', 'retinanet_',
+                       'dino_'):
             first = next((p for p in paths if osp.basename(p).startswith(prefix)), None)
             if first and first not in default and not (prefix == 'fpn_' and any(
                     osp.basename(p).startswith('upernet_') for p in paths)):
