@@ -92,7 +92,9 @@ def _demo_runs():
     for paths in families_with_configs().values():
         for prefix in ('upernet_', 'fpn_', 'mask2former_', 'mask_rcnn_', 'cascade_mask_rcnn_', 'retinanet_',
                        'dino_'):
-            first = next((p for p in paths if osp.basename(p).startswith(prefix)), None)
+            # the smaller variants first: a base/large backbone only where a family has nothing else for that head
+            smaller_first = sorted(paths, key=lambda p: (any(s in p for s in ('_base_', '_large_')), p))
+            first = next((p for p in smaller_first if osp.basename(p).startswith(prefix)), None)
             if first and first not in default and not (prefix == 'fpn_' and any(
                     osp.basename(p).startswith('upernet_') for p in paths)):
                 slow.append(first)
