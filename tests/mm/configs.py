@@ -100,8 +100,12 @@ def on_demo_data(path: str, work_dir: str, iters: int = 1, n_val: int = 2, optio
         cfg.model.data_preprocessor.size = (128, 128)
     if cfg.model.get('type') == 'DINO':  # its 900 queries are picked among the encoder tokens: a demo image has ~340
         cfg.model.num_queries = 100
-    if 'score_thr' in cfg.model.get('test_cfg', {}):  # RetinaNet after one iteration scores below 0.05 (prior 0.01)
-        cfg.model.test_cfg.score_thr = 0.
+    # after one iteration every detection may score below the 0.05 threshold (RetinaNet's prior is 0.01; Cascade's
+    # third stage): keep them all, so that the metric has something to evaluate
+    test_cfg = cfg.model.get('test_cfg') or {}
+    for node in (test_cfg, test_cfg.get('rcnn') or {}):
+        if 'score_thr' in node:
+            node['score_thr'] = 0.
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=iters)]
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1, log_metric_by_epoch=False)
