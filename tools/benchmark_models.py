@@ -96,7 +96,10 @@ def blocked_tiling(shape: Sequence[int], kernel_size: Sequence[int], stride: int
     Reads the backend's private tiling helpers, of which two generations exist: cost-model tiles with uniform key spans
     (``_default_tiles`` / ``_geometry``) and per-axis stride-multiple tiles (``_default_tile`` / ``_tiles``).
     """
-    from visionattn.ops import neighborhood as nb
+    try:
+        from visionattn.ops.blocked import neighborhood as nb
+    except ImportError:  # before the op layer was split by backend
+        from visionattn.ops import neighborhood as nb
 
     n = len(shape)
     shape, ks, st, causal = tuple(shape), tuple(kernel_size), (stride,) * n, (False,) * n

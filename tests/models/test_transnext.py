@@ -207,7 +207,7 @@ def test_checkpoint_filter_mm_keys():
 
 def test_aggregated_op_custom_op_gradients():
     """The compile path (custom op with a recomputing backward) gives the eager values and gradients."""
-    from visionattn.ops.aggregated import _aggregated_blocked_op
+    from visionattn.ops.blocked.aggregated import _aggregated_blocked_op
     args = _agg_inputs()
     names = ['query', 'key', 'value', 'pool_key', 'pool_value', 'local_bias', 'pool_bias', 'local_weights']
     results = []

@@ -118,7 +118,7 @@ def test_dense_backend_choice():
         return get_backend('block_sparse_attention', query=q, key=q, value=q, block_index=idx, **kw).__name__
 
     # BiFormer at 224: the 14x14 stage (topk 16 of 49 blocks of 4 tokens) runs dense, the 56x56 and 28x28 ones blocked
-    assert pick(4, 14, 7, 16) == '_block_sparse_dense'
+    assert pick(4, 14, 7, 16) == 'block_sparse_dense'
     assert pick(4, 56, 7, 4) == pick(4, 56, 7, 16) == pick(4, 28, 7, 4) == '_block_sparse_blocked'
     # never with a bias or key mask, nor when the mask would be too large
     assert pick(4, 14, 7, 16, bias=torch.zeros(4, 1, 49, 16)) == '_block_sparse_blocked'
@@ -156,7 +156,7 @@ def test_auto_dispatch_cpu():
     call = {'query': q, 'key': k, 'value': v, 'block_index': idx, 'bias': None, 'key_mask': None}
     fn = get_backend('block_sparse_attention', 'auto', **call)
     # small blocks, 3 of 7 listed: dense SDPA is the faster one on CPU (test_dense_backend_choice)
-    assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else '_block_sparse_dense')
+    assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else 'block_sparse_dense')
     fn = get_backend('block_sparse_attention', 'auto', **dict(call, key_mask=torch.ones(2, 7, 5, dtype=torch.bool)))
     assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else '_block_sparse_blocked')
     if not torch.cuda.is_available():
@@ -238,7 +238,7 @@ def test_fx_notrace():
 def test_blocked_steps(monkeypatch, step_bytes, Hi):
     """Budgets from one query block and one slot per step (online softmax), through several query blocks per chunk,
     to everything in one step give the oracle's output and gradients (shared and per-head index lists)."""
-    import visionattn.ops.block_sparse as bs
+    import visionattn.ops.blocked.block_sparse as bs
     monkeypatch.setattr(bs, '_BLOCKED_STEP_BYTES', step_bytes)
     q, k, v, idx, bias, key_mask = _inputs(Hi=Hi)
     key_mask[1, idx[1, 0, 2]] = False

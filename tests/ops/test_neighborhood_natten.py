@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from visionattn.ops import BackendUnavailable, list_backends, na1d, na2d, na3d, neighborhood_attention
-from visionattn.ops import neighborhood as nbh
 from visionattn.ops._dispatch import _REGISTRY
+from visionattn.ops.natten import neighborhood as nbh
 
 natten = pytest.importorskip('natten')
 
@@ -114,7 +114,7 @@ def test_auto_never_picks_natten_when_it_cannot_run(monkeypatch):
     # rank natten first, then check that auto still skips it for every call it cannot run
     monkeypatch.setattr(_REGISTRY['gna']['natten'], 'priority_fn', lambda **kw: 100)
     picked = []
-    real = nbh._natten_backend
+    real = nbh.natten_backend
     monkeypatch.setattr(_REGISTRY['gna']['natten'], 'fn', lambda *a, **kw: picked.append(1) or real(*a, **kw))
     q, k, v = _qkv((6, 7))
     ref = na2d(q, k, v, 3, backend='reference')

@@ -7,6 +7,8 @@ import torch
 
 from visionattn.ops import BackendUnavailable, get_backend
 from visionattn.ops import topk as T
+from visionattn.ops.blocked import topk as TB
+from visionattn.ops.cpu import topk as TC
 from visionattn.ops.topk import topk_attention, topk_attention_reference, topk_index_to_mask
 
 
@@ -62,7 +64,7 @@ def test_sparse_backward_with_dropout_equals_autograd():
         if custom:
             out = topk_attention(q, k, v, index, 0.3, num_dense=1, dropout_p=0.3, backend='sparse')
         else:
-            out = T._sparse_forward(q, k, v, index, 0.3, 1, 0.3)[0]
+            out = TB.sparse_forward(q, k, v, index, 0.3, 1, 0.3)[0]
         grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
         grads.append([out, *torch.autograd.grad(out, xs, grad)])
     assert grads[0][0].abs().sum() > 0
@@ -91,7 +93,7 @@ def test_cpu_inference_and_threads():
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        out = T._cpu_forward(q, k, v, index, 0.3, 1, need_probs=False)[0]
+        out = TC.cpu_forward(q, k, v, index, 0.3, 1, need_probs=False)[0]
     finally:
         torch.set_num_threads(threads)
     ref = topk_attention(q.double(), k.double(), v.double(), index, 0.3, 1, backend='reference')
@@ -117,13 +119,13 @@ def test_auto_backend_by_density(monkeypatch):
     # the C kernel at every density (faster than masked dense SDPA up to density 1, measured)
     assert pick(0.1) is T._topk_cpu and pick(0.25) is T._topk_cpu and pick(1.0) is T._topk_cpu
     assert pick(0.25, query=q.double()) is T._topk_cpu
-    assert pick(0.25, query=q.bfloat16()) is T._topk_masked_sdpa  # no bf16 C kernel
+    assert pick(0.25, query=q.bfloat16()) is TB.topk_masked_sdpa  # no bf16 C kernel
     # an explicit request runs at any density
     assert pick(0.5, 'sparse') is T._topk_sparse
     # without the C kernels: the sparse backend at low density, dense SDPA above
     from visionattn.ops import cpu
     monkeypatch.setattr(cpu, '_STATE', {'error': 'disabled by VISIONATTN_NO_CPU_KERNELS'})
-    assert pick(0.1) is T._topk_sparse and pick(0.25) is T._topk_masked_sdpa
+    assert pick(0.1) is T._topk_sparse and pick(0.25) is TB.topk_masked_sdpa
     with pytest.raises(BackendUnavailable, match='VISIONATTN_NO_CPU_KERNELS'):
         pick(0.1, 'cpu')
 

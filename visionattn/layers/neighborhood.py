@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
 
-from visionattn.ops.neighborhood import gna_blocked, neighborhood_attention
+from visionattn.ops.blocked.neighborhood import gna_blocked
+from visionattn.ops.neighborhood import neighborhood_attention
 
 __all__ = ['NeighborhoodAttention1d', 'NeighborhoodAttention2d', 'NeighborhoodAttention3d']
 

@@ -19,28 +19,10 @@ from typing import Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
+from .reference.agent import agent_attention_reference
+
 __all__ = [
     'agent_attention', 'agent_attention_reference', 'resize_token_bias', 'resize_agent_axis', 'agent_grid_bias']
-
-
-def agent_attention_reference(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        agents: Tensor,
-        agent_bias: Optional[Tensor],
-        query_bias: Optional[Tensor],
-        scale: float,
-) -> Tensor:
-    """The oracle: the official computation, explicit softmaxes (``(A * s) @ K^T + B``, as the official code)."""
-    attn = (agents * scale) @ k.transpose(-2, -1)
-    if agent_bias is not None:
-        attn = attn + agent_bias
-    agent_v = attn.softmax(dim=-1) @ v
-    attn = (q * scale) @ agents.transpose(-2, -1)
-    if query_bias is not None:
-        attn = attn + query_bias
-    return attn.softmax(dim=-1) @ agent_v
 
 
 def agent_attention(

@@ -13,12 +13,14 @@ Layout (heads-last, like the project's other ops):
 ``out[i] = sum_{j in S_i} softmax_j(scale * q_i . k_j) v_j``: exactly the dense attention with a boolean mask that is
 True on the listed pairs (``topk_attention_reference``), at ``K / Nk`` of the dense work.
 
-Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops._dispatch``):
+Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops._dispatch``; modules
+``visionattn.ops.{triton,cpu,blocked,reference}.topk``; this module holds the public functions, the argument checks,
+the custom ops the ``sparse``, ``cpu`` and ``triton`` backends share and the backend registration):
 
 * ``triton``: fused forward and backward, one program per (query tile, batch * head) reading the listed keys and
   values by index (nothing gathered in memory), online softmax over chunks of the list; CUDA tensors (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
-* ``cpu``: a C kernel (``visionattn/ops/cpu/topk.c``, compiled on first use, see ``visionattn.ops.cpu``); CPU fp32 /
+* ``cpu``: a C kernel (``kernels/cpu/topk.c``, compiled on first use, see ``visionattn.ops.cpu``); CPU fp32 /
   fp64. Per query row: the listed keys' dot products eight at a time (one load of the query per eight keys; AVX2 +
   FMA where the CPU has it), the softmax over them, the listed value rows accumulated in registers; rows of one head
   in a row so its keys stay in cache; keys and values read through the index (strided views of a packed qkv
@@ -40,17 +42,16 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 * ``masked_sdpa``: ``F.scaled_dot_product_attention`` with the additive mask of the index (dense work).
 * ``reference``: the oracle, dense attention with the boolean mask (O(Nq * Nk) memory).
 """
-import ctypes
-import os
-import warnings
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
 from ._dispatch import get_backend, register_backend, triton_unsupported, use_opaque_ops
+from .blocked import topk as _blocked
+from .cpu import topk as _cpu
+from .reference.topk import topk_attention_reference, topk_index_to_mask
 
 __all__ = ['topk_attention', 'topk_attention_reference', 'topk_index_to_mask', 'topk_indices']
 
@@ -81,192 +82,6 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, index: Tensor, num_
         raise ValueError(f'topk_attention: index must be an integer tensor, got {index.dtype}')
 
 
-def topk_index_to_mask(index: Tensor, num_keys: int, num_dense: int = 0) -> Tensor:
-    """The boolean ``[B, heads, num_dense + Nr, num_keys]`` attention mask of ``index`` ``[B, heads, Nr, K]`` (True:
-    attend); the first ``num_dense`` rows are all True."""
-    B, H, Nr, _ = index.shape
-    mask = torch.zeros((B, H, num_dense + Nr, num_keys), dtype=torch.bool, device=index.device)
-    mask[:, :, :num_dense] = True
-    mask[:, :, num_dense:].scatter_(-1, index.long(), True)
-    return mask
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# reference (oracle)
-# --------------------------------------------------------------------------------------------------------------------
-
-def topk_attention_reference(
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        index: Tensor,
-        scale: float,
-        num_dense: int = 0,
-        dropout_p: float = 0.,
-) -> Tensor:
-    """The oracle: dense softmax attention with the boolean mask of ``index`` (``topk_index_to_mask``)."""
-    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, H, N, D]
-    mask = topk_index_to_mask(index, k.shape[2], num_dense)
-    attn = ((q * scale) @ k.transpose(-2, -1)).masked_fill(~mask, float('-inf')).softmax(dim=-1)
-    if dropout_p > 0:
-        attn = F.dropout(attn, dropout_p)
-    return (attn @ v).transpose(1, 2)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# sparse (SDDMM + softmax + embedding_bag), any device
-# --------------------------------------------------------------------------------------------------------------------
-
-def _rows(t: Tensor, order: bool) -> Tuple[Tensor, int, int]:
-    """A ``[rows, D]`` matrix view of ``t`` ``[B, N, H, D]`` whose row ``(b * sB + n * sN) / D + h`` is ``t[b, n, h]``
-    (a strided view of a packed qkv projection needs no copy), with ``sB / D`` and ``sN / D``. With ``order`` the
-    rows must increase with ``(b, n, h)``. Copies ``t`` when its strides do not allow such a view."""
-    B, N, H, D = t.shape
-    sB, sN, sH, sD = t.stride()
-    ok = sD == 1 and sH == D and sB % D == 0 and sN % D == 0 and sB >= 0 and sN >= 0
-    if ok and order:
-        ok = (N == 1 or sN >= H * D) and (B == 1 or sB >= N * sN)
-    if not ok:
-        t = t.contiguous()
-        sB, sN = N * H * D, H * D
-    rows = ((B - 1) * sB + (N - 1) * sN) // D + H
-    return t.as_strided((rows, D), (D, 1)), sB // D, sN // D
-
-
-def _dense_rows(q: Tensor, k: Tensor, scale: float, num_dense: int) -> Tensor:
-    """Softmax attention ``[B, H, nd, Nk]`` of the first ``num_dense`` query rows over all keys."""
-    s = (q[:, :num_dense, None] * k[:, None]).sum(dim=-1) * scale  # [B, nd, Nk, H]
-    return s.softmax(dim=2).permute(0, 3, 1, 2)
-
-
-def _sparse_forward(
-        q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float, num_dense: int, dropout_p: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns the output ``[B, Nq, H, Dv]``, the probabilities of the listed rows ``[B, Nq - nd, H, K]`` (dense rows
-    are recomputed in the backward), their dropped-out version and the dense rows' dropped-out probabilities
-    ``[B, H, nd, Nk]`` (both empty without dropout).
-
-    The listed rows are one CSR matrix over matrix views of q, k, v (``_rows``; no copies), ``K`` nonzeros per listed
-    query row and none in other rows: the scores are its SDDMM with ``q k^T``, ``softmax @ V`` an ``embedding_bag``
-    over the rows of ``V``, whose output is already in the ``[B, N, H, Dv]`` layout. The dense rows (class token) are a
-    small dense attention.
-    """
-    B, Nq, H, D = q.shape
-    Dv = v.shape[-1]
-    K = index.shape[-1]
-    Nr = Nq - num_dense
-    dev = q.device
-    outs = []
-    cd = q.new_empty(0)
-    if num_dense:  # a few rows: broadcast products (a matmul with one query row is slower on strided K/V)
-        attn = _dense_rows(q, k, scale, num_dense)  # [B, H, nd, Nk]
-        if dropout_p > 0:
-            attn = cd = F.dropout(attn, dropout_p)
-        outs.append((attn.permute(0, 2, 3, 1)[..., None] * v[:, None]).sum(dim=2))  # [B, nd, H, Dv]
-    p = pd = q.new_empty(0)
-    if Nr:
-        R = B * Nr * H
-        itype = torch.int32 if q.is_cuda else torch.int64  # cuSPARSE SDDMM takes int32 indices
-        q2, qb, qn = _rows(q[:, num_dense:], True)
-        k2, kb, kn = _rows(k, False)
-        v2, vb, vn = _rows(v, False)
-        b_ = torch.arange(B, device=dev).view(B, 1, 1, 1)
-        h_ = torch.arange(H, device=dev).view(1, 1, H, 1)
-        idx = index.permute(0, 2, 1, 3).to(itype)  # [B, Nr, H, K]
-        col_k = (b_ * kb + idx * kn + h_).reshape(R, K)
-        col_v = col_k if (vb, vn) == (kb, kn) else (b_ * vb + idx * vn + h_).reshape(R, K)  # rows of each view
-        qrows = (b_ * qb + torch.arange(Nr, device=dev).view(1, Nr, 1, 1) * qn + h_).reshape(-1)
-        counts = torch.zeros(q2.shape[0], dtype=itype, device=dev).index_fill_(0, qrows, K)
-        crow = F.pad(counts.cumsum(0, dtype=itype), (1, 0))
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support is in beta')
-            pattern = torch.sparse_csr_tensor(
-                crow, col_k.reshape(-1), q.new_zeros(R * K), size=(q2.shape[0], k2.shape[0]), check_invariants=False)
-        s = torch.sparse.sampled_addmm(pattern, q2, k2.t(), beta=0., alpha=scale)
-        p = s.values().view(R, K).softmax(dim=-1)
-        pd = F.dropout(p, dropout_p) if dropout_p > 0 else p
-        outs.append(F.embedding_bag(col_v, v2, mode='sum', per_sample_weights=pd).view(B, Nr, H, Dv))
-        p = p.view(B, Nr, H, K)
-        pd = pd.view(B, Nr, H, K) if dropout_p > 0 else q.new_empty(0)
-    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    return out, p, pd, cd
-
-
-def _probs(
-        q: Tensor, k: Tensor, index: Tensor, p: Tensor, dense: Optional[Tensor], scale: float, num_dense: int,
-) -> Tensor:
-    """The attention probabilities as a dense ``[B, H, Nq, Nk]`` map (zeros off the pattern); the dense rows are
-    recomputed from q, k unless given."""
-    B, Nq, H, _ = q.shape
-    Nk = k.shape[1]
-    P = q.new_zeros((B, H, Nq, Nk))
-    if num_dense:
-        if dense is None:
-            dense = _dense_rows(q, k, scale, num_dense)
-        P[:, :, :num_dense] = dense
-    if Nq > num_dense:
-        P[:, :, num_dense:].scatter_(-1, index.long(), p.transpose(1, 2))
-    return P
-
-
-def _sparse_backward(
-        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, index: Tensor, p: Tensor, pd: Tensor, cd: Tensor,
-        scale: float, num_dense: int, dropout_p: float,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Dense-pattern backward: the probabilities scattered into ``[B, H, Nq, Nk]``, then batched GEMMs."""
-    qh, kh, vh, doh = (t.transpose(1, 2) for t in (q, k, v, dout))  # [B, H, N, .]
-    P = _probs(q, k, index, p, None, scale, num_dense)
-    dP = doh @ vh.transpose(-2, -1)  # [B, H, Nq, Nk]
-    if dropout_p > 0:  # the dropped-out probabilities and the dropout factor (0 or 1 / (1 - p)) = Pd / P
-        Pd = _probs(q, k, index, pd, cd if num_dense else None, scale, num_dense)
-        dP = dP * torch.where(P > 0, Pd / P.clamp_min(torch.finfo(P.dtype).tiny), 0.)
-    else:
-        Pd = P
-    dv = Pd.transpose(-2, -1) @ doh
-    dS = P * (dP - (P * dP).sum(dim=-1, keepdim=True))  # zero off the pattern (P = 0 there)
-    dq = (dS @ kh) * scale
-    dk = (dS.transpose(-2, -1) @ qh) * scale
-    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# cpu (C kernel, visionattn/ops/cpu/topk.c)
-# --------------------------------------------------------------------------------------------------------------------
-
-def _strides(t: Tensor) -> Tuple[Tensor, ctypes.Array]:
-    """``t`` with unit channel stride (copied if needed) and its batch, token and head strides for the C kernel."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t, (ctypes.c_int64 * 3)(*t.stride()[:3])
-
-
-def _cpu_forward(
-        q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float, num_dense: int, need_probs: bool,
-) -> Tuple[Tensor, Tensor]:
-    """The C kernel's forward: the output and, with ``need_probs``, the listed rows' probabilities ``[B, Nq - nd, H,
-    K]`` (the contract of ``_sparse_forward``, whose backward runs on them)."""
-    from . import cpu
-    B, Nq, H, D = q.shape
-    Nk, Dv, K = k.shape[1], v.shape[-1], index.shape[-1]
-    (q, qs), (k, ks), (v, vs) = _strides(q), _strides(k), _strides(v)
-    index = index.to(torch.int64).contiguous()
-    out = q.new_empty((B, Nq, H, Dv))
-    probs = q.new_empty((B, Nq - num_dense, H, K) if need_probs and Nq > num_dense else (0,))
-    lib = cpu.load()
-    fn = lib.va_topk_attn_fwd_f64 if q.dtype == torch.float64 else lib.va_topk_attn_fwd_f32
-    work = B * H * ((Nq - num_dense) * K + num_dense * Nk) * (D + Dv)
-    threads = cpu.num_threads() if work >= 1 << 22 else 1  # small calls: one thread, no OpenMP team
-    err = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), index.data_ptr(), out.data_ptr(),
-             probs.data_ptr() if probs.numel() else None, B, Nq, Nk, H, D, Dv, K, num_dense, qs, ks, vs, scale,
-             threads)
-    if err == 2:
-        raise ValueError(f'topk_attention: index values must be in [0, Nk={Nk}), got min {int(index.min())}, '
-                         f'max {int(index.max())}')
-    if err:
-        raise MemoryError('topk_attention: the CPU kernel could not allocate its row buffers')
-    return out, probs
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # custom ops (opaque to torch.compile / FX), autograd
 # --------------------------------------------------------------------------------------------------------------------
@@ -277,9 +92,9 @@ def _impl_forward(q, k, v, index, scale, num_dense, dropout_p, impl):
         out, lse = topk_attention_fwd_triton(q, k, v, index, scale, num_dense)
         return out, lse, lse.new_empty(0), lse.new_empty(0)
     if impl in ('cpu', 'cpu_infer'):
-        out, p = _cpu_forward(q, k, v, index, scale, num_dense, need_probs=impl == 'cpu')
+        out, p = _cpu.cpu_forward(q, k, v, index, scale, num_dense, need_probs=impl == 'cpu')
         return out, p, p.new_empty(0), p.new_empty(0)
-    return _sparse_forward(q, k, v, index, scale, num_dense, dropout_p)
+    return _blocked.sparse_forward(q, k, v, index, scale, num_dense, dropout_p)
 
 
 @torch.library.custom_op('visionattn::topk_attn_fwd', mutates_args=())
@@ -314,7 +129,7 @@ def _topk_bwd_op(
         from .triton.topk import topk_attention_bwd_triton
         dq, dk, dv = topk_attention_bwd_triton(dout.contiguous(), q, k, v, out, a, index, scale, num_dense)
     else:
-        dq, dk, dv = _sparse_backward(dout, q, k, v, index, a, b, c, scale, num_dense, dropout_p)
+        dq, dk, dv = _blocked.sparse_backward(dout, q, k, v, index, a, b, c, scale, num_dense, dropout_p)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
@@ -348,7 +163,7 @@ def _topk_cpu(query, key, value, index, scale, num_dense=0, dropout_p=0.):
     """The C kernel's forward (keys and values read through the index); the backward is the ``sparse`` one."""
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
     if not grad and not use_opaque_ops():  # eager inference: no autograd, skip the custom op's dispatch
-        return _cpu_forward(query, key, value, index, float(scale), int(num_dense), need_probs=False)[0]
+        return _cpu.cpu_forward(query, key, value, index, float(scale), int(num_dense), need_probs=False)[0]
     return _topk_fwd_op(query, key, value, index, float(scale), int(num_dense), 0., 'cpu' if grad else 'cpu_infer')[0]
 
 
@@ -357,77 +172,24 @@ def _topk_triton(query, key, value, index, scale, num_dense=0, dropout_p=0.):
     return _topk_fwd_op(query, key, value, index, float(scale), int(num_dense), 0., 'triton')[0]
 
 
-def _topk_masked_sdpa(query, key, value, index, scale, num_dense=0, dropout_p=0.):
-    """Dense ``F.scaled_dot_product_attention`` with the additive mask of ``index`` (0 / -inf)."""
-    B, Nq, H, _ = query.shape
-    mask = torch.full((B, H, Nq, key.shape[1]), float('-inf'), dtype=query.dtype, device=query.device)
-    mask[:, :, :num_dense] = 0.
-    mask[:, :, num_dense:].scatter_(-1, index.long(), 0.)
-    out = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p,
-        scale=scale)
-    return out.transpose(1, 2)
-
-
 def _triton_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optional[str]:
     if dropout_p > 0:
         return 'attention dropout is not implemented in the kernel'
     return triton_unsupported(query, kwargs['value'])
 
 
-# ``auto`` takes the sparse backend only up to this density ``K / Nk`` (env VISIONATTN_TOPK_SPARSE_DENSITY): above it
-# dense SDPA with a mask is faster on CPU (measured, see the module docstring); asked for by name it runs at any density
-_SPARSE_MAX_DENSITY = float(os.environ.get('VISIONATTN_TOPK_SPARSE_DENSITY', '0.15'))
-
-
-def _cpu_unsupported(query: Tensor, dropout_p: float = 0., **kwargs) -> Optional[str]:
-    if query.device.type != 'cpu':
-        return 'needs CPU tensors'
-    if query.dtype not in (torch.float32, torch.float64):
-        return f'{query.dtype}: the C kernel runs float32 and float64'
-    if dropout_p > 0:
-        return 'attention dropout is not implemented in the kernel'
-    from . import cpu
-    return cpu.unavailable_reason()
-
-
-def _sparse_unsupported(query: Tensor, **kwargs) -> Optional[str]:
-    if query.dtype in (torch.float16, torch.bfloat16) and not query.is_cuda:
-        return f'{query.dtype}: no CPU sampled_addmm kernel'
-    return None
-
-
-def _sparse_priority(key: Tensor, index: Tensor, **kwargs) -> int:
-    # below the always-available reference above the density cap: ``auto`` never reaches it there
-    return 15 if index.shape[-1] / max(key.shape[1], 1) <= _SPARSE_MAX_DENSITY else -10
-
-
 register_backend(_OP, 'triton', _topk_triton, priority=30, unsupported=_triton_unsupported)
-register_backend(_OP, 'cpu', _topk_cpu, priority=20, unsupported=_cpu_unsupported)
-register_backend(_OP, 'sparse', _topk_sparse, priority=15, unsupported=_sparse_unsupported,
-                 priority_fn=_sparse_priority)
-register_backend(_OP, 'masked_sdpa', _topk_masked_sdpa, priority=10)
+register_backend(_OP, 'cpu', _topk_cpu, priority=20, unsupported=_cpu.cpu_unsupported)
+register_backend(_OP, 'sparse', _topk_sparse, priority=15, unsupported=_blocked.sparse_unsupported,
+                 priority_fn=_blocked.sparse_priority)
+register_backend(_OP, 'masked_sdpa', _blocked.topk_masked_sdpa, priority=10)
 register_backend(_OP, 'reference', topk_attention_reference, priority=0)
 
 
 @torch.library.custom_op('visionattn::topk_indices', mutates_args=())
 def _topk_indices_op(scores: Tensor, k: int) -> Tensor:
     """CPU float32: the C kernel's exact selection, its flagged rows (ties, NaN) by ``torch.topk``."""
-    from . import cpu
-    lib = cpu.load()
-    if lib is None:
-        return scores.topk(k, dim=-1, sorted=False)[1]
-    N = scores.shape[-1]
-    x = scores.contiguous().view(-1, N)
-    out = torch.empty((x.shape[0], k), dtype=torch.int64)
-    fallback = torch.empty(x.shape[0], dtype=torch.uint8)
-    threads = cpu.num_threads() if x.numel() >= 1 << 16 else 1
-    if lib.va_topk_select_f32(x.data_ptr(), x.shape[0], N, N, k, out.data_ptr(), fallback.data_ptr(), threads):
-        raise MemoryError('topk_indices: the CPU kernel could not allocate its row buffer')
-    rows = fallback.nonzero().squeeze(1)
-    if rows.numel():
-        out[rows] = x[rows].topk(k, dim=-1, sorted=False)[1]
-    return out.view(*scores.shape[:-1], k)
+    return _cpu.topk_select(scores, k)
 
 
 @_topk_indices_op.register_fake

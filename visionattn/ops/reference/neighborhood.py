@@ -1,7 +1,6 @@
-"""Reference (oracle) implementations of the ops: slow, dense, obviously correct, plain torch ops with autograd.
+"""Reference (oracle) of generalized neighborhood attention (GNA): the dense mask from the definition.
 
-Every fast backend is tested against these. They build the full attention pattern explicitly from the definition
-and use O(tokens^2) memory, so they are meant for tests and small inputs only.
+NATTEN >= 0.20 semantics (see ``visionattn.ops.neighborhood``); O(tokens^2) memory, for tests and small inputs.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -10,10 +9,6 @@ import torch
 
 __all__ = ['gna_axis_mask', 'gna_mask', 'gna_reference']
 
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Generalized neighborhood attention (GNA), NATTEN >= 0.20 semantics
-# ---------------------------------------------------------------------------------------------------------------------
 
 def gna_axis_mask(
         length: int,
