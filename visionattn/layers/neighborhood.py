@@ -10,14 +10,11 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
 
+from visionattn.ops._args import gna_axes
 from visionattn.ops.blocked.neighborhood import gna_blocked
 from visionattn.ops.neighborhood import neighborhood_attention
 
 __all__ = ['NeighborhoodAttention1d', 'NeighborhoodAttention2d', 'NeighborhoodAttention3d']
-
-
-def _tup(x, n: int) -> tuple:
-    return tuple(x) if isinstance(x, (list, tuple)) else (x,) * n
 
 
 SMALL_INPUT_MODES = ('error', 'pad', 'clamp')
@@ -71,15 +68,10 @@ class _NeighborhoodAttentionNd(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
-        self.kernel_size = _tup(kernel_size, n)
-        self.stride = _tup(stride, n)
-        self.dilation = _tup(dilation, n)
-        self.is_causal = _tup(is_causal, n)
-        if len(self.kernel_size) != n or len(self.stride) != n or len(self.dilation) != n:
-            raise ValueError(
-                f'kernel_size {kernel_size}, stride {stride}, dilation {dilation}: one value or {n} per axis')
+        self.kernel_size, self.stride, self.dilation, self.is_causal = gna_axes(
+            n, kernel_size, stride, dilation, is_causal)
         for k, s in zip(self.kernel_size, self.stride):
-            if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= k:
+            if not 1 <= s <= k:
                 raise ValueError(
                     f'stride must be an int with 1 <= stride <= kernel_size per axis, got stride {self.stride} for '
                     f'kernel_size {self.kernel_size}')

@@ -40,6 +40,7 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+from ._custom_op import custom_op
 from ._dispatch import get_backend, register_backend, triton_unsupported
 from .blocked import block_sparse as _blocked
 from .reference.block_sparse import block_sparse_attention_reference, key_bias
@@ -113,8 +114,7 @@ def _impl(impl: str):
     return _blocked.blocked_fused_forward, _blocked.blocked_fused_backward
 
 
-@torch.library.custom_op('visionattn::block_sparse_attn_fwd', mutates_args=())
-def _bsa_fwd_op(
+def _bsa_fwd(
         q: Tensor, k: Tensor, v: Tensor, idx: Tensor, bias: Optional[Tensor], kbias: Optional[Tensor],
         scale: float, impl: str,
 ) -> Tuple[Tensor, Tensor]:
@@ -122,16 +122,14 @@ def _bsa_fwd_op(
     return out.contiguous(), lse.contiguous()
 
 
-@_bsa_fwd_op.register_fake
-def _(q, k, v, idx, bias, kbias, scale, impl):
+def _bsa_fwd_fake(q, k, v, idx, bias, kbias, scale, impl):
     B, Nq, Tq, H, _ = q.shape
     out = q.new_empty((B, Nq, Tq, H, v.shape[-1]))
     lse = q.new_empty((B, H, Nq, Tq), dtype=_blocked.accumulation_dtype(q.dtype))
     return out, lse
 
 
-@torch.library.custom_op('visionattn::block_sparse_attn_bwd', mutates_args=())
-def _bsa_bwd_op(
+def _bsa_bwd(
         dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, idx: Tensor,
         bias: Optional[Tensor], kbias: Optional[Tensor], scale: float, impl: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -139,26 +137,15 @@ def _bsa_bwd_op(
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias.contiguous()
 
 
-@_bsa_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
+def _bsa_bwd_fake(dout, q, k, v, out, lse, idx, bias, kbias, scale, impl):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), lse.new_empty((*lse.shape[:3], idx.shape[-1]))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, idx, bias, kbias, scale, impl = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, idx, bias, kbias)
-    ctx.scale, ctx.impl = scale, impl
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, idx, bias, kbias = ctx.saved_tensors
-    dq, dk, dv, dbias = _bsa_bwd_op(dout, q, k, v, out, lse, idx, bias, kbias, ctx.scale, ctx.impl)
-    return dq, dk, dv, None, (dbias if ctx.has_bias else None), None, None, None
-
-
-_bsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_bsa_fwd_op = custom_op(
+    'visionattn::block_sparse_attn_fwd', _bsa_fwd, _bsa_fwd_fake,
+    backward=_bsa_bwd, backward_name='visionattn::block_sparse_attn_bwd', backward_fake=_bsa_bwd_fake,
+    backward_inputs=lambda i, o: (*i[:3], *o, *i[3:]),  # q, k, v, out, lse, idx, bias, kbias, scale, impl
+    grad_inputs=('q', 'k', 'v', 'bias'))
 
 
 def _fused(query, key, value, block_index, scale, bias, key_mask, impl):

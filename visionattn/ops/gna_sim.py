@@ -11,15 +11,14 @@ visited iff it is visited along every axis, and all counts factorize over the ax
 """
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple
 
 import torch
 
-from .reference import gna_axis_mask
+from ._args import BoolOrTuple, IntOrTuple, gna_axes, per_axis
+from .reference.neighborhood import gna_axis_mask
 
 __all__ = ['GNASim', 'simulate_gna', 'perfectly_block_sparse_strides']
-
-IntOrTuple = Union[int, Sequence[int]]
 
 
 @dataclass
@@ -45,13 +44,6 @@ class GNASim:
     def tile_speedup(self) -> float:
         """Upper bound of a tile-sparse kernel's speedup over a dense kernel with the same tiles."""
         return self.dense_tile_pairs / self.visited_tile_pairs
-
-
-def _tup(v: IntOrTuple, n: int, name: str) -> Tuple[int, ...]:
-    t = (v,) * n if isinstance(v, (int, bool)) else tuple(v)
-    if len(t) != n:
-        raise ValueError(f'{name} has {len(t)} entries for {n} axes: {v}')
-    return t
 
 
 def _axis(length: int, k: int, s: int, d: int, causal: bool, qt: int, kt: int, group_dilation: bool):
@@ -80,16 +72,15 @@ def simulate_gna(
         kernel_size: IntOrTuple,
         stride: IntOrTuple = 1,
         dilation: IntOrTuple = 1,
-        is_causal: Union[bool, Sequence[bool]] = False,
+        is_causal: BoolOrTuple = False,
         q_tile: IntOrTuple = 8,
         kv_tile: IntOrTuple = 8,
         group_dilation: bool = True,
 ) -> GNASim:
     """Simulate a tile-sparse GNA kernel on a map of ``shape`` with the tile shapes ``q_tile``/``kv_tile`` per axis."""
     n = len(shape)
-    ks, ss, ds, cs = (_tup(v, n, name) for v, name in (
-        (kernel_size, 'kernel_size'), (stride, 'stride'), (dilation, 'dilation'), (is_causal, 'is_causal')))
-    qts, kts = _tup(q_tile, n, 'q_tile'), _tup(kv_tile, n, 'kv_tile')
+    ks, ss, ds, cs = gna_axes(n, kernel_size, stride, dilation, is_causal)
+    qts, kts = per_axis(q_tile, n, 'q_tile'), per_axis(kv_tile, n, 'kv_tile')
     for a, (length, k, d) in enumerate(zip(shape, ks, ds)):
         if k * d > length:
             raise ValueError(f'axis {a}: size {length} is smaller than kernel_size * dilation = {k} * {d} = {k * d}')
@@ -111,11 +102,12 @@ def perfectly_block_sparse_strides(
 ) -> List[Tuple[int, ...]]:
     """The per-axis strides (each 1..kernel_size) for which non-causal GNA is perfectly block-sparse."""
     n = len(shape)
-    ks, qts, kts = _tup(kernel_size, n, 'kernel_size'), _tup(q_tile, n, 'q_tile'), _tup(kv_tile, n, 'kv_tile')
-    per_axis = [
+    ks = per_axis(kernel_size, n, 'kernel_size')
+    qts, kts = per_axis(q_tile, n, 'q_tile'), per_axis(kv_tile, n, 'kv_tile')
+    options_per_axis = [
         [s for s in range(1, k + 1) if _axis(length, k, s, 1, False, qt, kt, True)[3]]
         for length, k, qt, kt in zip(shape, ks, qts, kts)]
     out: List[Tuple[int, ...]] = [()]
-    for options in per_axis:
+    for options in options_per_axis:
         out = [t + (s,) for t in out for s in options]
     return out

@@ -22,11 +22,12 @@ This module holds the public functions, the argument checks and the backend regi
 Reference: Hassani et al., "Generalized Neighborhood Attention: Multi-dimensional Sparse Attention at the Speed of
 Light", arXiv 2504.16922; NATTEN (https://github.com/SHI-Labs/NATTEN, MIT).
 """
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from timm.layers import register_notrace_function
 
+from ._args import BoolOrTuple, IntOrTuple, gna_axes
 from ._dispatch import get_backend, register_backend
 from .blocked.neighborhood import gna_blocked, gna_blocked_backend
 from .natten.neighborhood import natten_backend, natten_priority, natten_unsupported
@@ -34,29 +35,11 @@ from .reference.neighborhood import gna_reference
 
 __all__ = ['na1d', 'na2d', 'na3d', 'neighborhood_attention', 'gna_blocked']
 
-IntOrTuple = Union[int, Sequence[int]]
-BoolOrTuple = Union[bool, Sequence[bool]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Argument handling
 # ---------------------------------------------------------------------------------------------------------------------
-
-def _tuple(x, n: int, name: str, kind=int) -> tuple:
-    if isinstance(x, (list, tuple)):
-        if len(x) != n:
-            raise ValueError(f'{name} must be a single value or have {n} entries (one per spatial axis), got {x}')
-        out = tuple(x)
-    else:
-        out = (x,) * n
-    for v in out:
-        if kind is bool:
-            if not isinstance(v, (bool, int)):
-                raise ValueError(f'{name} entries must be bool, got {x}')
-        elif isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f'{name} entries must be int, got {x}')
-    return tuple(kind(v) for v in out)
-
 
 def _check_and_normalize(
         na_dim: int,
@@ -86,10 +69,7 @@ def _check_and_normalize(
         raise ValueError(f'query, key, value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}')
     if key.device != query.device or value.device != query.device:
         raise ValueError(f'query, key, value devices differ: {query.device}, {key.device}, {value.device}')
-    kernel_size = _tuple(kernel_size, na_dim, 'kernel_size')
-    stride = _tuple(stride, na_dim, 'stride')
-    dilation = _tuple(dilation, na_dim, 'dilation')
-    is_causal = _tuple(is_causal, na_dim, 'is_causal', kind=bool)
+    kernel_size, stride, dilation, is_causal = gna_axes(na_dim, kernel_size, stride, dilation, is_causal)
     shape = tuple(query.shape[1:-2])
     for i in range(na_dim):
         k, s, d, size = kernel_size[i], stride[i], dilation[i], shape[i]

@@ -48,6 +48,7 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+from ._custom_op import custom_op
 from ._dispatch import get_backend, register_backend, triton_unsupported, use_opaque_ops
 from .blocked import topk as _blocked
 from .cpu import topk as _cpu
@@ -97,8 +98,7 @@ def _impl_forward(q, k, v, index, scale, num_dense, dropout_p, impl):
     return _blocked.sparse_forward(q, k, v, index, scale, num_dense, dropout_p)
 
 
-@torch.library.custom_op('visionattn::topk_attn_fwd', mutates_args=())
-def _topk_fwd_op(
+def _topk_fwd(
         q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float, num_dense: int, dropout_p: float, impl: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns the output and what the backward needs: the listed rows' probabilities (``sparse``) or the log-sum-exp
@@ -107,8 +107,7 @@ def _topk_fwd_op(
     return out.contiguous(), a.contiguous(), b.contiguous(), c.contiguous()
 
 
-@_topk_fwd_op.register_fake
-def _(q, k, v, index, scale, num_dense, dropout_p, impl):
+def _topk_fwd_fake(q, k, v, index, scale, num_dense, dropout_p, impl):
     B, Nq, H, _ = q.shape
     out = q.new_empty((B, Nq, H, v.shape[-1]))
     if impl == 'triton':
@@ -120,8 +119,7 @@ def _(q, k, v, index, scale, num_dense, dropout_p, impl):
     return out, p, q.new_empty(0), q.new_empty(0)
 
 
-@torch.library.custom_op('visionattn::topk_attn_bwd', mutates_args=())
-def _topk_bwd_op(
+def _topk_bwd(
         dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, index: Tensor, a: Tensor, b: Tensor, c: Tensor,
         scale: float, num_dense: int, dropout_p: float, impl: str,
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -133,25 +131,16 @@ def _topk_bwd_op(
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
-@_topk_bwd_op.register_fake
-def _(dout, q, k, v, out, index, a, b, c, scale, num_dense, dropout_p, impl):
+def _topk_bwd_fake(dout, q, k, v, out, index, a, b, c, scale, num_dense, dropout_p, impl):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, index, scale, num_dense, dropout_p, impl = inputs
-    out, a, b, c = output
-    ctx.save_for_backward(q, k, v, out, index, a, b, c)
-    ctx.scale, ctx.num_dense, ctx.dropout_p, ctx.impl = scale, num_dense, dropout_p, impl
-
-
-def _backward(ctx, dout, da, db, dc):
-    q, k, v, out, index, a, b, c = ctx.saved_tensors
-    dq, dk, dv = _topk_bwd_op(dout, q, k, v, out, index, a, b, c, ctx.scale, ctx.num_dense, ctx.dropout_p, ctx.impl)
-    return dq, dk, dv, None, None, None, None, None
-
-
-_topk_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_topk_fwd_op = custom_op(
+    'visionattn::topk_attn_fwd', _topk_fwd, _topk_fwd_fake,
+    backward=_topk_bwd, backward_name='visionattn::topk_attn_bwd', backward_fake=_topk_bwd_fake,
+    # q, k, v, out, index, a, b, c, scale, num_dense, dropout_p, impl
+    backward_inputs=lambda i, o: (*i[:3], o[0], i[3], *o[1:], *i[4:]),
+    grad_inputs=('q', 'k', 'v'))
 
 
 def _topk_sparse(query, key, value, index, scale, num_dense=0, dropout_p=0.):
@@ -186,15 +175,16 @@ register_backend(_OP, 'masked_sdpa', _blocked.topk_masked_sdpa, priority=10)
 register_backend(_OP, 'reference', topk_attention_reference, priority=0)
 
 
-@torch.library.custom_op('visionattn::topk_indices', mutates_args=())
-def _topk_indices_op(scores: Tensor, k: int) -> Tensor:
+def _topk_indices(scores: Tensor, k: int) -> Tensor:
     """CPU float32: the C kernel's exact selection, its flagged rows (ties, NaN) by ``torch.topk``."""
     return _cpu.topk_select(scores, k)
 
 
-@_topk_indices_op.register_fake
-def _(scores, k):
+def _topk_indices_fake(scores, k):
     return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int64)
+
+
+_topk_indices_op = custom_op('visionattn::topk_indices', _topk_indices, _topk_indices_fake)
 
 
 @register_notrace_function

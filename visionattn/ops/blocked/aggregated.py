@@ -4,11 +4,12 @@ The ``k * k`` window slots are shifted views of the zero-padded keys and values 
 keys), memory O(N x (k * k + P)); autograd through plain ops. Registered as the custom op
 ``visionattn::aggregated_blocked`` for ``torch.compile`` and FLOP counting.
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from .._custom_op import recompute_custom_op
 from .._dispatch import use_opaque_ops
 
 __all__ = ['aggregated_attention_blocked', 'aggregated_blocked_backend']
@@ -71,8 +72,7 @@ def aggregated_attention_blocked(
 # Custom op wrapper of the blocked backend (torch.compile sees one opaque call instead of the window loops)
 # ---------------------------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op('visionattn::aggregated_blocked', mutates_args=())
-def _aggregated_blocked_op(
+def _aggregated_blocked_eager(
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
@@ -84,73 +84,17 @@ def _aggregated_blocked_op(
         local_weights: Optional[torch.Tensor],
         scale: float,
 ) -> torch.Tensor:
-    with torch.no_grad():
-        return aggregated_attention_blocked(
-            query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights,
-            scale).contiguous()
+    return aggregated_attention_blocked(
+        query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale)
 
 
-@_aggregated_blocked_op.register_fake
-def _(query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale):
+def _aggregated_blocked_fake(query, key, value, *args):
     return query.new_empty(query.shape[:-1] + (value.shape[-1],))
 
 
-@torch.library.custom_op('visionattn::aggregated_blocked_backward', mutates_args=())
-def _aggregated_blocked_backward_op(
-        grad_out: torch.Tensor,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        pool_key: Optional[torch.Tensor],
-        pool_value: Optional[torch.Tensor],
-        kernel_size: int,
-        local_bias: Optional[torch.Tensor],
-        pool_bias: Optional[torch.Tensor],
-        local_weights: Optional[torch.Tensor],
-        scale: float,
-) -> List[torch.Tensor]:
-    """Gradients of every tensor input by recomputation (empty tensors for absent inputs)."""
-    inputs = [query, key, value, pool_key, pool_value, local_bias, pool_bias, local_weights]
-    present = [i for i, x in enumerate(inputs) if x is not None]
-
-    def fn(*xs):
-        full = list(inputs)
-        for i, x in zip(present, xs):
-            full[i] = x
-        q, k, v, pk, pv, lb, pb, lw = full
-        return aggregated_attention_blocked(q, k, v, pk, pv, kernel_size, lb, pb, lw, scale)
-
-    # the op runs below the autograd dispatch key, so differentiate with torch.func (its own transform layer)
-    _, vjp_fn = torch.func.vjp(fn, *[inputs[i] for i in present])
-    grads = iter(vjp_fn(grad_out))
-    return [next(grads) if x is not None else grad_out.new_empty(0) for x in inputs]
-
-
-@_aggregated_blocked_backward_op.register_fake
-def _(grad_out, query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale):
-    xs = [query, key, value, pool_key, pool_value, local_bias, pool_bias, local_weights]
-    return [grad_out.new_empty(0) if x is None else torch.empty_like(x) for x in xs]
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)])
-    ctx.has = [isinstance(x, torch.Tensor) for x in inputs]
-    ctx.args = inputs
-
-
-def _backward(ctx, grad_out):
-    saved = iter(ctx.saved_tensors)
-    args = [next(saved) if h else a for h, a in zip(ctx.has, ctx.args)]
-    q, k, v, pk, pv, ks, lb, pb, lw, scale = args
-    dq, dk, dv, dpk, dpv, dlb, dpb, dlw = _aggregated_blocked_backward_op(
-        grad_out.contiguous(), q, k, v, pk, pv, ks, lb, pb, lw, scale)
-
-    def keep(g, x):
-        return g if x is not None else None
-    return (dq, dk, dv, keep(dpk, pk), keep(dpv, pv), None, keep(dlb, lb), keep(dpb, pb), keep(dlw, lw), None)
-
-
-_aggregated_blocked_op.register_autograd(_backward, setup_context=_setup_context)
+# gradients of every tensor input by recomputation (op aggregated_blocked_backward)
+_aggregated_blocked_op = recompute_custom_op(
+    'visionattn::aggregated_blocked', _aggregated_blocked_eager, _aggregated_blocked_fake)
 
 
 def aggregated_blocked_backend(query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias,

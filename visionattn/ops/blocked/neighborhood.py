@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._custom_op import recompute_custom_op
 from .._dispatch import use_opaque_ops
 
 __all__ = ['gna_blocked', 'gna_blocked_backend']
@@ -349,8 +350,7 @@ def gna_blocked(
 # Custom op wrapper of the blocked backend (for torch.compile(fullgraph=True))
 # ---------------------------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op('visionattn::gna_blocked', mutates_args=())
-def _gna_blocked_op(
+def _gna_blocked_eager(
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
@@ -363,72 +363,16 @@ def _gna_blocked_op(
         additional_keys: Optional[torch.Tensor],
         additional_values: Optional[torch.Tensor],
 ) -> torch.Tensor:
-    with torch.no_grad():
-        return gna_blocked(
-            query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-            additional_values).contiguous()
+    return gna_blocked(
+        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values)
 
 
-@_gna_blocked_op.register_fake
-def _(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values):
+def _gna_blocked_fake(query, key, value, *args):
     return query.new_empty(query.shape[:-1] + (value.shape[-1],))
 
 
-@torch.library.custom_op('visionattn::gna_blocked_backward', mutates_args=())
-def _gna_blocked_backward_op(
-        grad_out: torch.Tensor,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kernel_size: List[int],
-        stride: List[int],
-        dilation: List[int],
-        is_causal: List[bool],
-        rpb: Optional[torch.Tensor],
-        scale: float,
-        additional_keys: Optional[torch.Tensor],
-        additional_values: Optional[torch.Tensor],
-) -> List[torch.Tensor]:
-    """Gradients of (query, key, value, rpb, additional_keys, additional_values) by recomputation; empty if absent."""
-    inputs = [query, key, value, rpb, additional_keys, additional_values]
-    present = [i for i, x in enumerate(inputs) if x is not None]
-
-    def fn(*xs):
-        full = list(inputs)
-        for i, x in zip(present, xs):
-            full[i] = x
-        return gna_blocked(*full[:3], kernel_size, stride, dilation, is_causal, full[3], scale, *full[4:])
-
-    # the op runs below the autograd dispatch key, so differentiate with torch.func (its own transform layer)
-    _, vjp_fn = torch.func.vjp(fn, *[inputs[i] for i in present])
-    grads = iter(vjp_fn(grad_out))
-    return [next(grads) if x is not None else grad_out.new_empty(0) for x in inputs]
-
-
-@_gna_blocked_backward_op.register_fake
-def _(grad_out, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-      additional_values):
-    xs = [query, key, value, rpb, additional_keys, additional_values]
-    return [grad_out.new_empty(0) if x is None else torch.empty_like(x) for x in xs]
-
-
-def _gna_blocked_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*[x for x in inputs if isinstance(x, torch.Tensor)])
-    ctx.has = [isinstance(x, torch.Tensor) for x in inputs]
-    ctx.args = inputs
-
-
-def _gna_blocked_op_backward(ctx, grad_out):
-    saved = iter(ctx.saved_tensors)
-    args = [next(saved) if h else a for h, a in zip(ctx.has, ctx.args)]
-    q, k, v, ks, st, dil, causal, rpb, scale, ak, av = args
-    grads = _gna_blocked_backward_op(grad_out.contiguous(), q, k, v, ks, st, dil, causal, rpb, scale, ak, av)
-    dq, dk, dv, drpb, dak, dav = grads
-    return (dq, dk, dv, None, None, None, None, drpb if rpb is not None else None, None,
-            dak if ak is not None else None, dav if av is not None else None)
-
-
-_gna_blocked_op.register_autograd(_gna_blocked_op_backward, setup_context=_gna_blocked_setup_context)
+# gradients of (query, key, value, rpb, additional_keys, additional_values) by recomputation (op gna_blocked_backward)
+_gna_blocked_op = recompute_custom_op('visionattn::gna_blocked', _gna_blocked_eager, _gna_blocked_fake)
 
 
 def gna_blocked_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
