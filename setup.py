@@ -11,9 +11,19 @@ def _read_version() -> str:
         return scope['__version__']
 
 
+# Native sources live at the repository root in kernels/<device>/ (cpu/ now, cuda/ later). They are compiled on the
+# user's machine on first use (the C top-k kernel with the system compiler, the C++ kernels through
+# torch.utils.cpp_extension.load, JIT and cached), for that machine's CPU and torch: so the wheel ships the sources,
+# mapped into the package as visionattn/_kernels/ (visionattn.ops.cpu._sources.source_dir() finds them there, or at
+# the root of a checkout), and stays a pure-Python, torch-version-independent wheel.
+_KERNEL_SOURCES = ['**/*.c', '**/*.cpp', '**/*.h', '**/*.cu', '**/*.cuh']
+
+
 def _ext_modules():
-    # The compiled CUDA extension (kernels/) is built only where CUDA is present; everything works without it.
-    if os.environ.get('VISIONATTN_NO_CUDA_EXT') or not os.path.isdir('kernels/csrc'):
+    # An ahead-of-time CUDA extension (kernels/cuda/) is built only where CUDA is present and the sources exist; there
+    # is none yet, so this returns {} until kernels/cuda/ lands. Everything works without it.
+    cuda_dir = os.path.join('kernels', 'cuda')
+    if os.environ.get('VISIONATTN_NO_CUDA_EXT') or not os.path.isdir(cuda_dir):
         return {}
     try:
         import torch
@@ -22,7 +32,7 @@ def _ext_modules():
         return {}
     if CUDA_HOME is None or not torch.cuda.is_available():
         return {}
-    srcs = [os.path.join('kernels/csrc', f) for f in sorted(os.listdir('kernels/csrc')) if f.endswith(('.cpp', '.cu'))]
+    srcs = [os.path.join(cuda_dir, f) for f in sorted(os.listdir(cuda_dir)) if f.endswith(('.cpp', '.cu'))]
     if not srcs:
         return {}
     return dict(ext_modules=[CUDAExtension('visionattn._C', srcs)], cmdclass={'build_ext': BuildExtension})
@@ -36,7 +46,9 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.10',
-    packages=find_packages(include=['visionattn', 'visionattn.*']),
+    packages=find_packages(include=['visionattn', 'visionattn.*']) + ['visionattn._kernels'],
+    package_dir={'visionattn._kernels': 'kernels'},
+    package_data={'visionattn._kernels': _KERNEL_SOURCES},
     install_requires=[
         'torch>=2.4',
         'torchvision',

@@ -1,5 +1,5 @@
-"""The C kernels for the CPU (visionattn/ops/cpu): the build and its fallbacks, and ``topk_indices`` against
-``torch.topk`` (the exact same set of indices, ties and NaN included)."""
+"""The C kernels for the CPU (kernels/cpu, loaded by visionattn/ops/cpu): the build and its fallbacks, and
+``topk_indices`` against ``torch.topk`` (the exact same set of indices, ties and NaN included)."""
 import pytest
 import torch
 

@@ -1,4 +1,8 @@
-"""Small C kernels for the CPU (``topk.c``), compiled on first use with the system C compiler and called via ctypes.
+"""Small C kernels for the CPU (``kernels/cpu/topk.c``), compiled on first use with the system C compiler and called
+via ctypes.
+
+The sources are found by ``_sources.source_dir()`` (the checkout's ``kernels/cpu/`` or the wheel's package data).
+One module per op family uses the library: ``topk.py`` (top-k attention forward and ``topk_indices``).
 
 No torch headers and no Python extension module: the library is plain C99 with OpenMP, or pthreads where the
 compiler has no OpenMP (a compile takes about a second), built with ``-O3 -march=native`` into ``$VISIONATTN_CACHE``
@@ -19,9 +23,11 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from ._sources import source_dir
+
 __all__ = ['load', 'unavailable_reason', 'num_threads']
 
-_SOURCE = Path(__file__).with_name('topk.c')
+_SOURCE: Optional[Path] = None  # the C source; None: ``source_dir() / 'topk.c'``
 _FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fPIC', '-shared', '-pthread', '-std=gnu99']
 # OpenMP first (the kernels then share torch's libgomp thread pool, see topk.c's run_split), else pthreads
 _THREADING = (['-fopenmp'], ['-fopenmp-simd'])
@@ -53,12 +59,19 @@ def _cpu_id() -> str:
         return platform.processor() or platform.machine()
 
 
+def _source() -> Path:
+    return _SOURCE if _SOURCE is not None else source_dir() / 'topk.c'
+
+
 def _build() -> ctypes.CDLL:
+    source = _source()
+    if not source.is_file():
+        raise FileNotFoundError(f'C source {source} not found')
     cc = _compiler()
     if cc is None:
         raise RuntimeError('no C compiler found (set CC)')
     version = subprocess.run([cc, '--version'], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256('\n'.join([_SOURCE.read_text(), cc, *version, *_FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256('\n'.join([source.read_text(), cc, *version, *_FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
     root = Path(os.environ.get('VISIONATTN_CACHE', Path.home() / '.cache' / 'visionattn'))
     lib_path = root / 'cpu_kernels' / key / 'libvisionattn_cpu.so'
     if not lib_path.exists():
@@ -67,12 +80,12 @@ def _build() -> ctypes.CDLL:
         os.close(fd)
         try:
             for threading_flags in _THREADING:
-                cmd = [cc, *_FLAGS, *threading_flags, '-o', tmp, str(_SOURCE), '-lm']
+                cmd = [cc, *_FLAGS, *threading_flags, '-o', tmp, str(source), '-lm']
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if not proc.returncode:
                     break
             if proc.returncode:
-                raise RuntimeError(f'{cc} failed to compile {_SOURCE.name}: {proc.stderr.strip()[-2000:]}')
+                raise RuntimeError(f'{cc} failed to compile {source.name}: {proc.stderr.strip()[-2000:]}')
             os.replace(tmp, lib_path)  # atomic: concurrent builds (e.g. DDP ranks) each write their own temp file
         finally:
             if os.path.exists(tmp):
