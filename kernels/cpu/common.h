@@ -134,4 +134,45 @@ inline T dot(const T* a, const T* b, int64_t d) {
   return acc;
 }
 
+// out = scale * sum_j p[j] * rows[j] over d entries.
+template <typename T>
+inline void weighted_sum(const T* p, const T* const* rows, int64_t m, int64_t d, T scale, T* acc, T* out) {
+  for (int64_t i = 0; i < d; ++i) acc[i] = 0;
+  for (int64_t j = 0; j < m; ++j) axpy<T>(acc, p[j], rows[j], d);
+  for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * scale;
+}
+
+#ifdef __AVX2__
+// accumulators held in registers: d = 8 * NV
+template <int NV>
+inline void weighted_sum_avx(const float* p, const float* const* rows, int64_t m, float scale, float* out) {
+  __m256 acc[NV];
+  for (int i = 0; i < NV; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < m; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    const float* r = rows[j];
+    for (int i = 0; i < NV; ++i) acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(r + 8 * i), acc[i]);
+  }
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int i = 0; i < NV; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], sv));
+}
+
+template <>
+inline void weighted_sum<float>(const float* p, const float* const* rows, int64_t m, int64_t d, float scale,
+                                float* acc, float* out) {
+  switch (d) {
+    case 8: return weighted_sum_avx<1>(p, rows, m, scale, out);
+    case 16: return weighted_sum_avx<2>(p, rows, m, scale, out);
+    case 24: return weighted_sum_avx<3>(p, rows, m, scale, out);
+    case 32: return weighted_sum_avx<4>(p, rows, m, scale, out);
+    case 48: return weighted_sum_avx<6>(p, rows, m, scale, out);
+    case 64: return weighted_sum_avx<8>(p, rows, m, scale, out);
+    default: break;
+  }
+  for (int64_t i = 0; i < d; ++i) acc[i] = 0;
+  for (int64_t j = 0; j < m; ++j) axpy<float>(acc, p[j], rows[j], d);
+  for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * scale;
+}
+#endif
+
 }  // namespace visionattn_cpu

@@ -151,11 +151,7 @@ void fwd_kernel(const Geometry& g, const T* q, const T* k, const T* v, const T* 
           mx = std::max(mx, s[j]);
         }
         const T sum = exp_sub_sum<T>(s.data(), m, mx);
-        std::fill(acc.begin(), acc.end(), T(0));
-        for (int64_t j = 0; j < m; ++j) axpy<T>(acc.data(), s[j], vrow[j], Dv);
-        T* o = out + ((b * N + qi) * H + h) * Dv;
-        const T inv = T(1) / sum;
-        for (int64_t i = 0; i < Dv; ++i) o[i] = acc[i] * inv;
+        weighted_sum<T>(s.data(), vrow.data(), m, Dv, T(1) / sum, acc.data(), out + ((b * N + qi) * H + h) * Dv);
         lse[(b * H + h) * N + qi] = mx + std::log(sum);
         if (n < g.window && E) {
           for (int64_t e = 0; e < E; ++e) {

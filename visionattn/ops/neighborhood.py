@@ -678,7 +678,7 @@ register_backend('gna', 'blocked', _blocked_backend, priority=10, unsupported=No
 register_backend('gna', 'triton', _triton_backend, priority=20, unsupported=_triton_unsupported)
 register_backend('gna', 'natten', _natten_backend, priority=5, unsupported=_natten_unsupported,
                  priority_fn=_natten_priority)
-
+from .cpu import neighborhood as _cpu_neighborhood  # noqa: E402,F401  (registers backend 'cpu': fused C++ kernels)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Public API
