@@ -542,6 +542,7 @@ register_backend(_OP, 'dense', _block_sparse_dense, priority=5, unsupported=_den
 register_backend(_OP, 'blocked', _block_sparse_blocked, priority=20)
 register_backend(_OP, 'gather', _block_sparse_gather, priority=10)
 register_backend(_OP, 'reference', block_sparse_attention_reference, priority=0)
+from .cpu import block_sparse as _cpu_block_sparse  # noqa: E402,F401  (registers backend 'cpu': fused C++)
 
 
 @register_notrace_function

@@ -213,26 +213,29 @@ def _needs_grad(*xs) -> bool:
     return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
 
-def _cpu_priority(query, key, value, kernel_size, rpb=None, additional_keys=None, additional_values=None,
-                  **kwargs) -> int:
+def _cpu_priority(query, key=None, value=None, kernel_size=(0,), rpb=None, additional_keys=None,
+                  additional_values=None, **kwargs) -> int:
     # Measured side by side with `blocked` (tools/benchmark_gna.py, 1 thread, under load): the forward is faster on
     # every issue config (1.1-2.3x); forward+backward too, except 1-D with long windows (k127: 0.73x, blocked's SDPA
     # tiles win) and when fewer (batch, head) pairs than threads leave the backward's threads idle.
     if _needs_grad(query, key, value, rpb, additional_keys, additional_values):
-        if (query.dim() == 4 and kernel_size[0] > 32) or query.shape[0] * query.shape[-2] < torch.get_num_threads():
+        if query.dim() == 4 and kernel_size[0] > 32:
+            return 8
+        if not torch.compiler.is_compiling() and query.shape[0] * query.shape[-2] < torch.get_num_threads():
             return 8
     return 12
 
 
-def _backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-             additional_values):
+def _cpu_backend(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                 additional_values):
     return gna_cpu(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
                    additional_values)
 
 
 def _register() -> None:
     from .._dispatch import register_backend
-    register_backend('gna', 'cpu', _backend, priority=12, unsupported=gna_cpu_unsupported, priority_fn=_cpu_priority)
+    register_backend('gna', 'cpu', _cpu_backend, priority=12, unsupported=gna_cpu_unsupported,
+                     priority_fn=_cpu_priority)
 
 
 _register()
