@@ -1,13 +1,12 @@
 """GNA (neighborhood attention) benchmark: backends side by side with dense SDPA and natten.
-
-Used by ``tools/benchmark.py gna``. Columns per shape: each visionattn backend (``reference``, ``blocked``,
-``triton`` on CUDA, ``cpu`` (the fused C++ kernels) on CPU), ``natten`` (the ``natten`` backend: NATTEN's own kernels;
-on CPU its uncompiled Flex path, forward only) and ``dense`` (``F.scaled_dot_product_attention`` over all tokens, no
-mask, inputs already heads-first: the "speed of dense attention" on the same tokens). Times are medians of ``--repeat`` runs after ``--warmup`` runs,
-for inference (forward under no_grad) and training (forward + backward). Peak memory, measured in a separate call:
-on CUDA ``max_memory_allocated`` above the inputs; on CPU the peak of live tensor bytes allocated during the call,
-replayed from ``torch.profiler``'s memory timeline (``bench_utils.peak_alloc_mib``). Ratios in the Markdown table:
-speedups of ``blocked`` (time of the other / time of ``blocked``) over dense SDPA and over natten.
+Used by ``tools/benchmark.py gna``. Columns per shape: each visionattn backend (``reference``, ``blocked``, ``triton``
+on CUDA, ``cpu`` (the fused C++ kernels) on CPU), ``natten`` (the ``natten`` backend: NATTEN's own kernels; on CPU its
+uncompiled Flex path, forward only) and ``dense`` (``F.scaled_dot_product_attention`` over all tokens, no mask, inputs
+already heads-first: the "speed of dense attention" on the same tokens). Times are medians of ``--repeat`` runs after
+``--warmup`` runs, for inference (forward under no_grad) and training (forward + backward). Peak memory, measured in a
+separate call: on CUDA ``max_memory_allocated`` above the inputs; on CPU the peak of live tensor bytes allocated during
+the call, replayed from ``torch.profiler``'s memory timeline (``bench_utils.peak_alloc_mib``). Ratios in the Markdown
+table: speedups of ``blocked`` (time of the other / time of ``blocked``) over dense SDPA and over natten.
 """
 
 import torch
