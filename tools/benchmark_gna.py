@@ -1,4 +1,5 @@
 """GNA (neighborhood attention) benchmark: backends side by side with dense SDPA and natten.
+
 Used by ``tools/benchmark.py gna``. Columns per shape: each visionattn backend (``reference``, ``blocked``, ``triton``
 on CUDA, ``cpu`` (the fused C++ kernels) on CPU), ``natten`` (the ``natten`` backend: NATTEN's own kernels; on CPU its
 uncompiled Flex path, forward only) and ``dense`` (``F.scaled_dot_product_attention`` over all tokens, no mask, inputs
