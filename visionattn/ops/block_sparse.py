@@ -18,6 +18,8 @@ Backends (``backend='auto'`` picks the first that can run, see ``visionattn.ops.
 
 * ``triton``: fused forward and backward reading key blocks through the index list; CUDA tensors only (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
+* ``cpu``: fused C++ forward and backward (``kernels/cpu/block_sparse.cpp``), reading K/V through the index list;
+  ``auto`` prefers it to ``blocked`` for key blocks of <= 16 tokens, where it was measured faster.
 * ``blocked``: pure PyTorch, memory-aware: loops over chunks of query blocks (and, when one query block's slots do not
   fit, over steps of ``topk`` slots with an online softmax); each step gathers its routed key/value blocks straight
   from the inputs (one ``index_select`` of whole rows when the heads share the list) under a budget of a quarter of

@@ -16,6 +16,8 @@ Backends (``backend='auto'`` picks the best that can run, see ``visionattn.ops._
   the zero-padded keys (uniform spans per axis), the window mask and rpb one 4-D additive mask (which keeps CPU SDPA on
   its flash kernel; cached at inference), the tile shape chosen by a cost model.
 * ``triton``: fused forward/backward kernels (``visionattn.ops.triton.neighborhood``), CUDA tensors only.
+* ``cpu``: fused C++ forward/backward kernels (``kernels/cpu/gna.cpp`` via ``visionattn.ops.cpu.neighborhood``), CPU
+  tensors; above ``blocked`` where measured faster; unavailable (with the reason) when the extension cannot be built.
 * ``natten``: NATTEN's ``na1d/na2d/na3d`` when installed and able to run the call (no rpb; on CPU only its Flex
   path, forward only); ranked below ``blocked`` on CPU and below ``triton`` on CUDA.
 
