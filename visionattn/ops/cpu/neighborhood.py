@@ -213,13 +213,14 @@ def _needs_grad(*xs) -> bool:
     return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
 
-def _cpu_priority(query, key=None, value=None, kernel_size=(0,), rpb=None, additional_keys=None,
+def _cpu_priority(query, key=None, value=None, kernel_size=(0,), stride=(1,), rpb=None, additional_keys=None,
                   additional_values=None, **kwargs) -> int:
-    # Measured side by side with `blocked` (tools/benchmark_gna.py, 1 thread, under load): the forward is faster on
-    # every issue config (1.1-2.3x); forward+backward too, except 1-D with long windows (k127: 0.73x, blocked's SDPA
-    # tiles win) and when fewer (batch, head) pairs than threads leave the backward's threads idle.
+    # Measured side by side with `blocked` (tools/benchmark.py gna, 1 thread, under load): the forward is as fast or
+    # faster on every issue config (1.0-2.6x) at a fraction of the memory; forward+backward too, except 1-D with long
+    # windows (k127: 0.73x, blocked's SDPA tiles win), strided GNA (k8 s4: 0.90x, blocked's tiles share the window of
+    # a stride group) and when fewer (batch, head) pairs than threads leave the backward's threads idle.
     if _needs_grad(query, key, value, rpb, additional_keys, additional_values):
-        if query.dim() == 4 and kernel_size[0] > 32:
+        if (query.dim() == 4 and kernel_size[0] > 32) or max(stride) > 1:
             return 8
         if not torch.compiler.is_compiling() and query.shape[0] * query.shape[-2] < torch.get_num_threads():
             return 8
