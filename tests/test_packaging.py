@@ -36,6 +36,14 @@ if res['reason'] is None:
     res['err'] = float((out - ref).abs().max())
     scores = torch.randn(64, 197, generator=g)
     res['topk_equal'] = bool((topk_indices(scores, 50).sort(-1)[0] == scores.topk(50, -1)[1].sort(-1)[0]).all())
+from visionattn.ops import na2d
+from visionattn.ops.cpu import _ext
+from visionattn.ops.reference import gna_reference
+res['ext_reason'] = _ext.unavailable_reason()
+if res['ext_reason'] is None:  # the fused C++ GNA kernel built from the wheel's sources
+    q, k, v = (torch.randn(1, 11, 12, 2, 8, dtype=torch.float64) for _ in range(3))
+    out = na2d(q, k, v, 5, dilation=2, backend='cpu')
+    res['gna_err'] = float((out - gna_reference(q, k, v, (5, 5), (1, 1), (2, 2), (False, False))).abs().max())
 print(json.dumps(res))
 '''
 
@@ -102,3 +110,4 @@ def test_wheel_and_sdist_ship_kernels_and_the_installed_wheel_runs_them(tmp_path
         pytest.skip('no C compiler: the sources ship, the native backend reports why it is unavailable')
     assert res['reason'] is None, res
     assert res['err'] < 1e-10 and res['topk_equal'], res
+    assert res['ext_reason'] is None and res['gna_err'] < 1e-10, res

@@ -140,7 +140,7 @@ def run_bsa(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = args.backends.split(',') if args.backends else (
-        ['gather', 'blocked'] + (['triton'] if args.device == 'cuda' else []) + ['dense'])
+        ['gather', 'blocked'] + (['triton'] if args.device == 'cuda' else ['cpu']) + ['dense'])
     shapes = list(BSA_SHAPES)[:-1] if args.shapes == 'all' else select_shapes(
         args.shapes or ','.join(DEFAULT_SHAPES), BSA_SHAPES)
     results = []
@@ -226,8 +226,8 @@ def add_bsa_parser(sub):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     p.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     p.add_argument('--backends', default='',
-                   help='comma list of block-sparse backends plus "dense" (default: gather,blocked[,triton on cuda],'
-                        'dense)')
+                   help='comma list of block-sparse backends plus "dense" (default: gather,blocked,triton on cuda '
+                        'or cpu on cpu,dense)')
     p.add_argument('--shapes', default='', help=f'comma list of {list(BSA_SHAPES)} or "all" (default: '
                                                 f'{",".join(DEFAULT_SHAPES)})')
     p.add_argument('--memory', default='alloc', choices=['alloc', 'rss'],

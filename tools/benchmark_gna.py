@@ -1,13 +1,13 @@
 """GNA (neighborhood attention) benchmark: backends side by side with dense SDPA and natten.
 
-Used by ``tools/benchmark.py gna``. Columns per shape: each visionattn backend (``reference``, ``blocked``,
-``triton`` on CUDA), ``natten`` (the ``natten`` backend: NATTEN's own kernels; on CPU its uncompiled Flex path,
-forward only) and ``dense`` (``F.scaled_dot_product_attention`` over all tokens, no mask, inputs already heads-first:
-the "speed of dense attention" on the same tokens). Times are medians of ``--repeat`` runs after ``--warmup`` runs,
-for inference (forward under no_grad) and training (forward + backward). Peak memory, measured in a separate call:
-on CUDA ``max_memory_allocated`` above the inputs; on CPU the peak of live tensor bytes allocated during the call,
-replayed from ``torch.profiler``'s memory timeline (``bench_utils.peak_alloc_mib``). Ratios in the Markdown table:
-speedups of ``blocked`` (time of the other / time of ``blocked``) over dense SDPA and over natten.
+Used by ``tools/benchmark.py gna``. Columns per shape: each visionattn backend (``reference``, ``blocked``, ``triton``
+on CUDA, ``cpu`` (the fused C++ kernels) on CPU), ``natten`` (the ``natten`` backend: NATTEN's own kernels; on CPU its
+uncompiled Flex path, forward only) and ``dense`` (``F.scaled_dot_product_attention`` over all tokens, no mask, inputs
+already heads-first: the "speed of dense attention" on the same tokens). Times are medians of ``--repeat`` runs after
+``--warmup`` runs, for inference (forward under no_grad) and training (forward + backward). Peak memory, measured in a
+separate call: on CUDA ``max_memory_allocated`` above the inputs; on CPU the peak of live tensor bytes allocated during
+the call, replayed from ``torch.profiler``'s memory timeline (``bench_utils.peak_alloc_mib``). Ratios in the Markdown
+table: speedups of ``blocked`` (time of the other / time of ``blocked``) over dense SDPA and over natten.
 """
 
 import torch
@@ -108,11 +108,20 @@ def _speedup(row, other, mode):
     return 'n/a'
 
 
+def _inverse_speedup(row, other, mode):
+    a, b = row.get(other) or {}, row.get('blocked') or {}
+    if f'{mode}_ms' in a and f'{mode}_ms' in b:
+        return f'{b[mode + "_ms"] / a[mode + "_ms"]:.2f}x'
+    return 'n/a'
+
+
 def gna_markdown(results, backends):
     headers = ['shape', 'config', 'mode'] + backends
     has_ratio = 'blocked' in backends
     extra = [o for o in ('dense', 'natten') if has_ratio and o in backends]
     headers += [f'{o} / blocked' for o in extra]
+    fused = has_ratio and 'cpu' in backends  # the fused C++ kernels: speedup over blocked
+    headers += ['blocked / cpu'] if fused else []
     rows = []
     for r in results:
         ks = r['kernel_size']
@@ -122,7 +131,8 @@ def gna_markdown(results, backends):
         cfg += (' causal' if r['is_causal'] else '') + (' rpb' if r['rpb'] else '')
         for mode in ('infer', 'train'):
             rows.append([r['shape'], cfg, 'fwd' if mode == 'infer' else 'fwd+bwd']
-                        + [_cell(r.get(b), mode) for b in backends] + [_speedup(r, o, mode) for o in extra])
+                        + [_cell(r.get(b), mode) for b in backends] + [_speedup(r, o, mode) for o in extra]
+                        + ([_inverse_speedup(r, 'cpu', mode)] if fused else []))
     reasons = sorted({f"`{b}` {m}: {r[b][m + '_error']}" for r in results for b in backends for m in ('infer', 'train')
                       if isinstance(r.get(b), dict) and m + '_error' in r[b]})
     notes = ('Cells: median time / peak memory of one call. `dense`: F.scaled_dot_product_attention over all tokens '
@@ -136,8 +146,8 @@ def add_gna_parser(sub):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     p.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     p.add_argument('--backends', default='',
-                   help='comma list of gna backends plus "dense" (default: reference,blocked[,triton on cuda],natten,'
-                        'dense)')
+                   help='comma list of gna backends plus "dense" (default: reference,blocked,triton on cuda or cpu '
+                        'on cpu,natten,dense)')
     p.add_argument('--shapes', default='', help=f'comma list of {list(GNA_SHAPES)} or "all" (default: '
                                                 f'{",".join(DEFAULT_SHAPES)})')
     p.add_argument('--warmup', type=int, default=1)
@@ -159,7 +169,7 @@ def run_gna(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = args.backends.split(',') if args.backends else (
-        ['reference', 'blocked'] + (['triton'] if args.device == 'cuda' else []) + ['natten', 'dense'])
+        ['reference', 'blocked'] + (['triton'] if args.device == 'cuda' else ['cpu']) + ['natten', 'dense'])
     shapes = list(GNA_SHAPES)[:-1] if args.shapes == 'all' else select_shapes(
         args.shapes or ','.join(DEFAULT_SHAPES), GNA_SHAPES)
     results = []

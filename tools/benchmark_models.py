@@ -4,7 +4,8 @@ models, input sizes, batch sizes, dtypes and backends, on CPU or GPU. Used by ``
 Every configuration is timed in turn within each repeat (a load change on a shared machine hits all of them alike);
 numbers are medians of ``--repeat`` runs after ``--warmup`` runs, with the spread (min-max) kept. Backends:
 ``eager`` (the default ops, best available backend), ``reference`` (every visionattn op on its oracle backend,
-``visionattn.ops.force_backend``), ``compile`` (``torch.compile`` of the eager model). Peak memory is the CUDA
+``visionattn.ops.force_backend``), ``compile`` (``torch.compile`` of the eager model), ``nocpu`` (eager without the
+fused C++ CPU kernels, backend ``cpu``). Peak memory is the CUDA
 allocator peak on GPU and the growth of the process's peak RSS on CPU (coarse: it only grows). Writes the JSON
 report, a Markdown table, and a PNG (latency vs input size per model; accuracy vs throughput from model_zoo's paper
 figures).
@@ -41,7 +42,8 @@ def add_models_parser(sub):
     p.add_argument('--sizes', default='224', help='comma list of input sizes: 224 or HxW (e.g. 800x1333)')
     p.add_argument('--batch-sizes', default='8')
     p.add_argument('--dtypes', default='float32', help='comma list: float32, float16, bfloat16 (autocast)')
-    p.add_argument('--backends', default='eager', help='comma list: eager, reference, compile')
+    p.add_argument('--backends', default='eager',
+                   help='comma list: eager, reference, compile, nocpu (eager without the fused C++ CPU kernels)')
     p.add_argument('--mode', default='infer', choices=['infer', 'train', 'both'])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--strides', default='',
@@ -63,8 +65,25 @@ def _size(s: str) -> Tuple[int, int]:
     return int(h), int(w or h)
 
 
+@contextlib.contextmanager
+def _no_cpu_kernels():
+    """The default ops with the fused C++ CPU kernels (backend ``cpu``) switched off: ``auto`` picks as without them."""
+    from visionattn.ops.cpu import _ext
+    _ext.load()
+    saved = dict(_ext._STATE)
+    _ext._STATE.clear()
+    _ext._STATE['error'] = 'switched off by the benchmark (backend nocpu)'
+    try:
+        yield
+    finally:
+        _ext._STATE.clear()
+        _ext._STATE.update(saved)
+
+
 def _backend(name: str):
     from visionattn.ops import force_backend
+    if name == 'nocpu':
+        return _no_cpu_kernels()
     return force_backend('reference') if name == 'reference' else contextlib.nullcontext()
 
 

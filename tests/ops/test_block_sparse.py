@@ -6,6 +6,7 @@ import torch
 
 from visionattn.ops import BackendUnavailable, get_backend
 from visionattn.ops.block_sparse import block_sparse_attention, block_sparse_attention_reference
+from visionattn.ops.cpu import _ext as cpu_ext
 
 FAST = ['gather', 'blocked']
 
@@ -117,12 +118,15 @@ def test_dense_backend_choice():
         idx = torch.zeros(B, 1, n_win ** 2, topk, dtype=torch.long)
         return get_backend('block_sparse_attention', query=q, key=q, value=q, block_index=idx, **kw).__name__
 
-    # BiFormer at 224: the 14x14 stage (topk 16 of 49 blocks of 4 tokens) runs dense, the 56x56 and 28x28 ones blocked
+    # the fused CPU kernels (backend cpu) take small key blocks (<= 16 tokens) where they are built
+    small = 'block_sparse_cpu' if cpu_ext.load() else '_block_sparse_blocked'
+    # BiFormer at 224: the 14x14 stage (topk 16 of 49 blocks of 4 tokens) runs dense, the 56x56 one blocked
     assert pick(4, 14, 7, 16) == 'block_sparse_dense'
-    assert pick(4, 56, 7, 4) == pick(4, 56, 7, 16) == pick(4, 28, 7, 4) == '_block_sparse_blocked'
+    assert pick(4, 56, 7, 4) == pick(4, 56, 7, 16) == '_block_sparse_blocked'
+    assert pick(4, 28, 7, 4) == small
     # never with a bias or key mask, nor when the mask would be too large
-    assert pick(4, 14, 7, 16, bias=torch.zeros(4, 1, 49, 16)) == '_block_sparse_blocked'
-    assert pick(4, 14, 7, 16, key_mask=torch.ones(4, 49, 4, dtype=torch.bool)) == '_block_sparse_blocked'
+    assert pick(4, 14, 7, 16, bias=torch.zeros(4, 1, 49, 16)) == small
+    assert pick(4, 14, 7, 16, key_mask=torch.ones(4, 49, 4, dtype=torch.bool)) == small
     assert pick(64, 56, 7, 49) == '_block_sparse_blocked'
     q = torch.zeros(1, 4, 4, 1, 8)
     with pytest.raises(BackendUnavailable, match='bias and key_mask'):
@@ -158,7 +162,8 @@ def test_auto_dispatch_cpu():
     # small blocks, 3 of 7 listed: dense SDPA is the faster one on CPU (test_dense_backend_choice)
     assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else 'block_sparse_dense')
     fn = get_backend('block_sparse_attention', 'auto', **dict(call, key_mask=torch.ones(2, 7, 5, dtype=torch.bool)))
-    assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else '_block_sparse_blocked')
+    small = 'block_sparse_cpu' if cpu_ext.load() else '_block_sparse_blocked'  # the fused CPU kernels, where built
+    assert fn.__name__ == ('_block_sparse_triton' if torch.cuda.is_available() else small)
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match='CUDA'):
             block_sparse_attention(q, k, v, idx, backend='triton')

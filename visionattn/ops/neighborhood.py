@@ -14,6 +14,9 @@ Backends (``backend='auto'`` picks the best that can run, see ``visionattn.ops._
 * ``blocked`` (``visionattn.ops.blocked.neighborhood``): pure PyTorch; query tiles with their key halo batched through
   ``F.scaled_dot_product_attention``, memory O(tokens x window); runs everywhere, autograd through plain torch ops.
 * ``triton`` (``visionattn.ops.triton.neighborhood``): fused forward/backward kernels, CUDA tensors only.
+* ``cpu`` (``visionattn.ops.cpu.neighborhood``, sources ``kernels/cpu/gna.cpp``): fused C++ forward/backward
+  kernels, CPU tensors; above ``blocked`` where measured faster; unavailable (with the reason) when the extension cannot
+  be built.
 * ``natten`` (``visionattn.ops.natten.neighborhood``): NATTEN's ``na1d/na2d/na3d`` when installed and able to run the
   call (no rpb; on CPU only its Flex path, forward only); ranked below ``blocked`` on CPU and below ``triton`` on CUDA.
 
@@ -130,7 +133,7 @@ register_backend('gna', 'blocked', gna_blocked_backend, priority=10, unsupported
 register_backend('gna', 'triton', _triton_backend, priority=20, unsupported=_triton_unsupported)
 register_backend('gna', 'natten', natten_backend, priority=5, unsupported=natten_unsupported,
                  priority_fn=natten_priority)
-
+from .cpu import neighborhood as _cpu_neighborhood  # noqa: E402,F401  (registers backend 'cpu': fused C++ kernels)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Public API

@@ -1,0 +1,78 @@
+"""The fused C++ CPU kernels (``kernels/cpu/*.cpp``): one torch C++ extension, JIT-built on first use.
+
+The sources register their ops with ``TORCH_LIBRARY_FRAGMENT(visionattn_cpu, ...)`` (``torch.ops.visionattn_cpu.*``),
+are compiled by ``torch.utils.cpp_extension.load`` with ``-O3 -march=native -fopenmp`` (without ``-march`` when the
+compiler refuses it) and cached in torch's extension folder (``$TORCH_EXTENSIONS_DIR``), rebuilt when a source
+changes. OpenMP makes ``at::parallel_for`` run on torch's own thread pool. Without a C++ compiler, with
+``VISIONATTN_NO_CPU_KERNELS=1`` or when the build fails, ``load()`` is False, ``unavailable_reason()`` says why (the
+build error is logged once) and the pure-PyTorch backends take over.
+"""
+import logging
+import os
+import shutil
+import threading
+from typing import List, Optional
+
+from ._sources import source_dir
+
+__all__ = ['load', 'unavailable_reason', 'SOURCES']
+
+SOURCES = ('gna.cpp', 'block_sparse.cpp')
+_NAME = 'visionattn_cpu_kernels'
+_LOCK = threading.Lock()
+_STATE: dict = {}  # 'ok': True, or 'error': why the extension is unavailable
+_logger = logging.getLogger('visionattn.ops')
+
+
+def _flag_sets() -> List[List[str]]:
+    base = ['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math']
+    return [base + ['-march=native'], base]
+
+
+def _build() -> None:
+    import torch
+    from torch.utils import cpp_extension
+    cxx = os.environ.get('CXX') or next((c for c in ('c++', 'g++', 'clang++') if shutil.which(c)), None)
+    if cxx is None or not shutil.which(cxx):
+        raise RuntimeError('no C++ compiler found (set CXX)')
+    src = source_dir()
+    sources = [str(src / name) for name in SOURCES if (src / name).exists()]
+    if not sources:
+        raise RuntimeError(f'kernel sources not found in {src}')
+    errors = []
+    for flags in _flag_sets():
+        try:
+            cpp_extension.load(
+                name=_NAME + ('' if '-march=native' in flags else '_generic'), sources=sources,
+                extra_cflags=flags, extra_ldflags=['-fopenmp'], extra_include_paths=[str(src)],
+                is_python_module=False, verbose=False)
+            break
+        except Exception as e:  # compiler error, missing headers, ninja missing...
+            lines = [ln for ln in str(e).splitlines() if 'error' in ln.lower()] or str(e).splitlines()
+            errors.append(f'{type(e).__name__}: ' + ' / '.join(lines[:3])[:800])
+    else:
+        raise RuntimeError('building the CPU kernels failed: ' + ' | '.join(errors))
+    if not hasattr(torch.ops.visionattn_cpu, 'gna_fwd'):
+        raise RuntimeError('the CPU kernel library loaded but registered no ops')
+
+
+def load() -> bool:
+    """Whether the fused CPU kernels are available (built and loaded on the first call)."""
+    if not _STATE:
+        with _LOCK:
+            if not _STATE:
+                if os.environ.get('VISIONATTN_NO_CPU_KERNELS', '0') not in ('', '0'):
+                    _STATE['error'] = 'disabled by VISIONATTN_NO_CPU_KERNELS'
+                else:
+                    try:
+                        _build()
+                        _STATE['ok'] = True
+                    except (OSError, RuntimeError, ImportError) as e:
+                        _STATE['error'] = f'fused CPU kernels unavailable: {e}'
+                        _logger.warning('%s', _STATE['error'])
+    return bool(_STATE.get('ok'))
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the fused CPU kernels can run, else why not."""
+    return None if load() else _STATE['error']
