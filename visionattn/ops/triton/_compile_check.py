@@ -15,35 +15,26 @@ import os
 import re
 import subprocess
 import tempfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver as _driver
 from triton.runtime.jit import JITFunction
 
+from ._target import SMEM_LIMIT, shared_memory_limit
+
 __all__ = [
     'SMEM_LIMIT', 'ARCHS', 'SPILL_BUDGET', 'Case', 'KernelResources', 'compile_only', 'cases', 'run_case',
-    'known_archs', 'shared_memory_limit',
+    'known_archs', 'shared_memory_limit', 'compile_cases', 'check',
 ]
 
-# Maximum shared memory per block with opt-in (cudaDevAttrMaxSharedMemoryPerBlockOptin), bytes, from the CUDA C++
-# Programming Guide's table of technical specifications per compute capability: 163 KB on 8.0/8.7, 99 KB on
-# 8.6/8.9/12.x, 227 KB on 9.0/10.x, 64 KB on 7.5.
-SMEM_LIMIT: Dict[int, int] = {
-    75: 65536, 80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 103: 232448, 120: 101376,
-}
 ARCHS: Tuple[int, ...] = (80, 86, 89, 90, 100, 120)
-# Register spills we accept per kernel (Triton's n_spills: local memory bytes per thread / 4). None today.
+# Register spills we accept per kernel, in Triton's unit (n_spills: local memory, stack frame included, bytes per
+# thread / 4, which is what the CUDA driver reports as CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES).
 SPILL_BUDGET = 0
 
 _TC_PATTERNS = (r'\bmma\.sync\.', r'\bwgmma\.mma_async\.', r'\btcgen05\.mma\b')
-
-
-def shared_memory_limit(arch: int) -> int:
-    """Per-block opt-in shared memory of compute capability ``arch`` (e.g. 86), bytes; the smallest of the table
-    for an unknown capability."""
-    return SMEM_LIMIT.get(arch, min(SMEM_LIMIT[a] for a in ARCHS))
 
 
 def known_archs() -> Tuple[int, ...]:
@@ -107,6 +98,7 @@ def _resources(compiled, arch: int) -> KernelResources:
     finally:
         os.remove(path)
     regs = re.search(r'REG:(\d+)', usage)
+    stack = re.search(r'STACK:(\d+)', usage)
     local = re.search(r'LOCAL:(\d+)', usage)
     ptx = compiled.asm['ptx']
     tc = sum(len(re.findall(p, ptx)) for p in _TC_PATTERNS)
@@ -114,7 +106,8 @@ def _resources(compiled, arch: int) -> KernelResources:
     consts = {compiled.src.fn.arg_names[k] if isinstance(k, int) else k: v for k, v in consts.items()}
     return KernelResources(
         kernel=compiled.src.fn.__name__, arch=arch, num_warps=md.num_warps, num_stages=md.num_stages,
-        registers=int(regs.group(1)) if regs else -1, spills=int(local.group(1)) // 4 if local else -1,
+        registers=int(regs.group(1)) if regs else -1,
+        spills=(int(stack.group(1)) + int(local.group(1))) // 4 if stack and local else -1,
         shared=md.shared, tensor_core=tc, constants=consts)
 
 
@@ -170,13 +163,19 @@ class Case:
         return f'{self.kernel}-{self.feature}-{self.dtype}-d{self.head_dim}-sm{self.arch}'
 
 
+DEFAULT_TIER_ARCHS = (80, 86, 90)  # mma.sync with the largest and the smallest shared memory, wgmma
+_FEATURE_CASE = dict(dtype='float16', head_dim=32, arch=86)
+
+
 def cases(archs: Optional[Tuple[int, ...]] = None, head_dims: Tuple[int, ...] = HEAD_DIMS, subset: bool = False
           ) -> List[Case]:
-    """Every kernel x dtype x head dim x arch on the base case, plus each feature once per kernel x dtype x arch
-    (at head dim 32). ``subset``: head dims 32 and 64 only (the default test tier)."""
-    archs = archs or known_archs()
+    """The full matrix: every kernel x dtype x head dim x arch on the base case, plus each feature once per kernel x
+    dtype x arch (at head dim 32). ``subset`` (the default test tier, a few minutes on 2 cores): every kernel x dtype
+    on sm_80/86/90 at head dim 64, and every feature once (fp16, head dim 32, sm_86)."""
     if subset:
-        head_dims = tuple(d for d in head_dims if d in (32, 64))
+        out = [Case(k, 'base', dt, 64, a) for k in KERNELS for dt in DTYPES for a in DEFAULT_TIER_ARCHS]
+        return out + [Case(k, f, **_FEATURE_CASE) for k in KERNELS for f in FEATURES[k][1:]]
+    archs = archs or known_archs()
     out = []
     for kernel in KERNELS:
         for dtype in DTYPES:
@@ -251,6 +250,26 @@ def run_case(case: Case) -> List[KernelResources]:
     with compile_only(case.arch) as records:
         _RUNNERS[case.kernel](case, getattr(torch, case.dtype))
     return records
+
+
+def _run(case: Case):
+    try:
+        return case, run_case(case), None
+    except Exception as e:  # noqa: BLE001 - reported as a failing case
+        return case, [], f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+
+
+def compile_cases(cases: Sequence[Case], workers: Optional[int] = None
+                  ) -> List[Tuple[Case, List[KernelResources], Optional[str]]]:
+    """``(case, resources, error or None)`` of every case, compiled in a pool of ``workers`` processes (default: one
+    per CPU), in case order."""
+    workers = min(len(cases), workers or os.cpu_count() or 1)
+    if workers <= 1:
+        return [_run(c) for c in cases]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return list(pool.map(_run, cases, chunksize=1))
 
 
 def check(case: Case, res: KernelResources) -> List[str]:
