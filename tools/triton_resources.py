@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Compile every Triton kernel of visionattn for real GPU targets (no GPU needed) and write their resources.
 
-    python tools/triton_resources.py            # writes benchmarks/triton_resources.md (full matrix)
+    python tools/triton_resources.py            # writes benchmarks/triton_resources.md (the default test tier's cases)
+    python tools/triton_resources.py --full     # the same with the full matrix (every head dim, arch and feature)
     python tools/triton_resources.py --check    # exit 1 when the committed table is stale or a case fails
     python tools/triton_resources.py --verify   # compile and check only (e.g. with another Triton), write nothing
-    python tools/triton_resources.py --subset   # the default test tier's cases only, printed
 
 Each row: one compiled kernel (forward or backward) of one case (kernel family, feature, dtype, head dim) on one
 target: registers, register spills, shared memory (bytes, and the target's per-block limit), tensor-core
@@ -91,7 +91,8 @@ def table_rows_of(text: str) -> List[str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--check', action='store_true', help='compare with the committed table, write nothing')
-    parser.add_argument('--subset', action='store_true', help="the default test tier's cases; print, write nothing")
+    parser.add_argument('--full', action='store_true', help='the full matrix instead of the default tier\'s cases')
+    parser.add_argument('--print', action='store_true', help='print the table')
     parser.add_argument('--verify', action='store_true',
                         help='compile the matrix, print the failing cases, write nothing (exit 1 when any fails)')
     parser.add_argument('--workers', type=int, default=None)
@@ -99,16 +100,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sys.path.insert(0, ROOT)
     from visionattn.ops.triton import _compile_check as cc
-    cases = cc.cases(subset=args.subset)
+    cases = cc.cases(subset=not args.full)
     table_rows = rows(compile_cases(cases, args.workers))
     text = render(table_rows)
     bad = [f'{r["case"].id}: {r["error"]}' for r in table_rows if 'error' in r]
     bad += [f'{r["case"].id}: {p}' for r in table_rows for p in r.get('problems', ())]
     print('\n'.join(text.splitlines()[2:6]))
     print('\n'.join(bad) or 'every case compiles within its limits')
-    if args.subset:
+    if args.print:
         print(text)
-    if args.subset or args.verify:
+    if args.verify:
         return 1 if bad else 0
     if args.check:
         with open(args.out) as f:

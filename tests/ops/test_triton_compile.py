@@ -112,6 +112,6 @@ def test_compile_matrix_triton36():
                              text=True)
     if not version.stdout.startswith('3.6'):
         pytest.skip(f'{python} has Triton {version.stdout.strip() or version.stderr[-200:]}, not 3.6')
-    out = subprocess.run([python, os.path.join(ROOT, 'tools', 'triton_resources.py'), '--verify'],
+    out = subprocess.run([python, os.path.join(ROOT, 'tools', 'triton_resources.py'), '--verify', '--full'],
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

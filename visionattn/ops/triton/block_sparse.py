@@ -179,7 +179,9 @@ def _blocks(q: Tensor, v: Tensor, Tk: int, backward: bool = False) -> Tuple[int,
     from ._target import shared_memory_limit
     Tq, D, Dv = q.shape[2], q.shape[-1], v.shape[-1]
     block_m = max(16, min(64, triton.next_power_of_2(Tq)))
-    block_n = max(16, min(64, triton.next_power_of_2(Tk)))
+    # the backward holds more [BLOCK_M, BLOCK_N] / [BLOCK_N, D] tiles (and fp32 the forward's FMA products): BLOCK_N
+    # 32 keeps them in registers
+    block_n = max(16, min(32 if backward or q.dtype == torch.float32 else 64, triton.next_power_of_2(Tk)))
     bd, bdv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
     limit, itemsize = shared_memory_limit(), q.element_size()
     candidates = [(block_m, block_n, 3), (block_m, block_n, 2), (block_m, min(block_n, 32), 2),
@@ -188,7 +190,8 @@ def _blocks(q: Tensor, v: Tensor, Tk: int, backward: bool = False) -> Tuple[int,
     for bm, bn, stages in candidates:
         if _smem_estimate(bm, bn, bd, bdv, stages, itemsize, backward) <= limit:
             break
-    warps = 8 if max(bd, bdv) * itemsize >= 256 else 4  # fp32 at head dim >= 64, any dtype at 128: fewer spills
+    # 8 warps (fewer registers per thread) for fp32 at head dim >= 64, the backward at >= 64, any dtype at 128
+    warps = 8 if max(bd, bdv) * itemsize >= 256 or (backward and max(bd, bdv) >= 64) else 4
     return bm, bn, bd, bdv, warps, stages
 
 
