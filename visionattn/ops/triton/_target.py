@@ -23,8 +23,28 @@ def current_arch() -> Optional[int]:
     return arch if isinstance(arch, int) and getattr(target, 'backend', None) == 'cuda' else None
 
 
+_DEVICE_LIMIT: Dict[object, int] = {}
+
+
+def _device_limit() -> Optional[int]:
+    """What the current CUDA device itself reports (None without one, e.g. under the compile-only driver)."""
+    try:
+        from triton.runtime import driver
+        device = driver.active.get_current_device()
+        if device not in _DEVICE_LIMIT:
+            _DEVICE_LIMIT[device] = int(driver.active.utils.get_device_properties(device)['max_shared_mem'])
+        return _DEVICE_LIMIT[device]
+    except Exception:  # noqa: BLE001 - no device behind the driver
+        return None
+
+
 def shared_memory_limit(arch: Optional[int] = None) -> int:
-    """Per-block opt-in shared memory of compute capability ``arch`` (default: the current target), bytes; the
-    smallest limit of the supported GPUs when unknown."""
-    arch = current_arch() if arch is None else arch
+    """Per-block opt-in shared memory, bytes: of compute capability ``arch`` from the table, or by default of the
+    current device (as it reports it, else the table entry of the current target); the smallest limit of the
+    supported GPUs when unknown."""
+    if arch is None:
+        limit = _device_limit()
+        if limit:
+            return limit
+        arch = current_arch()
     return SMEM_LIMIT.get(arch, _SMALLEST_SUPPORTED) if arch is not None else _SMALLEST_SUPPORTED
