@@ -184,14 +184,17 @@ def _blocks(q: Tensor, v: Tensor, Tk: int, backward: bool = False) -> Tuple[int,
     block_n = max(16, min(32 if backward or q.dtype == torch.float32 else 64, triton.next_power_of_2(Tk)))
     bd, bdv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
     limit, itemsize = shared_memory_limit(), q.element_size()
+    if backward and itemsize == 4 and max(bd, bdv) >= 128:
+        block_m = min(block_m, 32)  # fp32 dQ and dK/dV products at head dim 128 spill with 64 rows
     candidates = [(block_m, block_n, 3), (block_m, block_n, 2), (block_m, min(block_n, 32), 2),
                   (min(block_m, 32), min(block_n, 32), 2), (min(block_m, 32), min(block_n, 32), 1),
                   (min(block_m, 32), 16, 1), (16, 16, 1)]
     for bm, bn, stages in candidates:
         if _smem_estimate(bm, bn, bd, bdv, stages, itemsize, backward) <= limit:
             break
-    # 8 warps (fewer registers per thread) for fp32 at head dim >= 64, the backward at >= 64, any dtype at 128
-    warps = 8 if max(bd, bdv) * itemsize >= 256 or (backward and max(bd, bdv) >= 64) else 4
+    # 8 warps (fewer registers per thread) for the forward at >= 256 bytes per row (fp32 at head dim >= 64, any dtype
+    # at 128), the backward at >= 128 bytes
+    warps = 8 if max(bd, bdv) * itemsize >= (128 if backward else 256) else 4
     return bm, bn, bd, bdv, warps, stages
 
 

@@ -304,7 +304,12 @@ def _launch_config(tile, head_dim: int, itemsize: int, block_n: Optional[int], b
     from ._target import shared_memory_limit
     limit = shared_memory_limit()
     bm, bd = tile[0] * tile[1] * tile[2], max(16, triton.next_power_of_2(head_dim))
-    candidates = [(32, 3), (32, 2), (16, 2), (16, 1)] if block_n is None else [(block_n, 3), (block_n, 2), (block_n, 1)]
+    if block_n is not None:
+        candidates = [(block_n, 3), (block_n, 2), (block_n, 1)]
+    elif backward and itemsize == 4 and bd >= 128:  # the fp32 backward at 128 spills with 32 keys or 3 stages
+        candidates = [(16, 2), (16, 1)]
+    else:
+        candidates = [(32, 3), (32, 2), (16, 2), (16, 1)]
     for bn, stages in candidates:
         if stages * bn * 2 * bd * itemsize + (2 if backward else 1) * bm * bd * 4 <= limit:
             break
