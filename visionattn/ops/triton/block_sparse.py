@@ -167,11 +167,35 @@ def _bsa_bwd_kernel(
         dq.to(DQ.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
-def _blocks(q: Tensor, v: Tensor, Tk: int):
+def _smem_estimate(bm: int, bn: int, bd: int, bdv: int, stages: int, itemsize: int, backward: bool) -> int:
+    """Upper estimate of a config's shared memory: ``stages`` buffered K/V tiles plus the layout-conversion scratch
+    (checked against the compiled kernels by tests/ops/test_triton_compile.py)."""
+    return stages * bn * (bd + bdv) * itemsize + (2 if backward else 1) * max(bm, bn) * max(bd, bdv) * 4
+
+
+def _blocks(q: Tensor, v: Tensor, Tk: int, backward: bool = False) -> Tuple[int, int, int, int, int, int]:
+    """BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages for the current target: the largest tiles whose
+    shared memory fits its per-block limit (fewer pipeline stages first, which leaves the results unchanged)."""
+    from ._target import shared_memory_limit
     Tq, D, Dv = q.shape[2], q.shape[-1], v.shape[-1]
     block_m = max(16, min(64, triton.next_power_of_2(Tq)))
-    block_n = max(16, min(64, triton.next_power_of_2(Tk)))
-    return block_m, block_n, max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
+    # the backward holds more [BLOCK_M, BLOCK_N] / [BLOCK_N, D] tiles (and fp32 the forward's FMA products): BLOCK_N
+    # 32 keeps them in registers
+    block_n = max(16, min(32 if backward or q.dtype == torch.float32 else 64, triton.next_power_of_2(Tk)))
+    bd, bdv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
+    limit, itemsize = shared_memory_limit(), q.element_size()
+    if backward and itemsize == 4 and max(bd, bdv) >= 128:
+        block_m = min(block_m, 32)  # fp32 dQ and dK/dV products at head dim 128 spill with 64 rows
+    candidates = [(block_m, block_n, 3), (block_m, block_n, 2), (block_m, min(block_n, 32), 2),
+                  (min(block_m, 32), min(block_n, 32), 2), (min(block_m, 32), min(block_n, 32), 1),
+                  (min(block_m, 32), 16, 1), (16, 16, 1)]
+    for bm, bn, stages in candidates:
+        if _smem_estimate(bm, bn, bd, bdv, stages, itemsize, backward) <= limit:
+            break
+    # 8 warps (fewer registers per thread) for the forward at >= 256 bytes per row (fp32 at head dim >= 64, any dtype
+    # at 128), the backward at >= 128 bytes
+    warps = 8 if max(bd, bdv) * itemsize >= (128 if backward else 256) else 4
+    return bm, bn, bd, bdv, warps, stages
 
 
 def block_sparse_fwd_triton(
@@ -182,7 +206,7 @@ def block_sparse_fwd_triton(
     _, Nk, Tk, _, Dv = v.shape
     out = torch.empty((B, Nq, Tq, H, Dv), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Nq, Tq), dtype=torch.float32, device=q.device)
-    bm, bn, bd, bdv = _blocks(q, v, Tk)
+    bm, bn, bd, bdv, warps, stages = _blocks(q, v, Tk)
     kb_strides = kbias.stride() if kbias is not None else (0, 0, 0)
     grid = (triton.cdiv(Tq, bm), Nq, B * H)
     _bsa_fwd_kernel[grid](
@@ -191,6 +215,7 @@ def block_sparse_fwd_triton(
         H, Nq, Tq, Tk, idx.shape[-1], scale,
         D=D, DV=Dv, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
         HAS_BIAS=bias is not None, HAS_KB=kbias is not None, IEEE=q.dtype == torch.float32,
+        num_warps=warps, num_stages=stages,
     )
     return out, lse
 
@@ -208,7 +233,7 @@ def block_sparse_bwd_triton(
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     dbias = torch.zeros(idx.shape, dtype=torch.float32, device=q.device)
-    bm, bn, bd, bdv = _blocks(q, v, Tk)
+    bm, bn, bd, bdv, warps, stages = _blocks(q, v, Tk, backward=True)
     kb_strides = kbias.stride() if kbias is not None else (0, 0, 0)
     grid = (triton.cdiv(Tq, bm), Nq, B * H)
     _bsa_bwd_kernel[grid](
@@ -218,5 +243,6 @@ def block_sparse_bwd_triton(
         H, Nq, Tq, Tk, idx.shape[-1], scale,
         D=D, DV_=Dv, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
         HAS_BIAS=bias is not None, HAS_KB=kbias is not None, IEEE=q.dtype == torch.float32,
+        num_warps=warps, num_stages=stages,
     )
     return dq, dk.to(k.dtype), dv.to(v.dtype), dbias

@@ -295,6 +295,27 @@ def _launch_geometry(shape3, dil, tile):
     return ntiles, nt, ntiles * dil[0] * dil[1] * dil[2]
 
 
+def _launch_config(tile, head_dim: int, itemsize: int, block_n: Optional[int], backward: bool
+                   ) -> Tuple[int, int, int]:
+    """BLOCK_N, num_warps and num_stages for the current target: the largest whose shared memory (upper estimate:
+    ``stages`` buffered K/V chunks plus the layout-conversion scratch, checked against the compiled kernels by
+    tests/ops/test_triton_compile.py) fits its per-block limit; fewer stages first, which leaves results unchanged.
+    An explicit ``block_n`` is kept."""
+    from ._target import shared_memory_limit
+    limit = shared_memory_limit()
+    bm, bd = tile[0] * tile[1] * tile[2], max(16, triton.next_power_of_2(head_dim))
+    if block_n is not None:
+        candidates = [(block_n, 3), (block_n, 2), (block_n, 1)]
+    elif backward and itemsize == 4 and bd >= 128:  # the fp32 backward at 128 spills with 32 keys or 3 stages
+        candidates = [(16, 2), (16, 1)]
+    else:
+        candidates = [(32, 3), (32, 2), (16, 2), (16, 1)]
+    for bn, stages in candidates:
+        if stages * bn * 2 * bd * itemsize + (2 if backward else 1) * bm * bd * 4 <= limit:
+            break
+    return bn, 8 if bd * itemsize >= 256 else 4, stages  # 8 warps for fp32 at head dim >= 64, any dtype at 128
+
+
 def _extra_strides(x: Optional[torch.Tensor]) -> Tuple[int, int, int]:
     return (x.stride(0), x.stride(1), x.stride(2)) if x is not None else (0, 0, 0)
 
@@ -317,7 +338,7 @@ def _common_args(q, k, v, ak, av, ks, st, dil, causal, tile, n_heads, shape3, he
 
 
 def _gna_triton_forward(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av, tile_shape=None,
-                        block_n=32):
+                        block_n=None):
     n, ks, st, dil, causal, tile = _prepare(q, kernel_size, stride, dilation, is_causal, tile_shape)
     q3, k3, v3 = _view3(q, n), _view3(k, n), _view3(v, n)
     b, shape3, n_heads, head_dim = q3.shape[0], tuple(q3.shape[1:4]), q3.shape[4], q3.shape[5]
@@ -328,8 +349,10 @@ def _gna_triton_forward(q, k, v, kernel_size, stride, dilation, is_causal, rpb, 
     ak = ak.contiguous() if ak is not None else None
     av = av.contiguous() if av is not None else None
     n_extra = ak.shape[1] if ak is not None else 0
+    block_n, warps, stages = _launch_config(tile, head_dim, q.element_size(), block_n, backward=False)
     args, kwargs = _common_args(q3, k3, v3, ak, av, ks, st, dil, causal, tile, n_heads, shape3, head_dim, n_extra,
                                 nts, ntiles, scale, rpb is not None, block_n)
+    kwargs.update(num_warps=warps, num_stages=stages)
     dummy = out
     _gna_fwd_kernel[(grid0, b * n_heads)](
         q3, k3, v3, out, lse, rpb3 if rpb3 is not None else dummy, ak if ak is not None else dummy,
@@ -338,7 +361,7 @@ def _gna_triton_forward(q, k, v, kernel_size, stride, dilation, is_causal, rpb, 
 
 
 def _gna_triton_backward(grad_out, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av,
-                         tile_shape=None, block_n=32):
+                         tile_shape=None, block_n=None):
     n, ks, st, dil, causal, tile = _prepare(q, kernel_size, stride, dilation, is_causal, tile_shape)
     q3, k3, v3 = _view3(q, n), _view3(k, n), _view3(v, n)
     b, shape3, n_heads, head_dim = q3.shape[0], tuple(q3.shape[1:4]), q3.shape[4], q3.shape[5]
@@ -355,8 +378,10 @@ def _gna_triton_backward(grad_out, q, k, v, out, lse, kernel_size, stride, dilat
     n_extra = ak.shape[1] if ak is not None else 0
     dak = torch.zeros(ak.shape, dtype=torch.float32, device=q.device) if ak is not None else None
     dav = torch.zeros(av.shape, dtype=torch.float32, device=q.device) if av is not None else None
+    block_n, warps, stages = _launch_config(tile, head_dim, q.element_size(), block_n, backward=True)
     args, kwargs = _common_args(q3, k3, v3, ak, av, ks, st, dil, causal, tile, n_heads, shape3, head_dim, n_extra,
                                 nts, ntiles, scale, rpb is not None, block_n)
+    kwargs.update(num_warps=warps, num_stages=stages)
     dummy = dk
     pick = lambda x: x if x is not None else dummy
     _gna_bwd_kernel[(grid0, b * n_heads)](

@@ -124,10 +124,13 @@ def _topk_bwd_kernel(
              mask=m_mask[:, None] & d_mask[None, :])
 
 
-def _blocks(D: int, Dv: int) -> Tuple[int, int, int, int]:
+def _blocks(D: int, Dv: int, backward: bool = False) -> Tuple[int, int, int, int, int]:
+    """BLOCK_M, BLOCK_K, BLOCK_D, BLOCK_DV, num_warps. The [BLOCK_M, BLOCK_K, BLOCK_D] products live in registers:
+    at most 4096 elements in the forward and 2048 in the backward (which holds four of them) keep them from spilling
+    (checked by tests/ops/test_triton_compile.py)."""
     bd, bdv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
-    block_k = 16 if max(bd, bdv) <= 64 else 8
-    return 16, block_k, bd, bdv
+    block_k = max(2, min(16, (2048 if backward else 4096) // (16 * max(bd, bdv))))
+    return 16, block_k, bd, bdv, 8 if max(bd, bdv) >= 128 else 4
 
 
 def _dense_rows(q: Tensor, k: Tensor, scale: float, num_dense: int) -> Tensor:
@@ -152,13 +155,13 @@ def topk_attention_fwd_triton(
     if Nr:
         idx = index.long().contiguous()
         qr, o = q[:, num_dense:], out[:, num_dense:]
-        bm, bk, bd, bdv = _blocks(D, Dv)
+        bm, bk, bd, bdv, warps = _blocks(D, Dv)
         grid = (triton.cdiv(Nr, bm), B * H)
         _topk_fwd_kernel[grid](
             qr, k, v, idx, o, lse,
             *qr.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
             H, Nr, idx.shape[-1], scale,
-            D=D, DV=Dv, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, BLOCK_DV=bdv,
+            D=D, DV=Dv, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps,
         )
     return out, lse
 
@@ -187,12 +190,12 @@ def topk_attention_bwd_triton(
         idx = index.long().contiguous()
         qr, dor, dqr = q[:, num_dense:], dout[:, num_dense:], dq[:, num_dense:]
         delta = (dor.float() * out[:, num_dense:].float()).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, Nr]
-        bm, bk, bd, bdv = _blocks(D, Dv)
+        bm, bk, bd, bdv, warps = _blocks(D, Dv, backward=True)
         grid = (triton.cdiv(Nr, bm), B * H)
         _topk_bwd_kernel[grid](
             qr, k, v, dor, lse, delta, idx, dqr, dk, dv,
             *qr.stride(), *k.stride(), *v.stride(), *dor.stride(), *idx.stride(),
             H, Nr, idx.shape[-1], scale,
-            D=D, DV_=Dv, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, BLOCK_DV=bdv,
+            D=D, DV_=Dv, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps,
         )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
