@@ -63,6 +63,8 @@ def flex_unsupported(query: torch.Tensor, *tensors: Optional[torch.Tensor]) -> O
 def flex_attention_call(q, k, v, score_mod, block_mask, scale: float) -> torch.Tensor:
     """``flex_attention`` on ``[B, H, L, D]`` tensors, compiled on CUDA (see the module docstring)."""
     flex = _compiled_flex() if _compile_for(q.device) else _flex()[0]
+    if not torch.is_grad_enabled():  # flex refuses CPU tensors that require grad even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*flex_attention called without torch.compile.*')
         warnings.filterwarnings('ignore', message='.*print statements or breakpoints.*')
