@@ -229,28 +229,28 @@ def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
         if reason:
             raise BackendUnavailable(f'{op}: backend {backend!r} cannot run this call: {reason}')
         return b.fn
-    runnable = []
-    for name in list_backends(op, **call):
+    order = list_backends(op, **call)
+    compiling = False
+    try:
+        import torch
+        compiling = torch.compiler.is_compiling()
+    except (ImportError, AttributeError):
+        pass
+    for i, name in enumerate(order):
         b = backends[name]
         reason = b.unsupported(**call) if b.unsupported is not None else None
-        if reason is None:
-            runnable.append(b)
+        if reason is not None:
+            _logger.debug('%s: skipped backend %r: %s', op, name, reason)
             continue
-        _logger.debug('%s: skipped backend %r: %s', op, name, reason)
-    if not runnable:
-        raise BackendUnavailable(f'{op}: no backend can run this call')
-    import torch
-    if torch.compiler.is_compiling():
-        # no Python try in a traced graph: the first backend not found broken eagerly (call keys at trace time)
-        if _BROKEN:
-            ok = [b for b in runnable if not any(k[:2] == (op, b.name) for k in _BROKEN)]
-            runnable = ok or runnable
-        _logger.debug('%s: using backend %r', op, runnable[0].name)
-        return runnable[0].fn
-    if len(runnable) == 1:
-        _logger.debug('%s: using backend %r', op, runnable[0].name)
-        return runnable[0].fn
-    return _with_fallback(op, runnable)
+        if compiling and any(k[:2] == (op, name) for k in _BROKEN):
+            # no Python try in a traced graph: skip a backend found broken eagerly (any configuration)
+            _logger.debug('%s: skipped backend %r: found broken eagerly', op, name)
+            continue
+        _logger.debug('%s: using backend %r', op, name)
+        if compiling or i == len(order) - 1:
+            return b.fn
+        return _with_fallback(op, b, [backends[n] for n in order[i + 1:]], call)
+    raise BackendUnavailable(f'{op}: no backend can run this call')
 
 
 def _needs_probe(b: _Backend, key: tuple, out: Any, args: tuple, kwargs: Dict[str, Any]) -> bool:
@@ -271,35 +271,49 @@ def _probe_backward(out, args: tuple, kwargs: Dict[str, Any]) -> None:
         torch.autograd.grad(out, inputs, torch.zeros_like(out), retain_graph=True, allow_unused=True)
 
 
-def _with_fallback(op: str, runnable: List[_Backend]) -> Callable:
-    """The first runnable backend, wrapped so that a kernel error falls back to the next one (module docstring)."""
+def _with_fallback(op: str, first: _Backend, rest: List[_Backend], call: Dict[str, Any]) -> Callable:
+    """``first`` wrapped so that a kernel error falls back to the next of ``rest`` that can run ``call`` (checked
+    lazily, only on a failure; see the module docstring)."""
 
-    @functools.wraps(runnable[0].fn)
+    def candidates():
+        yield first
+        for b in rest:
+            reason = b.unsupported(**call) if b.unsupported is not None else None
+            if reason is None:
+                yield b
+            else:
+                _logger.debug('%s: fallback skipped backend %r: %s', op, b.name, reason)
+
+    @functools.wraps(first.fn)
     def call_with_fallback(*args, **kwargs):
-        last = len(runnable) - 1
-        for i, b in enumerate(runnable):
+        error: Optional[BaseException] = None
+        failed: Optional[str] = None
+        for b in candidates():
             key = config_key(op, b.name, args, kwargs)
-            if i < last and key in _BROKEN:
+            if key in _BROKEN:
                 continue
+            if error is not None:
+                warnings.warn(
+                    f'visionattn: {op} backend {failed!r} failed to compile or launch for ({_shapes(args, kwargs)}) '
+                    f'with {_BROKEN[config_key(op, failed, args, kwargs)]}; using {b.name!r} instead for this '
+                    'configuration from now on (VISIONATTN_STRICT=1 raises instead)', BackendFallbackWarning,
+                    stacklevel=3)
+                error = None
             try:
-                _logger.debug('%s: using backend %r', op, b.name)
                 out = b.fn(*args, **kwargs)
                 if _needs_probe(b, key, out, args, kwargs):
                     _probe_backward(out, args, kwargs)
                     _VERIFIED.add(key)
                 return out
             except Exception as e:
-                if i == last or _strict() or not is_kernel_error(e):
+                if _strict() or not is_kernel_error(e):
                     raise
-                err = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
-                _BROKEN[key] = err
-                nxt = next((r.name for r in runnable[i + 1:] if config_key(op, r.name, args, kwargs) not in _BROKEN),
-                           runnable[-1].name)
-                warnings.warn(
-                    f'visionattn: {op} backend {b.name!r} failed to compile or launch for ({_shapes(args, kwargs)}) '
-                    f'with {err}; using {nxt!r} instead for this configuration from now on (VISIONATTN_STRICT=1 '
-                    'raises instead)', BackendFallbackWarning, stacklevel=3)
-        raise AssertionError('unreachable')
+                _BROKEN[key] = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+                error, failed = e, b.name
+        if error is not None:
+            raise error
+        raise BackendUnavailable(f'{op}: every backend that can run this call failed to compile or launch: '
+                                 f'{ {k[1]: v for k, v in _BROKEN.items() if k[0] == op} }')
 
     return call_with_fallback
 
