@@ -4,13 +4,15 @@ Every op registers its backends here with a priority and an ``unsupported`` chec
 backend can run a call, or a short reason when it cannot. ``backend='auto'`` picks the highest-priority backend that
 can run; with ``VISIONATTN_LOG=debug`` the reasons for every skipped backend are logged (NATTEN style).
 
-Fallback: a backend chosen by ``auto`` that fails to compile or launch (a Triton ``CompilationError`` or
-``OutOfResources``, any other exception from the ``triton`` package, a CUDA driver/runtime error, an inductor or
-FlexAttention lowering error; see ``is_kernel_error``) is skipped with one ``BackendFallbackWarning`` naming the
-backend, the call's shapes and dtypes and the error; the (op, backend, configuration) is remembered as broken for the
-process, so later calls of that configuration go straight to the next backend without a new warning. Other exceptions
-(``ValueError`` from argument checks, ``torch.OutOfMemoryError``, assertion errors, bugs) propagate unchanged.
-``VISIONATTN_STRICT=1`` raises instead of falling back; an explicit ``backend=`` (or ``force_backend``) always raises.
+Fallback: a kernel backend (``register_backend(kernel=True)``; by default those named ``triton``, ``flex``,
+``natten``, ``cuda``; pure-PyTorch backends are returned as they are) chosen by ``auto`` that fails to compile or
+launch (a Triton ``CompilationError`` or ``OutOfResources``, any other exception from the ``triton`` package, a CUDA
+driver/runtime error, an inductor or FlexAttention lowering error; see ``is_kernel_error``) is skipped with one
+``BackendFallbackWarning`` naming the backend, the call's shapes and dtypes and the error; the (op, backend,
+configuration) is remembered as broken for the process, so later calls of that configuration go straight to the next
+backend without a new warning. Other exceptions (``ValueError`` from argument checks, ``torch.OutOfMemoryError``,
+assertion errors, bugs) propagate unchanged. ``VISIONATTN_STRICT=1`` raises instead of falling back; an explicit
+``backend=`` (or ``force_backend``) always raises.
 
 The configuration of a call is its op, backend, device, the dtype, rank and last (head) dim of every tensor argument
 and the value of every other argument (see ``config_key``); spatial sizes are left out, so one failure marks every
@@ -199,8 +201,9 @@ def register_backend(
 
     ``priority_fn(**call)``, if given, replaces ``priority`` when ``backend='auto'`` chooses for a call (e.g. a
     backend that is the fastest on one device and the slowest on another); ``priority`` is its order without a call.
-    ``kernel``: the backend compiles device kernels, so its first backward per configuration is probed (see the
-    module docstring); default: ``name`` is one of triton, flex, natten, cuda.
+    ``kernel``: the backend compiles or launches device kernels: ``auto`` falls back from its compile/launch errors
+    and probes its first backward per configuration (see the module docstring); default: ``name`` is one of triton,
+    flex, natten, cuda.
     """
     kernel = name in _KERNEL_BACKENDS if kernel is None else bool(kernel)
     _REGISTRY.setdefault(op, {})[name] = _Backend(name, fn, priority, unsupported, priority_fn, kernel)
@@ -247,7 +250,7 @@ def get_backend(op: str, backend: str = 'auto', **call: Any) -> Callable:
             _logger.debug('%s: skipped backend %r: found broken eagerly', op, name)
             continue
         _logger.debug('%s: using backend %r', op, name)
-        if compiling or i == len(order) - 1:
+        if compiling or not b.kernel or i == len(order) - 1:
             return b.fn
         return _with_fallback(op, b, [backends[n] for n in order[i + 1:]], call)
     raise BackendUnavailable(f'{op}: no backend can run this call')
