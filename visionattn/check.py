@@ -5,8 +5,10 @@ forward and gradients (where the backend has them), fp32 / fp16 / bf16 on CUDA, 
 (DESIGN.md): fp32 error <= 1e-4; low precision error <= 2x the error of the reference computed in that precision
 (plus 1e-6); fp64 <= 1e-10.
 (b) ``models``: every registered model (``--quick``: the smallest of each family) built and run forward+backward at
-224 and one non-square size (under autocast on CUDA), finite, and equal to the same model on the ``reference``
-backend within the rule (bound: 2x the reference backend's own error at that precision, at least 1e-4 x scale).
+224 and one non-square size (under bf16 autocast on CUDA), finite, and its output equal to the same model's forward
+on the ``reference`` backend (fp32) within the rule: on CUDA 2x the reference backend's own autocast error (at least
+1e-3 x the output scale), on CPU (fp32) 1e-4 x max(1, output scale); on CPU ``--quick`` compares at the
+non-square size only.
 (c) ``bench``: timings of each op backend against dense SDPA, FlexAttention and natten (when installed) on the
 configs of benchmarks/gna_cpu_2026-11-22.md and bsa_cpu_2026-11-22.md (``--quick``: a subset at batch 1), plus one
 training step of nat_tiny, biformer_tiny and transnext_micro (batch 32 on CUDA, 2 on CPU, 1 with ``--quick``).
@@ -241,25 +243,34 @@ def check_models(device, quick: bool, limit: Optional[int], log) -> List[Dict[st
                 model = model.to(device).eval()
                 x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
 
-                def run(reference: bool, autocast: bool, model=model, x=x):
+                def run(reference: bool, autocast: bool, grad: bool, model=model, x=x):
                     model.zero_grad(set_to_none=True)
                     ctx = force_backend('reference') if reference else _null()
-                    with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast), \
+                            torch.set_grad_enabled(grad):
                         y = model(x)
+                    if not grad:
+                        return y.float(), None
                     y.float().sum().backward()
                     g = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
                     return y.detach().float(), g
-                y, g = run(False, amp)
+                # fast backends: forward + backward (finite); the reference backend: forward only (the O(tokens^2)
+                # oracles dominate the run time), in fp32, and under autocast for the low-precision bound
+                y, g = run(False, amp, True)
                 finite = bool(torch.isfinite(y).all() and torch.isfinite(g).all())
-                y_ref, _ = run(True, False)
-                err = _maxdiff(y, y_ref)
-                scale = float(y_ref.abs().max()) + 1e-6
-                if amp:
-                    y_low, _ = run(True, True)
-                    bound = max(2 * _maxdiff(y_low, y_ref), 1e-3 * scale)
-                else:
-                    bound = 1e-4 * max(scale, 1.)
-                ok = finite and err <= bound
+                err = bound = None
+                ok = finite
+                # CPU --quick: the oracle comparison at the non-square size only (the 224 run: finite)
+                if not (quick and device.type == 'cpu' and size == sizes[0]):
+                    y_ref, _ = run(True, False, False)
+                    err = _maxdiff(y, y_ref)
+                    scale = float(y_ref.abs().max()) + 1e-6
+                    if amp:
+                        y_low, _ = run(True, True, False)
+                        bound = max(2 * _maxdiff(y_low, y_ref), 1e-3 * scale)
+                    else:
+                        bound = 1e-4 * max(scale, 1.)
+                    ok = finite and err <= bound
                 rows.append(dict(row, status='pass' if ok else 'FAIL', finite=finite, err=err, bound=bound,
                                  seconds=time.perf_counter() - t))
             except Exception as e:
