@@ -227,3 +227,4 @@ def block_sparse_attention(
     fn = get_backend(
         _OP, backend, query=query, key=key, value=value, block_index=block_index, bias=bias, key_mask=key_mask)
     return fn(query, key, value, block_index, scale, bias, key_mask)
+from .flex import block_sparse as _flex_block_sparse  # noqa: E402,F401  (registers the 'flex' backend)

@@ -256,3 +256,4 @@ def na3d(
     """3-D GNA over ``[B, T, H, W, heads, head_dim]``; see ``neighborhood_attention``."""
     return _na(3, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
                additional_values, backend)
+from .flex import neighborhood as _flex_neighborhood  # noqa: E402,F401  (registers the 'flex' backend)
