@@ -6,7 +6,8 @@ _base_ = [
 # (facebookresearch/convit README; timm results)
 model = dict(model_name='va_convit_base', drop_path_rate=0.1)
 # 8 GPUs x 128 images
-train_dataloader = dict(batch_size=128)
+# DeiT repeated augmentation (the official main.py: --repeated-aug on by default, RASampler, 3 repeats)
+train_dataloader = dict(batch_size=128, sampler=dict(type='RepeatAugSampler', num_repeats=3, shuffle=True))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=5, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5)
