@@ -2,7 +2,8 @@
 _REPO = 'rayleizhu/BiFormer@1697bbbeafb8680524898f1dcaac10defd0604be'
 
 RECIPES = [
-    dict(config='configs/biformer/fpn_biformer_small_ade20k.py', official=_REPO + ':semantic_segmentation/configs/ade20k/sfpn.biformer_small.py', gpus=8, expect={
+    dict(config='configs/biformer/fpn_biformer_small_ade20k.py',
+         official=_REPO + ':semantic_segmentation/configs/ade20k/sfpn.biformer_small.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.15,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -19,7 +20,8 @@ RECIPES = [
         'param_scheduler.1.eta_min': 2e-12,
         'param_scheduler.1.end': 80000,
         'train_cfg.max_iters': 80000}),
-    dict(config='configs/biformer/upernet_biformer_small_ade20k.py', official=_REPO + ':semantic_segmentation/configs/ade20k/upernet.biformer_small.py', gpus=8, expect={
+    dict(config='configs/biformer/upernet_biformer_small_ade20k.py',
+         official=_REPO + ':semantic_segmentation/configs/ade20k/upernet.biformer_small.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -36,7 +38,8 @@ RECIPES = [
         'param_scheduler.1.type': 'PolyLR',
         'param_scheduler.1.power': 1.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/biformer/mask_rcnn_biformer_small_fpn_1x_coco.py', official=_REPO + ':object_detection/configs/coco/maskrcnn.1x.biformer_small.py', gpus=8, expect={
+    dict(config='configs/biformer/mask_rcnn_biformer_small_fpn_1x_coco.py',
+         official=_REPO + ':object_detection/configs/coco/maskrcnn.1x.biformer_small.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -49,7 +52,8 @@ RECIPES = [
         'param_scheduler.0.start_factor': 0.001,
         'param_scheduler.1.milestones': [8, 11],
         'train_cfg.max_epochs': 12}),
-    dict(config='configs/biformer/retinanet_biformer_small_fpn_1x_coco.py', official=_REPO + ':object_detection/configs/coco/retinanet.1x.biformer_small.py', gpus=8, expect={
+    dict(config='configs/biformer/retinanet_biformer_small_fpn_1x_coco.py',
+         official=_REPO + ':object_detection/configs/coco/retinanet.1x.biformer_small.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -61,7 +65,8 @@ RECIPES = [
         'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [8, 11],
         'train_cfg.max_epochs': 12}),
-    dict(config='configs/biformer/fpn_biformer_base_ade20k.py', official=_REPO + ':semantic_segmentation/configs/ade20k/sfpn.biformer_base.py', gpus=8, expect={
+    dict(config='configs/biformer/fpn_biformer_base_ade20k.py',
+         official=_REPO + ':semantic_segmentation/configs/ade20k/sfpn.biformer_base.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -78,7 +83,8 @@ RECIPES = [
         'param_scheduler.1.eta_min': 2e-12,
         'param_scheduler.1.end': 80000,
         'train_cfg.max_iters': 80000}),
-    dict(config='configs/biformer/upernet_biformer_base_ade20k.py', official=_REPO + ':semantic_segmentation/configs/ade20k/upernet.biformer_base.py', gpus=8, expect={
+    dict(config='configs/biformer/upernet_biformer_base_ade20k.py',
+         official=_REPO + ':semantic_segmentation/configs/ade20k/upernet.biformer_base.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.4,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -95,7 +101,8 @@ RECIPES = [
         'param_scheduler.1.type': 'PolyLR',
         'param_scheduler.1.power': 1.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/biformer/mask_rcnn_biformer_base_fpn_1x_coco.py', official=_REPO + ':object_detection/configs/coco/maskrcnn.1x.biformer_base.py', gpus=8, expect={
+    dict(config='configs/biformer/mask_rcnn_biformer_base_fpn_1x_coco.py',
+         official=_REPO + ':object_detection/configs/coco/maskrcnn.1x.biformer_base.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,
@@ -108,7 +115,8 @@ RECIPES = [
         'param_scheduler.0.start_factor': 0.001,
         'param_scheduler.1.milestones': [8, 11],
         'train_cfg.max_epochs': 12}),
-    dict(config='configs/biformer/retinanet_biformer_base_fpn_1x_coco.py', official=_REPO + ':object_detection/configs/coco/retinanet.1x.biformer_base.py', gpus=8, expect={
+    dict(config='configs/biformer/retinanet_biformer_base_fpn_1x_coco.py',
+         official=_REPO + ':object_detection/configs/coco/retinanet.1x.biformer_base.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3,
         'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 512.0,

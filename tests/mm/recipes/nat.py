@@ -2,7 +2,8 @@
 _REPO = 'SHI-Labs/Neighborhood-Attention-Transformer@d334f5bb0bd73cad05e5aeaf7c14cce3876a9650'
 
 RECIPES = [
-    dict(config='configs/nat/upernet_nat_mini_ade20k.py', official=_REPO + ':segmentation/configs/nat/upernet_nat_mini_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_nat_mini_ade20k.py',
+         official=_REPO + ':segmentation/configs/nat/upernet_nat_mini_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -12,7 +13,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_nat_tiny_ade20k.py', official=_REPO + ':segmentation/configs/nat/upernet_nat_tiny_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_nat_tiny_ade20k.py',
+         official=_REPO + ':segmentation/configs/nat/upernet_nat_tiny_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -22,7 +24,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_nat_small_ade20k.py', official=_REPO + ':segmentation/configs/nat/upernet_nat_small_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_nat_small_ade20k.py',
+         official=_REPO + ':segmentation/configs/nat/upernet_nat_small_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -32,7 +35,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_nat_base_ade20k.py', official=_REPO + ':segmentation/configs/nat/upernet_nat_base_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_nat_base_ade20k.py',
+         official=_REPO + ':segmentation/configs/nat/upernet_nat_base_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -42,7 +46,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_dinat_mini_ade20k.py', official=_REPO + ':segmentation/configs/dinat/upernet_dinat_mini_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_dinat_mini_ade20k.py',
+         official=_REPO + ':segmentation/configs/dinat/upernet_dinat_mini_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -52,7 +57,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_dinat_tiny_ade20k.py', official=_REPO + ':segmentation/configs/dinat/upernet_dinat_tiny_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_dinat_tiny_ade20k.py',
+         official=_REPO + ':segmentation/configs/dinat/upernet_dinat_tiny_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -62,7 +68,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_dinat_small_ade20k.py', official=_REPO + ':segmentation/configs/dinat/upernet_dinat_small_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_dinat_small_ade20k.py',
+         official=_REPO + ':segmentation/configs/dinat/upernet_dinat_small_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -72,7 +79,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/upernet_dinat_base_ade20k.py', official=_REPO + ':segmentation/configs/dinat/upernet_dinat_base_512x512_160k_ade20k.py', gpus=8, expect={
+    dict(config='configs/nat/upernet_dinat_base_ade20k.py',
+         official=_REPO + ':segmentation/configs/dinat/upernet_dinat_base_512x512_160k_ade20k.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2, 'crop_size': (512, 512),
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 6e-5,
@@ -82,7 +90,8 @@ RECIPES = [
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.start_factor': 1e-6, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.type': 'PolyLR', 'param_scheduler.1.power': 1.0, 'param_scheduler.1.eta_min': 0.0,
         'train_cfg.max_iters': 160000}),
-    dict(config='configs/nat/mask_rcnn_nat_mini_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/mask_rcnn_nat_mini_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/mask_rcnn_nat_mini_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/mask_rcnn_nat_mini_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -91,7 +100,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/mask_rcnn_nat_tiny_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/mask_rcnn_nat_tiny_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/mask_rcnn_nat_tiny_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/mask_rcnn_nat_tiny_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -100,7 +110,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/mask_rcnn_nat_small_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/mask_rcnn_nat_small_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/mask_rcnn_nat_small_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/mask_rcnn_nat_small_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.35, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -109,7 +120,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/mask_rcnn_dinat_mini_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/mask_rcnn_dinat_mini_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/mask_rcnn_dinat_mini_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/mask_rcnn_dinat_mini_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -118,7 +130,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/mask_rcnn_dinat_tiny_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/mask_rcnn_dinat_tiny_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/mask_rcnn_dinat_tiny_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/mask_rcnn_dinat_tiny_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -127,7 +140,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/mask_rcnn_dinat_small_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/mask_rcnn_dinat_small_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/mask_rcnn_dinat_small_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/mask_rcnn_dinat_small_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.35, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -136,7 +150,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_nat_mini_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_mini_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_nat_mini_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_mini_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -145,7 +160,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_nat_tiny_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_tiny_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_nat_tiny_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_tiny_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -154,7 +170,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_nat_small_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_small_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_nat_small_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_small_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -163,7 +180,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_nat_base_fpn_3x_coco.py', official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_base_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_nat_base_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/nat/cascade_mask_rcnn_nat_base_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -172,7 +190,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_mini_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_mini_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_mini_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_mini_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.2, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -181,7 +200,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_tiny_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_tiny_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_tiny_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_tiny_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -190,7 +210,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_small_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_small_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_small_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_small_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -199,7 +220,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_base_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_base_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_base_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_base_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.6, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 7.5e-05,
@@ -208,7 +230,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_large_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_large_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_large_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat/cascade_mask_rcnn_dinat_large_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.6, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 7.5e-05,
@@ -217,7 +240,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_tiny_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_tiny_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_tiny_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_tiny_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.3, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -226,7 +250,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_small_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_small_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_small_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_small_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.5, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 0.0001,
@@ -235,7 +260,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_base_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_base_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_base_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_base_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.6, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 7.5e-05,
@@ -244,7 +270,8 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_large_fpn_3x_coco.py', official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_large_3x_coco.py', gpus=8, expect={
+    dict(config='configs/nat/cascade_mask_rcnn_dinat_s_large_fpn_3x_coco.py',
+         official=_REPO + ':detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_large_3x_coco.py', gpus=8, expect={
         'model.backbone.drop_path_rate': 0.6, 'train_dataloader.batch_size': 2,
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.type': 'AdamW', 'optim_wrapper.optimizer.lr': 5e-05,
@@ -253,42 +280,50 @@ RECIPES = [
         'optim_wrapper.paramwise_cfg.custom_keys.norm.decay_mult': 0.0,
         'param_scheduler.0.type': 'LinearLR', 'param_scheduler.0.end': 500,
         'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
-    dict(config='configs/nat/nat_mini_in1k.py', official=_REPO + ':classification/configs/nat_mini.yml', gpus=8, expect={
+    dict(config='configs/nat/nat_mini_in1k.py',
+         official=_REPO + ':classification/configs/nat_mini.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/nat_tiny_in1k.py', official=_REPO + ':classification/configs/nat_tiny.yml', gpus=8, expect={
+    dict(config='configs/nat/nat_tiny_in1k.py',
+         official=_REPO + ':classification/configs/nat_tiny.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/nat_small_in1k.py', official=_REPO + ':classification/configs/nat_small.yml', gpus=8, expect={
+    dict(config='configs/nat/nat_small_in1k.py',
+         official=_REPO + ':classification/configs/nat_small.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/nat_base_in1k.py', official=_REPO + ':classification/configs/nat_base.yml', gpus=8, expect={
+    dict(config='configs/nat/nat_base_in1k.py',
+         official=_REPO + ':classification/configs/nat_base.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/dinat_mini_in1k.py', official=_REPO + ':classification/configs/dinat_mini.yml', gpus=8, expect={
+    dict(config='configs/nat/dinat_mini_in1k.py',
+         official=_REPO + ':classification/configs/dinat_mini.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/dinat_tiny_in1k.py', official=_REPO + ':classification/configs/dinat_tiny.yml', gpus=8, expect={
+    dict(config='configs/nat/dinat_tiny_in1k.py',
+         official=_REPO + ':classification/configs/dinat_tiny.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/dinat_small_in1k.py', official=_REPO + ':classification/configs/dinat_small.yml', gpus=8, expect={
+    dict(config='configs/nat/dinat_small_in1k.py',
+         official=_REPO + ':classification/configs/dinat_small.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
         'train_cfg.max_epochs': 300}),
-    dict(config='configs/nat/dinat_base_in1k.py', official=_REPO + ':classification/configs/dinat_base.yml', gpus=8, expect={
+    dict(config='configs/nat/dinat_base_in1k.py',
+         official=_REPO + ':classification/configs/dinat_base.yml', gpus=8, expect={
         'train_dataloader.batch_size': 128, 'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05, 'optim_wrapper.type': 'AmpOptimWrapper',
         'optim_wrapper.loss_scale': 'dynamic', 'param_scheduler.0.end': 20, 'param_scheduler.1.eta_min': 5e-6,
