@@ -141,3 +141,34 @@ def test_mismatch_report_names_every_key():
     assert [b[0] for b in bad] == ['model.backbone.drop_path_rate', 'param_scheduler.1.end', 'model.neck']
     assert not mismatches({'a': (1, 2), 'b': 6e-5 * (1 + 1e-12)}, {'a': [1, 2], 'b': 6e-5})
     assert mismatches({'a': 1}, {'a': True}) and mismatches({'a': 6.0e-5}, {'a': 6.1e-5})
+
+
+def _cpu_only():
+    torch = pytest.importorskip('torch')
+    if torch.cuda.is_available():
+        pytest.skip('the CPU fallback is for machines without CUDA')
+    pytest.importorskip('mmseg')
+
+
+def test_amp_config_loads_as_fp32_on_cpu():
+    # an AMP config (the official fp16 run) goes through the tools' loader: on CPU it trains in fp32, with a note
+    _cpu_only()
+    from visionattn.mm.runner import load_config
+
+    cfg = load_config(osp.join(ROOT, 'configs', 'nat/upernet_nat_mini_ade20k.py'))
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    assert cfg.optim_wrapper.optimizer.lr == 6e-5  # the rest of the wrapper is kept
+
+
+@pytest.mark.slow
+def test_amp_config_trains_on_cpu(tmp_path):
+    # the default tier trains the first NAT UperNet config (an AMP one) in tests/mm/test_configs.py already
+    _cpu_only()
+    from mmengine.runner import Runner
+
+    from .configs import on_demo_data
+
+    cfg = on_demo_data('nat/upernet_nat_mini_ade20k.py', str(tmp_path), iters=1)
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    Runner.from_cfg(cfg).train()
+    assert osp.exists(osp.join(str(tmp_path), 'iter_1.pth'))
