@@ -15,7 +15,7 @@ RECIPES = [
     dict(config='configs/evit/evit_deit_small_patch16_224_ft30e_in1k.py', official=_EVIT + ':finetune.sh', gpus=8,
          expect={
         'model.keep_rate': 0.7, 'model.fuse_token': True, 'model.pretrained': True,
-        'model.model_name': 'evit_deit_small_patch16_224.fb_in1k',
+        'model.model_name': 'evit_deit_small_patch16_224', 'model.pretrained_cfg': 'fb_in1k',
         'train_dataloader.batch_size': 256, 'train_dataloader.sampler.type': 'RepeatAugSampler',
         'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.clip_grad': None,
         'optim_wrapper.optimizer.lr': 8e-5, 'optim_wrapper.optimizer.weight_decay': 1e-6,
