@@ -351,14 +351,16 @@ RECIPES = [
         'param_scheduler.1.power': 1.0, 'train_cfg.max_iters': 160000}),
     dict(config='configs/nat/upernet_dinat_s_large_ade20k_640.py',
          official=_REPO + ':segmentation/configs/dinat_s/upernet_dinat_s_large_640x640_160k_ade20k.py', gpus=8, expect={
-        'model.backbone.drop_path_rate': 0.3, 'model.backbone.dilations': 'ade20k_640', 'train_dataloader.batch_size': 2,
+        'model.backbone.drop_path_rate': 0.3, 'model.backbone.dilations': 'ade20k_640',
+        'train_dataloader.batch_size': 2,
         'crop_size': (512, 512), 'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.lr': 6e-5, 'optim_wrapper.optimizer.weight_decay': 0.01,
         'optim_wrapper.paramwise_cfg.custom_keys.rpb.decay_mult': 0.0, 'param_scheduler.0.end': 1500,
         'param_scheduler.1.power': 1.0, 'train_cfg.max_iters': 160000}),
     dict(config='configs/nat/upernet_dinat_large_ade20k_640.py',
          official=_REPO + ':segmentation/configs/dinat/upernet_dinat_large_640x640_160k_ade20k.py', gpus=8, expect={
-        'model.backbone.drop_path_rate': 0.3, 'model.backbone.dilations': 'ade20k_640', 'train_dataloader.batch_size': 2,
+        'model.backbone.drop_path_rate': 0.3, 'model.backbone.dilations': 'ade20k_640',
+        'train_dataloader.batch_size': 2,
         'crop_size': (512, 512), 'optim_wrapper.type': 'AmpOptimWrapper', 'optim_wrapper.loss_scale': 512.0,
         'optim_wrapper.optimizer.lr': 6e-5, 'optim_wrapper.optimizer.weight_decay': 0.01,
         'optim_wrapper.paramwise_cfg.custom_keys.rpb.decay_mult': 0.0, 'param_scheduler.0.end': 1500,
