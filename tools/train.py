@@ -15,7 +15,9 @@ import sys
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))  # the checkout, also when not installed
 
-from visionattn.mm.runner import build_runner, load_config  # noqa: E402
+import torch  # noqa: E402
+
+from visionattn.mm.runner import amp_to_fp32, build_runner, load_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +53,8 @@ def main(argv=None) -> None:
                 raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, the config has {wrapper}')
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
+        if not torch.cuda.is_available():
+            amp_to_fp32(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise ValueError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')

@@ -1,3 +1,5 @@
+# official: rayleizhu/BiFormer@1697bbbeafb8680524898f1dcaac10defd0604be:object_detection/configs/coco/retinanet.1x.biformer_base.py
+# remaining differences: none known beyond mmdet 2.x -> 3.x renames
 _base_ = [
     '../_base_/models/retinanet_visionattn_fpn.py', '../_base_/datasets/coco_detection.py',
     '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_1x_adamw.py'
@@ -11,4 +13,6 @@ model = dict(
         drop_path_rate=0.3, n_win=16,
         init_cfg=dict(type='Pretrained', checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content')),
     neck=dict(in_channels=[192, 384, 768]))
-optim_wrapper = dict(optimizer=dict(weight_decay=1e-4))
+# mixed precision as the official run (mmcv Fp16OptimizerHook, static loss scale 512); fp32 on CPU (see
+# visionattn.mm.runner.load_config); the official RetinaNet decays every parameter (no paramwise_cfg)
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512., paramwise_cfg=dict(_delete_=True), optimizer=dict(weight_decay=1e-4))

@@ -1,3 +1,5 @@
+# official: rayleizhu/BiFormer@1697bbbeafb8680524898f1dcaac10defd0604be:semantic_segmentation/configs/ade20k/upernet.biformer_base.py
+# remaining differences: mmseg 1.x has no AlignResize (test resize: mmseg Resize keep_ratio)
 _base_ = [
     '../_base_/models/upernet_visionattn.py', '../_base_/datasets/ade20k.py',
     '../_base_/default_runtime_seg.py', '../_base_/schedules/schedule_160k_adamw.py'
@@ -16,3 +18,6 @@ model = dict(
     auxiliary_head=dict(in_channels=384, num_classes=150))
 # 8 GPUs x 2 images
 train_dataloader = dict(batch_size=2)
+# mixed precision as the official run (mmcv Fp16OptimizerHook, static loss scale 512); fp32 on CPU (see
+# visionattn.mm.runner.load_config)
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)

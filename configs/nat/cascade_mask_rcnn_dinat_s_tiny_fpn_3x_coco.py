@@ -1,3 +1,5 @@
+# official: SHI-Labs/Neighborhood-Attention-Transformer@d334f5bb0bd73cad05e5aeaf7c14cce3876a9650:detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_tiny_3x_coco.py
+# remaining differences: dilations given by name ('coco'), expanded by the backbone to the official lists
 _base_ = [
     '../_base_/models/cascade_mask_rcnn_visionattn_fpn.py', '../_base_/datasets/coco_instance_ms_3x.py',
     '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_3x_adamw.py'
@@ -10,3 +12,11 @@ model = dict(
         drop_path_rate=0.3, dilations='coco',
         init_cfg=dict(type='Pretrained', checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth')),
     neck=dict(in_channels=[96, 192, 384, 768]))
+# mixed precision as the official run (mmcv Fp16OptimizerHook, static loss scale 512); fp32 on CPU (see
+# visionattn.mm.runner.load_config)
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
+# official schedule_3x.py: linear warm-up 500 iterations from 0.001, lr x0.1 at epochs 27 and 33
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True, milestones=[27, 33], gamma=0.1)
+]

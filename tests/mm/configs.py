@@ -116,6 +116,11 @@ def on_demo_data(path: str, work_dir: str, iters: int = 1, n_val: int = 2, optio
     cfg.env_cfg.dist_cfg.backend = 'gloo'
     if options:
         cfg.merge_from_dict(options)
+    import torch
+
+    from visionattn.mm.runner import amp_to_fp32
+    if not torch.cuda.is_available():  # what tools/train.py does on a CPU machine (load_config)
+        amp_to_fp32(cfg)
     return cfg
 
 

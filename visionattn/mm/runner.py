@@ -3,6 +3,7 @@
 One entry point serves mmpretrain, mmdet and mmseg configs: the config's ``default_scope`` selects the toolbox, and
 ``Runner`` (or the config's ``runner_type``) does the rest, as in the toolboxes' own tools.
 """
+import logging
 import os
 import os.path as osp
 from typing import Optional
@@ -10,6 +11,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 SCOPES = ('mmseg', 'mmdet', 'mmpretrain')
@@ -53,6 +55,7 @@ def load_config(
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     if not torch.cuda.is_available():
+        amp_to_fp32(cfg)
         _replace_types(cfg._cfg_dict, 'SyncBN', 'BN')
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
         if launcher != 'none':
@@ -60,6 +63,19 @@ def load_config(
             cfg.model_wrapper_cfg = dict(
                 dict(type='MMDistributedDataParallel'), **cfg.get('model_wrapper_cfg', {}), device_ids=None)
     return cfg
+
+
+def amp_to_fp32(cfg: Config) -> None:
+    """Without CUDA, turn an ``AmpOptimWrapper`` into a plain ``OptimWrapper`` (fp32) and log a note."""
+    # mmengine's AmpOptimWrapper refuses to build without an accelerator (and fp16 autocast on CPU is slow and
+    # unsupported by several ops): the configs that follow an official fp16 run train in fp32 there, with a note
+    wrapper = cfg.get('optim_wrapper')
+    if isinstance(wrapper, dict) and wrapper.get('type') == 'AmpOptimWrapper':
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)
+        wrapper['type'] = 'OptimWrapper'
+        print_log('no CUDA device: AmpOptimWrapper (mixed precision) replaced by OptimWrapper, training in fp32',
+                  logger='current', level=logging.WARNING)
 
 
 def _init_cpu_distributed(cfg: Config) -> None:

@@ -1,0 +1,22 @@
+# official: SHI-Labs/Neighborhood-Attention-Transformer@d334f5bb0bd73cad05e5aeaf7c14cce3876a9650:segmentation/configs/dinat_s/upernet_dinat_s_small_512x512_160k_ade20k.py
+# remaining differences: mmseg 1.x has no AlignResize; dilations are given by name ('ade20k') and expanded by the
+# backbone to the official lists
+_base_ = [
+    '../_base_/models/upernet_visionattn.py', '../_base_/datasets/ade20k.py',
+    '../_base_/default_runtime_seg.py', '../_base_/schedules/schedule_160k_adamw.py'
+]
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        arch='dinat_s_small',
+        drop_path_rate=0.3, dilations='ade20k',
+        init_cfg=dict(
+            type='Pretrained', checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth')),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
+    auxiliary_head=dict(in_channels=384, num_classes=150))
+# 8 GPUs x 2 images
+train_dataloader = dict(batch_size=2)
+# mixed precision as the official run (mmcv Fp16OptimizerHook, static loss scale 512); fp32 on CPU
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512.)
