@@ -47,8 +47,34 @@ def _decompositions() -> Dict[Any, Callable]:
     return table
 
 
+def _suggested_range(err: BaseException) -> Optional[Dict[str, Tuple[int, int]]]:
+    """The ``Dim`` ranges torch.export suggests when the only violated constraints are bounds (e.g. NAT's minimum
+    size: every feature map at least one window), or None when it asks for a specialization."""
+    import re
+    text = str(err)
+    if 'Specializations unexpectedly required' in text or 'Suggested fixes' not in text:
+        return None
+    fixes = text.split('Suggested fixes', 1)[1]
+    found = {n: (int(lo), int(hi)) for n, lo, hi in
+             re.findall(r"(height|width) = Dim\('\w+', min=(\d+), max=(\d+)\)", fixes)}
+    if not found or re.search(r'(height|width) = \d', fixes):
+        return None
+    return found
+
+
 def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
-    ep = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict)
+    try:
+        ep = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict)
+    except Exception as e:  # a bound the architecture needs (e.g. a minimum size): export over that range
+        ranges = _suggested_range(e) if shapes is not None else None
+        if ranges is None:
+            raise
+        from torch.export import Dim
+        lo_h, hi_h = ranges.get('height', (32, 8192))
+        lo_w, hi_w = ranges.get('width', (32, 8192))
+        shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
+        ep = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict)
+        ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
     table = torch.export.default_decompositions()
     table.update(_decompositions())
     return ep.run_decompositions(table)
@@ -61,7 +87,8 @@ def _blocking_op(err: BaseException) -> Optional[str]:
     m = re.search(r'(visionattn(?:::|\.)[A-Za-z0-9_]+(?:\.default)?)', text)
     if m:
         return m.group(1)
-    m = re.search(r"(aten(?:::|\.)[A-Za-z0-9_.]+)", text)
+    m = re.search(r'\b((?!aten::|prim::)[A-Za-z_]\w*::[A-Za-z_]\w*)', text) or \
+        re.search(r"(aten(?:::|\.)[A-Za-z0-9_.]+)", text)
     return m.group(1) if m else None
 
 

@@ -118,7 +118,12 @@ def bilevel_routing_attention_with_index(
         raise ValueError(f"padding must be 'masked' or 'none', got '{padding}'")
     scale_: float = Cqk ** -0.5 if scale is None else scale
     pad_b, pad_r = (n_win - H % n_win) % n_win, (n_win - W % n_win) % n_win
-    padded = pad_b > 0 or pad_r > 0
+    if torch.compiler.is_exporting() and padding == 'none':  # the caller padded: no branch on the size in the graph
+        torch._check(H % n_win == 0)
+        torch._check(W % n_win == 0)
+        padded = False
+    else:
+        padded = pad_b > 0 or pad_r > 0
     if padded and padding == 'none':
         raise ValueError(f"padding='none' needs H, W divisible by n_win={n_win}, got H={H}, W={W}")
     if padded:
