@@ -115,6 +115,7 @@ def _build(model_or_name: Union[str, nn.Module], features_only: bool, pretrained
             raise ValueError('checkpoint/pretrained apply to a model name, not to a built model')
         return model_or_name.eval()
     import timm
+
     from . import models  # noqa: F401  (registers the visionattn models)
     if features_only:
         kwargs['features_only'] = True
@@ -280,8 +281,8 @@ def check_export(model: nn.Module, exported, sizes: Sequence[Tuple[int, int]], b
             report.append(ExportCheck(tuple(size), float('inf'), False, f'{type(e).__name__}: {str(e)[:500]}'))
             continue
         if len(got) != len(ref) or any(a.shape != b.shape for a, b in zip(got, ref)):
-            report.append(ExportCheck(tuple(size), float('inf'), False,
-                                      f'outputs {[tuple(a.shape) for a in got]} != eager {[tuple(b.shape) for b in ref]}'))
+            shapes = f'outputs {[tuple(a.shape) for a in got]} != eager {[tuple(b.shape) for b in ref]}'
+            report.append(ExportCheck(tuple(size), float('inf'), False, shapes))
             continue
         diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, ref))
         report.append(ExportCheck(tuple(size), diff, diff <= atol, shapes=[tuple(b.shape) for b in ref]))
