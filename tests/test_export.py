@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import visionattn
-from visionattn.export import ExportError, export
+from visionattn.export import ExportError, export, fixed_size_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 _HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxscript', 'onnxruntime'))
@@ -36,7 +36,10 @@ def _all_models():
 
 def _check(name, fmt, features_only, sizes=SIZES):
     torch.manual_seed(0)
-    _, report = export(name, fmt, features_only=features_only, check=sizes, atol=ATOL)
+    dynamic = fixed_size_reason(name) is None
+    if not dynamic:  # exported for 224 only (see FIXED_SIZE)
+        sizes = [(224, 224)]
+    _, report = export(name, fmt, features_only=features_only, check=sizes, atol=ATOL, dynamic=dynamic)
     bad = [(r.size, r.max_abs_diff, r.error) for r in report if not r.ok]
     assert not bad, f'{name} ({fmt}, features_only={features_only}): {bad}'
 
@@ -62,6 +65,11 @@ def test_torch_export(name):
 @pytest.mark.parametrize('name', SMALLEST)
 def test_torch_export_features_only(name):
     _check(name, 'torch-export', True)
+
+
+def test_fixed_size_refuses_dynamic():
+    with pytest.raises(ValueError, match='torch.unique'):
+        export('transnext_micro', 'onnx', dynamic=True)
 
 
 def test_bad_arguments():

@@ -55,8 +55,8 @@ def main(argv=None) -> int:
                 print('--check-sizes takes pairs H W', file=sys.stderr)
                 return 2
             check = list(zip(args.check_sizes[::2], args.check_sizes[1::2]))
-        else:
-            check = default_check_sizes(tuple(args.img_size))
+        else:  # a static export runs at its own size only
+            check = default_check_sizes(tuple(args.img_size)) if args.dynamic else [tuple(args.img_size)]
     try:
         result = export(
             args.model, args.format, out=out, dynamic=args.dynamic, img_size=tuple(args.img_size),

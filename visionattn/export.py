@@ -22,9 +22,20 @@ from torch import nn
 
 from .ops import force_backend
 
-__all__ = ['export', 'export_mode', 'check_export', 'ExportCheck', 'load_runner']
+__all__ = ['export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError', 'load_runner', 'FIXED_SIZE']
 
 _FORMATS = ('onnx', 'torch-export')
+
+# families whose graph cannot be dynamic in H and W, and why (export them with ``dynamic=False``)
+FIXED_SIZE = {
+    'transnext': 'the CPB tables come from torch.unique over pooled coordinate offsets, whose length is a '
+                 'data-dependent function of the map size: the graph is exported for one size (dynamic=False)',
+}
+
+
+def fixed_size_reason(name: str) -> Optional[str]:
+    """Why model ``name`` exports for a fixed size only, or None when it exports with dynamic H and W."""
+    return next((r for f, r in FIXED_SIZE.items() if name.startswith(f)), None)
 
 
 @contextlib.contextmanager
@@ -196,6 +207,8 @@ def export(
         raise ValueError(f'opset must be >= 18, got {opset}')
     if len(img_size) != 2:
         raise ValueError(f'img_size must be (H, W), got {img_size}')
+    if dynamic and isinstance(model_or_name, str) and fixed_size_reason(model_or_name):
+        raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {fixed_size_reason(model_or_name)}')
     model = _build(model_or_name, features_only, pretrained, checkpoint, **model_kwargs)
     wrapped = _Tupled(model)
     x = torch.randn(batch_size, 3, *img_size)
@@ -224,7 +237,8 @@ def export(
                               f': {type(e).__name__}: {str(e)[:2000]}', op) from e
     if not check:
         return result
-    sizes = default_check_sizes(img_size) if check is True else [tuple(s) for s in check]
+    sizes = (default_check_sizes(img_size) if dynamic else [tuple(img_size)]) if check is True else \
+        [tuple(s) for s in check]
     report = check_export(wrapped, result, sizes, batch_size=batch_size, atol=atol)
     return result, report
 
