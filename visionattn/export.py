@@ -73,9 +73,16 @@ def _suggested_range(err: BaseException) -> Optional[Dict[str, Tuple[int, int]]]
     return found
 
 
+def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
+    # guards the symbolic reasoning cannot prove over the whole range (e.g. ``7 % (7 * ceil(H / 28)) != 0``, true for
+    # every H >= 29) become runtime asserts in the graph instead of failing the export
+    return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict,
+                               prefer_deferred_runtime_asserts_over_guards=True)
+
+
 def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
     try:
-        ep = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict)
+        ep = _torch_export(model, x, shapes, strict)
     except Exception as e:  # a bound the architecture needs (e.g. a minimum size): export over that range
         ranges = _suggested_range(e) if shapes is not None else None
         if ranges is None:
@@ -84,7 +91,7 @@ def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
         lo_h, hi_h = ranges.get('height', (32, 8192))
         lo_w, hi_w = ranges.get('width', (32, 8192))
         shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
-        ep = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict)
+        ep = _torch_export(model, x, shapes, strict)
         ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
     table = torch.export.default_decompositions()
     table.update(_decompositions())
