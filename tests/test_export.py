@@ -19,7 +19,8 @@ needs_ort = pytest.mark.skipif(not _HAS_ORT and not os.environ.get('CI'),
 
 # the smallest variant of each family; those verified to export dynamically run in the default tier, the others
 # (and every other model) under slow
-VERIFIED = ['va_convit_tiny']
+# verified (ONNX / torch.export classification, dynamic H and W): default tier; features_only under slow
+VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny'], 'torch-export': ['va_convit_tiny'], 'features': []}
 SMALLEST = [
     'agent_deit_tiny', 'agent_pvt_tiny', 'agent_swin_tiny', 'agent_cswin_tiny', 'biformer_tiny', 'dinat_mini',
     'nat_mini', 'evit_deit_tiny_patch16_224', 'litv2_small', 'ravlt_tiny', 'sparsifiner_deit_small_patch16_224',
@@ -28,8 +29,8 @@ SIZES = [(224, 224), (256, 320)]
 ATOL = 1e-4
 
 
-def _small(name):
-    return pytest.param(name, id=name, marks=() if name in VERIFIED else pytest.mark.slow)
+def _small(name, kind):
+    return pytest.param(name, id=name, marks=() if name in VERIFIED[kind] else pytest.mark.slow)
 
 
 def _all_models():
@@ -47,18 +48,18 @@ def _check(name, fmt, features_only, sizes=SIZES):
 
 
 @needs_ort
-@pytest.mark.parametrize('name', [_small(n) for n in SMALLEST] + _all_models())
+@pytest.mark.parametrize('name', [_small(n, 'onnx') for n in SMALLEST] + _all_models())
 def test_onnx(name):
     _check(name, 'onnx', False)
 
 
 @needs_ort
-@pytest.mark.parametrize('name', [_small(n) for n in SMALLEST] + _all_models())
+@pytest.mark.parametrize('name', [_small(n, 'features') for n in SMALLEST] + _all_models())
 def test_onnx_features_only(name):
     _check(name, 'onnx', True, SIZES[1:])
 
 
-@pytest.mark.parametrize('name', [_small(n) for n in SMALLEST] + _all_models())
+@pytest.mark.parametrize('name', [_small(n, 'torch-export') for n in SMALLEST] + _all_models())
 def test_torch_export(name):
     _check(name, 'torch-export', False)
 
