@@ -75,6 +75,11 @@ setup(
             'ruff',
             'natten==0.21.7',
         ],
+        'deploy': [
+            'onnx>=1.16',
+            'onnxscript>=0.3',
+            'onnxruntime>=1.18',
+        ],
     },
     **_ext_modules(),
 )

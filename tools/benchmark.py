@@ -27,13 +27,15 @@ for p in (ROOT, ROOT / 'tools'):
 
 from benchmark_bsa import add_bsa_parser, bsa_main  # noqa: E402
 from benchmark_evit import add_evit_parser, run_evit  # noqa: E402
+from benchmark_export import add_export_parser, run_export  # noqa: E402
 from benchmark_gna import add_gna_parser, run_gna  # noqa: E402
 from benchmark_models import add_models_parser, run_models  # noqa: E402
 from benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner  # noqa: E402
 
 COMMANDS = {
     'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main), 'evit': (add_evit_parser, run_evit),
-    'models': (add_models_parser, run_models), 'sparsifiner': (add_sparsifiner_parser, run_sparsifiner)}
+    'models': (add_models_parser, run_models), 'sparsifiner': (add_sparsifiner_parser, run_sparsifiner),
+    'export': (add_export_parser, run_export)}
 
 
 def main(argv=None):

@@ -43,6 +43,6 @@ if ! ls "$WHEELS"/mmcv-$MMCV_VERSION-*.whl >/dev/null 2>&1; then
 fi
 
 log "installing visionattn[mm,dev]"
-pip_install --find-links "$WHEELS" --only-binary mmcv -e ".[mm,dev]"
+pip_install --find-links "$WHEELS" --only-binary mmcv -e ".[mm,dev,deploy]"
 $PY -c "import mmcv.ops, mmseg, mmdet, mmpretrain, visionattn" 
 log "done"

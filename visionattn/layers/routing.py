@@ -78,8 +78,10 @@ class BiLevelRoutingAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, H, W, dim] -> [B, H, W, dim]."""
         B, H, W, _ = x.shape
-        pad_b, pad_r = (self.n_win - H % self.n_win) % self.n_win, (self.n_win - W % self.n_win) % self.n_win
-        legacy_pad = self.padding == 'legacy' and (pad_b > 0 or pad_r > 0)
+        n = self.n_win  # padded sides as n * ceil(H / n): the same values, and divisibility an exporter can prove
+        pad_b, pad_r = (H + n - 1) // n * n - H, (W + n - 1) // n * n - W
+        # exporting: always pad (by zero where divisible), so that no size is baked into the graph
+        legacy_pad = self.padding == 'legacy' and (torch.compiler.is_exporting() or pad_b > 0 or pad_r > 0)
         if legacy_pad:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)

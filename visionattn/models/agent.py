@@ -91,7 +91,7 @@ def resample_pos_embed(
     Bilinear, ``align_corners=False``: the official rule (Agent-DeiT's ``resize_pos_embed`` and Agent-PVT's
     ``_get_pos_embed``); the identity at the same grid.
     """
-    if tuple(feat_size) == tuple(base_size):
+    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]

@@ -140,7 +140,7 @@ def resample_pos_embed(
     Bicubic, ``align_corners=False``, no antialiasing, in the embedding's own dtype: the official EViT's
     interpolation (which only handled square grids).
     """
-    if tuple(feat_size) == tuple(base_size):
+    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]

@@ -113,7 +113,7 @@ def resample_token_proj(
     ``proj_back_n`` is not normalised: it scores keys, the per-row top-k is invariant to a common scale, and its
     0.02 threshold keeps its meaning. At the training size both are returned unchanged.
     """
-    if tuple(feat_size) == tuple(base_size):
+    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return proj
     out = resample_pos_embed(proj.unsqueeze(0), feat_size, base_size, num_prefix_tokens=1)[0]
     if sum_normalize:

@@ -16,6 +16,7 @@ Layouts are heads-first ``[B, heads, tokens, head_dim]`` (SDPA's), biases ``[hea
 """
 from typing import Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -61,7 +62,7 @@ def agent_attention(
 def resize_token_bias(bias: Tensor, feat_size: Tuple[int, int]) -> Tensor:
     """A ``[h, n, Hb, Wb]`` bias over a token grid resized to ``feat_size`` (bilinear, ``align_corners=False``, the
     official rule; the identity at the same size)."""
-    if tuple(bias.shape[-2:]) == tuple(feat_size):
+    if not torch.compiler.is_exporting() and tuple(bias.shape[-2:]) == tuple(feat_size):  # exporting: no size baked in
         return bias
     return F.interpolate(bias, size=tuple(feat_size), mode='bilinear', align_corners=False)
 

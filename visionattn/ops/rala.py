@@ -66,9 +66,9 @@ def rope_2d_tables(
     if dtype in _LOW_PRECISION:
         dtype = torch.float32
     device = torch.device('cpu') if device is None else torch.device(device)
-    h, w = int(h), int(w)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # symbolic sizes under torch.export: int() would bake them in
         return _rope_tables(h, w, head_dim, dtype, device)
+    h, w = int(h), int(w)
     key = (h, w, head_dim, dtype, device)
     tables = _TABLE_CACHE.get(key)
     if tables is None:

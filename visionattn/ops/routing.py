@@ -117,8 +117,12 @@ def bilevel_routing_attention_with_index(
     if padding != 'masked' and padding != 'none':
         raise ValueError(f"padding must be 'masked' or 'none', got '{padding}'")
     scale_: float = Cqk ** -0.5 if scale is None else scale
-    pad_b, pad_r = (n_win - H % n_win) % n_win, (n_win - W % n_win) % n_win
-    padded = pad_b > 0 or pad_r > 0
+    # padded sides as n_win * ceil(H / n_win): the same values, in a form whose divisibility an exporter can prove
+    pad_b, pad_r = (H + n_win - 1) // n_win * n_win - H, (W + n_win - 1) // n_win * n_win - W
+    if torch.compiler.is_exporting() and padding == 'none':  # the caller padded: no branch on the size in the graph
+        padded = False
+    else:
+        padded = pad_b > 0 or pad_r > 0
     if padded and padding == 'none':
         raise ValueError(f"padding='none' needs H, W divisible by n_win={n_win}, got H={H}, W={W}")
     if padded:

@@ -1,0 +1,109 @@
+"""Export of every model to ONNX (onnxruntime) and torch.export, with dynamic height and width, against eager."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import visionattn
+from visionattn.export import ExportError, export, fixed_size_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+_HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxscript', 'onnxruntime'))
+# with CI set, a missing deploy extra fails the run instead of skipping it
+needs_ort = pytest.mark.skipif(not _HAS_ORT and not os.environ.get('CI'),
+                               reason='onnx/onnxscript/onnxruntime not installed (pip install .[deploy])')
+
+# the smallest variant of each family; those verified to export dynamically run in the default tier, the others
+# (and every other model) under slow
+# verified (ONNX / torch.export classification, dynamic H and W): default tier; features_only under slow
+VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny'], 'torch-export': ['va_convit_tiny'], 'features': []}
+SMALLEST = [
+    'agent_deit_tiny', 'agent_pvt_tiny', 'agent_swin_tiny', 'agent_cswin_tiny', 'biformer_tiny', 'dinat_mini',
+    'nat_mini', 'evit_deit_tiny_patch16_224', 'litv2_small', 'ravlt_tiny', 'sparsifiner_deit_small_patch16_224',
+    'transnext_micro', 'va_convit_tiny']
+SIZES = [(224, 224), (256, 320)]
+ATOL = 1e-4
+
+
+def _small(name, kind):
+    return pytest.param(name, id=name, marks=() if name in VERIFIED[kind] else pytest.mark.slow)
+
+
+def _all_models():
+    return [pytest.param(n, marks=pytest.mark.slow, id=n) for n in visionattn.list_models() if n not in SMALLEST]
+
+
+def _check(name, fmt, features_only, sizes=SIZES):
+    torch.manual_seed(0)
+    dynamic = fixed_size_reason(name) is None
+    if not dynamic:  # exported for 224 only (see FIXED_SIZE)
+        sizes = [(224, 224)]
+    _, report = export(name, fmt, features_only=features_only, check=sizes, atol=ATOL, dynamic=dynamic)
+    bad = [(r.size, r.max_abs_diff, r.error) for r in report if not r.ok]
+    assert not bad, f'{name} ({fmt}, features_only={features_only}): {bad}'
+
+
+@needs_ort
+@pytest.mark.parametrize('name', [_small(n, 'onnx') for n in SMALLEST] + _all_models())
+def test_onnx(name):
+    _check(name, 'onnx', False)
+
+
+@needs_ort
+@pytest.mark.parametrize('name', [_small(n, 'features') for n in SMALLEST] + _all_models())
+def test_onnx_features_only(name):
+    _check(name, 'onnx', True, SIZES[1:])
+
+
+@pytest.mark.parametrize('name', [_small(n, 'torch-export') for n in SMALLEST] + _all_models())
+def test_torch_export(name):
+    _check(name, 'torch-export', False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', SMALLEST)
+def test_torch_export_features_only(name):
+    _check(name, 'torch-export', True)
+
+
+def test_fixed_size_refuses_dynamic():
+    with pytest.raises(ValueError, match='torch.unique'):
+        export('transnext_micro', 'onnx', dynamic=True)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='format'):
+        export('va_convit_tiny', 'tflite')
+    with pytest.raises(ValueError, match='opset'):
+        export('va_convit_tiny', 'onnx', opset=17)
+
+
+@torch.library.custom_op('visionattn_test::no_fake', mutates_args=())
+def _no_fake(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+def test_failure_names_the_op():
+    class Blocked(torch.nn.Module):
+        def forward(self, x):
+            return _no_fake(x)
+
+    with pytest.raises(ExportError) as e:
+        export(Blocked(), 'torch-export')
+    assert e.value.op is not None and 'no_fake' in e.value.op, str(e.value)
+    assert 'no_fake' in str(e.value)
+
+
+@needs_ort
+@pytest.mark.slow
+def test_cli(tmp_path):
+    out = tmp_path / 'm.onnx'
+    r = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / 'export.py'), 'nat_mini', '--format', 'onnx', '--dynamic', '--check',
+         '--out', str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert out.exists() and r.stdout.count('max abs diff') == 3

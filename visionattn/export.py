@@ -1,0 +1,310 @@
+"""Export of visionattn models to ONNX (standard operators only) and to ``torch.export``.
+
+Every custom op of the library is exported through its pure-PyTorch formulation: the export runs under
+``force_backend('reference')``, so ``backend='auto'`` never picks a compiled, Triton or C backend while tracing, and
+the exporter decomposes the oracle into standard ONNX operators (no custom ONNX domain). The one custom op that is
+not dispatched, ``visionattn::topk_indices``, is translated to ONNX ``TopK`` (its result is the same index set).
+The export therefore does not depend on which backend ``auto`` would pick on the exporting machine.
+
+Example:
+    >>> import visionattn
+    >>> from visionattn.export import export
+    >>> path = export('biformer_tiny', 'onnx', out='biformer_tiny.onnx', check=True)
+"""
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .ops import force_backend
+
+__all__ = ['export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError', 'load_runner', 'FIXED_SIZE']
+
+_FORMATS = ('onnx', 'torch-export')
+
+# families whose graph cannot be dynamic in H and W, and why (export them with ``dynamic=False``)
+FIXED_SIZE = {
+    'transnext': 'the CPB tables come from torch.unique over pooled coordinate offsets, whose length is a '
+                 'data-dependent function of the map size: the graph is exported for one size (dynamic=False)',
+}
+
+
+def fixed_size_reason(name: str) -> Optional[str]:
+    """Why model ``name`` exports for a fixed size only, or None when it exports with dynamic H and W."""
+    return next((r for f, r in FIXED_SIZE.items() if name.startswith(f)), None)
+
+
+@contextlib.contextmanager
+def export_mode():
+    """The context every export runs under: ops use their pure-PyTorch reference (backend-independent graphs)."""
+    with force_backend('reference'):
+        yield
+
+
+def _topk_indices_decomposition(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return scores.topk(k, dim=-1, sorted=False)[1]
+
+
+def _decompositions() -> Dict[Any, Callable]:
+    """Decompositions of the custom ops that survive ``export_mode`` (not dispatched through a backend): each the op's
+    own result in standard torch ops, so the graph has no custom op left."""
+    table = {}
+    if hasattr(torch.ops.visionattn, 'topk_indices'):
+        table[torch.ops.visionattn.topk_indices.default] = _topk_indices_decomposition
+    return table
+
+
+def _suggested_range(err: BaseException) -> Optional[Dict[str, Tuple[int, int]]]:
+    """The ``Dim`` ranges torch.export suggests when the only violated constraints are bounds (e.g. NAT's minimum
+    size: every feature map at least one window), or None when it asks for a specialization."""
+    import re
+    text = str(err)
+    if 'Specializations unexpectedly required' in text or 'Suggested fixes' not in text:
+        return None
+    fixes = text.split('Suggested fixes', 1)[1]
+    found = {n: (int(lo), int(hi)) for n, lo, hi in
+             re.findall(r"(height|width) = Dim\('\w+', min=(\d+), max=(\d+)\)", fixes)}
+    if not found or re.search(r'(height|width) = \d', fixes):
+        return None
+    return found
+
+
+def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
+    # guards the symbolic reasoning cannot prove over the whole range (e.g. ``7 % (7 * ceil(H / 28)) != 0``, true for
+    # every H >= 29) become runtime asserts in the graph instead of failing the export
+    return torch.export.export(model, (x,), dynamic_shapes=shapes, strict=strict,
+                               prefer_deferred_runtime_asserts_over_guards=True)
+
+
+def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
+    try:
+        ep = _torch_export(model, x, shapes, strict)
+    except Exception as e:  # a bound the architecture needs (e.g. a minimum size): export over that range
+        ranges = _suggested_range(e) if shapes is not None else None
+        if ranges is None:
+            raise
+        from torch.export import Dim
+        lo_h, hi_h = ranges.get('height', (32, 8192))
+        lo_w, hi_w = ranges.get('width', (32, 8192))
+        shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
+        ep = _torch_export(model, x, shapes, strict)
+        ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
+    table = torch.export.default_decompositions()
+    table.update(_decompositions())
+    return ep.run_decompositions(table)
+
+
+def _blocking_op(err: BaseException) -> Optional[str]:
+    """The op named in an exporter error, if any (so a failing export says what blocked it)."""
+    import re
+    text = ''.join(str(e) for e in _chain(err))
+    m = re.search(r'(visionattn(?:::|\.)[A-Za-z0-9_]+(?:\.default)?)', text)
+    if m:
+        return m.group(1)
+    m = re.search(r'\b((?!aten::|prim::)[A-Za-z_]\w*::[A-Za-z_]\w*)', text) or \
+        re.search(r"(aten(?:::|\.)[A-Za-z0-9_.]+)", text)
+    return m.group(1) if m else None
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+class ExportError(RuntimeError):
+    """An export failed; ``op`` names the op that blocked it when the exporter said so."""
+
+    def __init__(self, msg: str, op: Optional[str] = None):
+        super().__init__(msg)
+        self.op = op
+
+
+def _build(model_or_name: Union[str, nn.Module], features_only: bool, pretrained: bool,
+           checkpoint: Optional[str], **kwargs) -> nn.Module:
+    if isinstance(model_or_name, nn.Module):
+        if checkpoint or pretrained:
+            raise ValueError('checkpoint/pretrained apply to a model name, not to a built model')
+        return model_or_name.eval()
+    import timm
+
+    from . import models  # noqa: F401  (registers the visionattn models)
+    if features_only:
+        kwargs['features_only'] = True
+    kwargs.setdefault('pretrained', pretrained)
+    if checkpoint:
+        kwargs['checkpoint_path'] = checkpoint
+    return timm.create_model(model_or_name, **kwargs).eval()
+
+
+def _dynamic_shapes(dynamic: bool, min_size: int = 32):
+    if not dynamic:
+        return None
+    from torch.export import Dim
+    h, w = Dim('height', min=min_size, max=8192), Dim('width', min=min_size, max=8192)
+    return ({2: h, 3: w},)
+
+
+def _as_tuple(out) -> Tuple[torch.Tensor, ...]:
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, dict):
+        return tuple(out.values())
+    return tuple(out)
+
+
+class _Tupled(nn.Module):
+    """Wraps a features_only model so that its output is a tuple (ONNX outputs are flat)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return _as_tuple(self.model(x))
+
+
+def export(
+        model_or_name: Union[str, nn.Module],
+        format: str = 'onnx',
+        out: Optional[str] = None,
+        dynamic: bool = True,
+        img_size: Tuple[int, int] = (224, 224),
+        batch_size: int = 1,
+        features_only: bool = False,
+        opset: int = 18,
+        pretrained: bool = False,
+        checkpoint: Optional[str] = None,
+        check: Union[bool, Sequence[Tuple[int, int]]] = False,
+        atol: float = 1e-4,
+        strict: bool = False,
+        **model_kwargs,
+):
+    """Export a model to ONNX or to a ``torch.export`` ExportedProgram.
+
+    Args:
+        model_or_name: A built model (used as is, in eval mode) or a registered name for ``timm.create_model``.
+        format: ``'onnx'`` (dynamo exporter, standard ops) or ``'torch-export'`` (``torch.export.export``).
+        out: Output file (``.onnx`` or ``.pt2``); for ONNX a temporary file when None.
+        dynamic: Dynamic height and width (batch stays fixed at ``batch_size``).
+        img_size: ``(H, W)`` of the example input.
+        batch_size: Batch of the example input.
+        features_only: Build the model with ``features_only=True`` (output: a tuple of NCHW maps).
+        opset: ONNX opset (>= 18).
+        pretrained: Load the pretrained weights (names only).
+        checkpoint: Load this checkpoint file (names only).
+        check: Compare the export with eager: ``True`` at the export size and two other sizes (one non-square),
+            or a list of ``(H, W)``. Raises ``AssertionError`` above ``atol``.
+        atol: Tolerance of the check (max abs diff over all outputs).
+        strict: ``torch.export`` strict mode (default non-strict, which ONNX's exporter also uses).
+        **model_kwargs: Passed to ``timm.create_model``.
+
+    Returns:
+        The ONNX file path, or the ExportedProgram; with ``check``, a tuple ``(result, [ExportCheck, ...])``.
+    """
+    if format not in _FORMATS:
+        raise ValueError(f'format must be one of {_FORMATS}, got {format!r}')
+    if opset < 18:
+        raise ValueError(f'opset must be >= 18, got {opset}')
+    if len(img_size) != 2:
+        raise ValueError(f'img_size must be (H, W), got {img_size}')
+    if dynamic and isinstance(model_or_name, str) and fixed_size_reason(model_or_name):
+        raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {fixed_size_reason(model_or_name)}')
+    model = _build(model_or_name, features_only, pretrained, checkpoint, **model_kwargs)
+    wrapped = _Tupled(model)
+    x = torch.randn(batch_size, 3, *img_size)
+    shapes = _dynamic_shapes(dynamic)
+    name = model_or_name if isinstance(model_or_name, str) else type(model_or_name).__name__
+    with torch.no_grad(), export_mode():
+        try:
+            if format == 'onnx':
+                if out is None:
+                    out = os.path.join(tempfile.mkdtemp(prefix='visionattn_onnx_'), f'{name}.onnx')
+                ep = _export_program(wrapped, x, shapes, strict)
+                prog = torch.onnx.export(ep, (x,), out, dynamo=True, opset_version=opset, external_data=False,
+                                         optimize=True, verbose=False)
+                if prog is None:
+                    raise ExportError(f'{name}: torch.onnx.export returned nothing')
+                result = out
+            else:
+                result = _export_program(wrapped, x, shapes, strict)
+                if out is not None:
+                    torch.export.save(result, out)
+        except ExportError:
+            raise
+        except Exception as e:  # name what blocked it
+            op = _blocking_op(e)
+            raise ExportError(f'{name}: {format} export failed' + (f' at op {op}' if op else '') +
+                              f': {type(e).__name__}: {str(e)[:2000]}', op) from e
+    if not check:
+        return result
+    sizes = (default_check_sizes(img_size) if dynamic else [tuple(img_size)]) if check is True else \
+        [tuple(s) for s in check]
+    report = check_export(wrapped, result, sizes, batch_size=batch_size, atol=atol)
+    return result, report
+
+
+def default_check_sizes(img_size: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """The export size and two others: a larger square one and a non-square one (multiples of 32)."""
+    h, w = img_size
+    return [(h, w), (h + 32, w + 32), (h + 32, w + 96)]
+
+
+@dataclass
+class ExportCheck:
+    size: Tuple[int, int]
+    max_abs_diff: float
+    ok: bool
+    error: Optional[str] = None
+    shapes: List[Tuple[int, ...]] = field(default_factory=list)
+
+
+def load_runner(exported: Union[str, 'torch.export.ExportedProgram'], threads: Optional[int] = None) -> Callable:
+    """A callable ``x -> tuple of tensors`` running an ONNX file in onnxruntime (CPU) or an ExportedProgram."""
+    if isinstance(exported, str):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(exported, so, providers=['CPUExecutionProvider'])
+        in_name = sess.get_inputs()[0].name
+
+        def run(x):
+            return tuple(torch.from_numpy(o) for o in sess.run(None, {in_name: x.numpy()}))
+        return run
+    module = exported.module()
+
+    def run(x):
+        with torch.no_grad():
+            return _as_tuple(module(x))
+    return run
+
+
+def check_export(model: nn.Module, exported, sizes: Sequence[Tuple[int, int]], batch_size: int = 1,
+                 atol: float = 1e-4, seed: int = 0) -> List[ExportCheck]:
+    """Run the export against eager ``model`` at each size; max abs diff over every output."""
+    run = load_runner(exported)
+    g = torch.Generator().manual_seed(seed)
+    report = []
+    for size in sizes:
+        x = torch.randn(batch_size, 3, *size, generator=g)
+        with torch.no_grad():
+            ref = _as_tuple(model(x))
+        try:
+            got = run(x)
+        except Exception as e:
+            report.append(ExportCheck(tuple(size), float('inf'), False, f'{type(e).__name__}: {str(e)[:500]}'))
+            continue
+        if len(got) != len(ref) or any(a.shape != b.shape for a, b in zip(got, ref)):
+            shapes = f'outputs {[tuple(a.shape) for a in got]} != eager {[tuple(b.shape) for b in ref]}'
+            report.append(ExportCheck(tuple(size), float('inf'), False, shapes))
+            continue
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, ref))
+        report.append(ExportCheck(tuple(size), diff, diff <= atol, shapes=[tuple(b.shape) for b in ref]))
+    return report
