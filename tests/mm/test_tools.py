@@ -13,9 +13,11 @@ import time
 import pytest
 import torch
 
+from . import require
+
 pytestmark = pytest.mark.mm
-pytest.importorskip('mmseg')
-pytest.importorskip('visionattn.mm')
+require('mmseg')
+require('visionattn.mm')
 
 from .configs import DEMO_ROOT, ROOT  # noqa: E402
 
