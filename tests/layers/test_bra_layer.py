@@ -43,6 +43,7 @@ def test_official_float64(name, backend):
     m = _module(kw, state, torch.float64, backend=backend)
     with torch.no_grad():
         out = m(t['input'])
+    # 3.1e-7..3.6e-7 in all three backends alike (measured 2026-12-01): the fixture, not a backend, limits this bar
     assert (out - t['output']).abs().max() <= 1e-6
 
 

@@ -4,9 +4,11 @@ import pytest
 import timm
 import torch
 
+from . import require
+
 pytestmark = pytest.mark.mm
-pytest.importorskip('mmseg')
-mm = pytest.importorskip('visionattn.mm')
+require('mmseg')
+mm = require('visionattn.mm')
 
 
 def _backbone(arch='nat_mini', **kwargs):

@@ -5,11 +5,13 @@ import os.path as osp
 import pytest
 import torch
 
+from . import require
+
 pytestmark = pytest.mark.mm
-pytest.importorskip('mmseg')
-pytest.importorskip('mmdet')
-pytest.importorskip('mmpretrain')
-mm = pytest.importorskip('visionattn.mm')
+require('mmseg')
+require('mmdet')
+require('mmpretrain')
+mm = require('visionattn.mm')
 
 import visionattn  # noqa: E402
 

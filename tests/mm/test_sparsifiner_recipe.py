@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from . import require
+
 pytestmark = pytest.mark.mm
-pytest.importorskip('mmpretrain')
-mm = pytest.importorskip('visionattn.mm')
+require('mmpretrain')
+mm = require('visionattn.mm')
 
 from .configs import CONFIG_DIR, strip_pretrained  # noqa: E402
 

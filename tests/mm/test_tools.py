@@ -13,9 +13,11 @@ import time
 import pytest
 import torch
 
+from . import require
+
 pytestmark = pytest.mark.mm
-pytest.importorskip('mmseg')
-pytest.importorskip('visionattn.mm')
+require('mmseg')
+require('visionattn.mm')
 
 from .configs import DEMO_ROOT, ROOT  # noqa: E402
 
@@ -77,26 +79,63 @@ def test_train_then_test(tmp_path):
     assert 'mIoU' in r.stdout + r.stderr and "type='SegTTAModel'" in r.stdout + r.stderr
 
 
+class _Call:
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+    def __call__(self, *args):
+        raise AssertionError('never called while pickling')
+
+
 def test_mmengine_checkpoints_load_safely(tmp_path):
-    from mmengine.logging import HistoryBuffer
+    """A checkpoint written by mmengine's save_checkpoint (weights, AdamW state, the message hub whose HistoryBuffer
+    pickles as builtins.getattr(HistoryBuffer, 'mean'...)) loads with weights_only=True through the restricted getattr;
+    a crafted one asking getattr for another attribute is refused and its payload does not run."""
+    import zipfile
+
+    import numpy as np
+    from mmengine.logging import HistoryBuffer, MessageHub
+    from mmengine.runner.checkpoint import save_checkpoint
 
     from visionattn.mm import allow_mmengine_checkpoints
     allow_mmengine_checkpoints()
-    import numpy as np
-    path = tmp_path / 'ckpt.pth'
-    torch.save({'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0, 2.0], [1, 1])},
-                                'runtime_info': {'x': np.float64(1.5), 'arr': np.arange(3)}}}, path)
+    hub = MessageHub.get_instance('visionattn_safe_load_test')
+    for i in range(3):
+        hub.update_scalar('train/loss', 1.0 / (i + 1))
+        hub.update_info('iter', i)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    path = str(tmp_path / 'iter_3.pth')
+    save_checkpoint({'meta': {'iter': 3}, 'state_dict': model.state_dict(), 'optimizer': opt.state_dict(),
+                     'message_hub': hub.state_dict()}, path)
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith('data.pkl')))
+    assert b'getattr' in pkl, 'the restricted getattr is not exercised by this checkpoint'
     loaded = torch.load(path, weights_only=True)
-    assert loaded['message_hub']['log_scalars']['loss'].current() == 2.0
+    buf = loaded['message_hub']['log_scalars']['train/loss']
+    assert isinstance(buf, HistoryBuffer) and buf.mean() == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    torch.testing.assert_close(loaded['state_dict']['weight'], model.weight.detach(), rtol=0, atol=0)
+    assert torch.equal(loaded['optimizer']['state'][0]['exp_avg_sq'], opt.state[model.weight]['exp_avg_sq'])
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ('echo pwned',))
-
-    evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'x': Evil()}, evil)
-    with pytest.raises(Exception, match='weights_only|Unsupported global'):
-        torch.load(evil, weights_only=True)
+    target = tmp_path / 'pwned'
+    crafted = [  # getattr on allowed types, for attributes other than HistoryBuffer's statistics
+        ('tofile', _Call(_Call(getattr, np.ndarray, 'tofile'), np.arange(3), str(target))),
+        ('update', _Call(_Call(getattr, HistoryBuffer, 'update'), HistoryBuffer(), 1.0)),
+    ]
+    for attr, obj in crafted:
+        evil = tmp_path / f'evil_{attr}.pth'
+        torch.save({'state_dict': {}, 'message_hub': obj}, evil)
+        with pytest.raises(Exception, match=f"getattr.*'{attr}'.* is not allowed"):
+            torch.load(evil, weights_only=True)
+        assert not target.exists()
+    torch.save({'x': crafted[0][1]}, evil)  # the tofile payload is live: a plain load writes the file
+    torch.load(evil, weights_only=False)
+    assert target.exists()
 
 
 def test_sigkill_then_resume_continues(tmp_path):
@@ -128,6 +167,36 @@ def test_sigkill_then_resume_continues(tmp_path):
     ref_lr = dict(_scalars(ref))
     for it, lr in logged[-(8 - resumed_from):]:
         assert lr == pytest.approx(ref_lr[it], rel=1e-6)
+    # and its state is that of the uninterrupted run: weights, AdamW moments and step counts, the schedulers, at the
+    # first checkpoint after the resume (iter 6) and at the end (bitwise on the CPU, one thread)
+    for it in (6, 8):
+        got = torch.load(osp.join(work, f'iter_{it}.pth'), weights_only=True)
+        want = torch.load(osp.join(ref, f'iter_{it}.pth'), weights_only=True)
+        assert got['meta']['iter'] == want['meta']['iter'] == it
+        _assert_equal(got['param_schedulers'], want['param_schedulers'], f'iter {it} schedulers')
+        try:
+            _assert_equal(got['state_dict'], want['state_dict'], f'iter {it} weights')
+            _assert_equal(got['optimizer'], want['optimizer'], f'iter {it} optimizer')
+        except AssertionError as e:
+            # measured 2026-12-01: iter 6 weights differ by ~1e-6 (patch_embed.proj.0.weight 1.1e-6): mmengine's
+            # checkpoints carry no RNG state (torch/numpy/random, the sampler's generator), so the resumed run draws
+            # other augmentations than the uninterrupted one. Open: issue 19 point 3 (an RNG-state hook is the fix).
+            pytest.xfail(f'resume is not bitwise yet: {str(e).splitlines()[0]}')
+
+
+def _assert_equal(a, b, where: str):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f'{where}: max abs diff {(a.double() - b.double()).abs().max().item()}'
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f'{where}: keys {set(a) ^ set(b)}'
+        for k in a:
+            _assert_equal(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, f'{where}: {a!r} != {b!r}'
 
 
 def test_dist_train_two_cpu_processes(tmp_path):

@@ -70,7 +70,7 @@ def _max_diff(model, t, name, dtype):
 def test_official_float64(fixture, name):
     cfg, t = fixture
     d = _max_diff(_ours(cfg, t, name, torch.float64), t, name, torch.float64)
-    assert d <= 1e-6, f'{name}: float64 max abs diff {d}'
+    assert d <= 1e-10, f'{name}: float64 max abs diff {d}'
 
 
 @pytest.mark.parametrize('name', CASES)
@@ -87,7 +87,7 @@ def test_official_float32(fixture, name):
 def test_official_float64_backends(fixture, name, backend):
     cfg, t = fixture
     d = _max_diff(_ours(cfg, t, name, torch.float64, attn_backend=backend), t, name, torch.float64)
-    assert d <= 1e-6
+    assert d <= 1e-10
 
 
 def test_masked_padding(fixture):

@@ -39,7 +39,7 @@ def _compare(outs32, outs64, t, names):
         ref64, ref32 = t[name + '.f64'], t[name + '.f32']
         assert o64.shape == ref64.shape, name
         diff64 = (o64 - ref64).abs().max().item()
-        assert diff64 <= 1e-6, f'{name}: float64 differs by {diff64}'
+        assert diff64 <= 1e-8, f'{name}: float64 differs by {diff64}'
         own = (ref32.double() - ref64).abs().max().item()
         diff32 = (o32.double() - ref64).abs().max().item()
         assert diff32 <= max(2 * own, 1e-6) and diff32 <= 1e-3, f'{name}: float32 differs by {diff32} (official {own})'

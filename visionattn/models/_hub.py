@@ -50,22 +50,56 @@ def allow_official_checkpoints() -> None:
     torch.serialization.add_safe_globals(official_safe_globals())
 
 
+_UNSAFE_MARKERS = ('Unsupported global', 'Trying to call reduce', 'is not allowed', 'not an allowed global',
+                   'Unsupported class')
+_GLOBAL_IN_MESSAGE = re.compile(r'GLOBAL ([\w.]+)')
+
+
+def _python3_name(name: str) -> str:
+    """'commands.run' -> 'subprocess.run', 'eval' -> 'builtins.eval': pickle protocol 2 writes Python 2 module names
+    (fix_imports) and torch's message drops the 'builtins.' prefix."""
+    import _compat_pickle
+    module, _, attr = name.rpartition('.')
+    if not module:
+        return f'builtins.{attr}'
+    return f'{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}'
+
+
+def _unsafe_names(path: str, error: BaseException) -> List[str]:
+    """The globals a pickle asks for beyond the allow-list, or [] when the failure is not about unsafe content."""
+    message = str(error)
+    names = [_python3_name(n) for n in _GLOBAL_IN_MESSAGE.findall(message)]  # the one that stopped the load first
+    try:
+        scanned = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy (non-zip) files, or a file too damaged to scan
+        scanned = []
+    allowed = {'argparse.Namespace', 'yacs.config.CfgNode', 'collections.OrderedDict'}
+    names += [_python3_name(n) for n in scanned if n not in allowed and not n.startswith(('numpy', 'torch'))]
+    if not names and any(marker in message for marker in _UNSAFE_MARKERS):
+        names = [next(line for line in message.splitlines() if any(m in line for m in _UNSAFE_MARKERS)).strip()]
+    return list(dict.fromkeys(names))
+
+
 def safe_load(path: str) -> Dict[str, Any]:
     """Read a checkpoint without running pickled code: safetensors, or ``torch.load(weights_only=True)`` with the
-    official data types allowed. A file that needs anything else is refused with the offending names."""
+    official data types allowed. A file that needs anything else is refused with the offending names; a truncated or
+    damaged file is reported as corrupt or incomplete (a RuntimeError either way)."""
     if str(path).endswith('.safetensors'):
         from safetensors.torch import load_file
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError: header or buffer sizes do not match the file
+            raise RuntimeError(f'{path}: corrupt or incomplete safetensors file ({e})') from e
     allow_official_checkpoints()
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
-            names = []
-        allowed = {'argparse.Namespace', 'yacs.config.CfgNode'}
-        names = [n for n in names if n not in allowed and not n.startswith('numpy')] or [str(e).splitlines()[0]]
+    except Exception as e:
+        names = _unsafe_names(path, e) if isinstance(e, pickle.UnpicklingError) else []
+        if not names:
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise RuntimeError(
+                f'{path}: corrupt or incomplete checkpoint ({type(e).__name__}: {first}); download or save it again'
+            ) from e
         raise RuntimeError(
             f'{path}: refused to load, unpickling it would import or call {", ".join(names)}, which is not plain '
             f'data. visionattn never loads checkpoints with weights_only=False; if you trust the file, convert it '

@@ -1189,8 +1189,8 @@ def _cfg(file_id: str = '', **kwargs) -> dict:
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
         'origin_url': 'https://github.com/LeapLabTHU/Agent-Attention',
-        'notes': ('Tsinghua Cloud training dict (weights under "model", pickled yacs config): load with '
-                  'torch.load(weights_only=False) from a trusted copy',),
+        'notes': ('Tsinghua Cloud training dict (weights under "model", pickled yacs config): pretrained=True and '
+                  'tools/convert_checkpoint.py read it safely (the yacs config as plain data, weights_only)',),
         **_PAPER,
         **kwargs,
     }
@@ -1203,9 +1203,9 @@ def _hcfg(file_id: str, size: int = 224, **kwargs) -> dict:
 
 _CSWIN_CFG = dict(
     first_conv='stem.conv',
-    notes=('Tsinghua Cloud training dict (pickled yacs config; load with torch.load(weights_only=False) from a trusted '
-           'copy); trained with EMA: the filter takes "model", pass the EMA weights ("state_dict_ema") as a raw state '
-           'dict to use them instead',))
+    notes=('Tsinghua Cloud training dict (pickled yacs config, read safely as plain data by pretrained=True and '
+           'tools/convert_checkpoint.py); trained with EMA: the filter takes "model", pass the EMA weights '
+           '("state_dict_ema") as a raw state dict to use them instead',))
 
 default_cfgs = generate_default_cfgs({
     'agent_deit_tiny.in1k': _cfg('57e0904221824ee7b7af'),

@@ -1,0 +1,198 @@
+"""Size and precision fuzz of every registered visionattn model.
+
+Each call builds a model (classifier or ``features_only``), feeds a seeded random batch (1 to 3 images) of a seeded
+random size (H, W in 32..1024 per axis, primes and extreme aspect ratios included) in eval or train mode, in float32 or
+under CPU autocast (bfloat16, float16), runs forward and, in train mode, backward. A call passes when the outputs and
+the gradients are finite (features_only: NCHW maps with ``feature_info``'s channels and the batch size), or when the
+model refuses the size with a ValueError that names the size rule. Anything else is a failure.
+
+    python tools/fuzz_sizes.py --shapes 200                      # every model, 200 shapes each: the slow report
+    python tools/fuzz_sizes.py --models nat_mini,biformer_tiny --shapes 5 --max-side 128
+
+writes ``benchmarks/fuzz_sizes_<date>.md`` (``--out``) with totals and a per-model table, and exits 1 on a failure.
+"""
+import argparse
+import datetime
+import math
+import os
+import random
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timm  # noqa: E402
+
+import visionattn  # noqa: E402
+
+# the smallest variant of each family (the default test tier fuzzes these)
+SMALLEST = {
+    'agent_deit': 'agent_deit_tiny', 'agent_pvt': 'agent_pvt_tiny', 'agent_swin': 'agent_swin_tiny',
+    'agent_cswin': 'agent_cswin_tiny', 'biformer': 'biformer_tiny', 'nat': 'nat_mini', 'dinat': 'dinat_mini',
+    'dinat_s': 'dinat_s_tiny', 'nat_isotropic': 'nat_isotropic_small', 'evit': 'evit_deit_tiny_patch16_224',
+    'litv2': 'litv2_small', 'ravlt': 'ravlt_tiny', 'sparsifiner': 'sparsifiner_deit_small_patch16_224',
+    'transnext': 'transnext_micro', 'convit': 'va_convit_tiny',
+}
+SIZE_RULE_WORDS = ('divisible', 'multiple', 'at least', 'minimum', 'too small', 'size', 'smaller', 'larger')
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+PRIMES = [p for p in range(32, 1025) if all(p % d for d in range(2, int(math.isqrt(p)) + 1))]
+
+
+def sizes(n: int, seed: int, lo: int = 32, hi: int = 1024) -> List[Tuple[int, int]]:
+    """`n` seeded (H, W): fixed corner cases first (lo and hi, primes, extreme aspect ratios), then uniform draws."""
+    rng = random.Random(seed)
+    primes = [p for p in PRIMES if lo <= p <= hi] or [lo]
+    corners = [(lo, lo), (lo, hi), (hi, lo), (rng.choice(primes), rng.choice(primes)), (lo + 1, hi - 1),
+               (rng.choice(primes), lo), (hi, hi)]
+    out = corners[:n]
+    while len(out) < n:
+        kind = rng.random()
+        if kind < 0.25:
+            hw = (rng.choice(primes), rng.choice(primes))
+        elif kind < 0.4:  # extreme aspect ratio
+            long, short = rng.randint(max(lo, hi // 2), hi), rng.randint(lo, min(hi, lo * 2))
+            hw = (long, short) if rng.random() < 0.5 else (short, long)
+        else:
+            hw = (rng.randint(lo, hi), rng.randint(lo, hi))
+        out.append(hw)
+    return out
+
+
+def names_size_rule(message: str) -> bool:
+    return any(c.isdigit() for c in message) and any(w in message.lower() for w in SIZE_RULE_WORDS)
+
+
+def _finite(tensors: Sequence[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t.float()).all()) for t in tensors)
+
+
+def fuzz_call(model: torch.nn.Module, hw: Tuple[int, int], batch: int, train: bool, dtype: Optional[torch.dtype],
+              features: bool, seed: int) -> Tuple[str, str]:
+    """('ok' | 'valueerror' | 'fail', detail) of one forward (and backward in train mode)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, *hw, generator=g)
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    try:
+        with torch.autocast('cpu', dtype=dtype, enabled=dtype is not None), torch.set_grad_enabled(train):
+            out = model(x)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if features:
+            chans = model.feature_info.channels()
+            got = [tuple(o.shape) for o in outs]
+            if len(outs) != len(chans) or any(o.ndim != 4 or o.shape[0] != batch or o.shape[1] != c
+                                             for o, c in zip(outs, chans)):
+                return 'fail', f'features_only shapes {got}, feature_info channels {chans}'
+        elif outs[0].shape[0] != batch:
+            return 'fail', f'output batch {outs[0].shape[0]} != {batch}'
+        if not _finite(outs):
+            return 'fail', 'non-finite output'
+        if train:
+            sum(o.float().sum() for o in outs).backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if not grads:
+                return 'fail', 'no gradient'
+            if not _finite(grads):
+                bad = [n for n, p in model.named_parameters() if p.grad is not None and not _finite([p.grad])]
+                return 'fail', f'non-finite gradient in {bad[:3]}'
+        return 'ok', ''
+    except ValueError as e:
+        msg = str(e).splitlines()[0] if str(e) else ''
+        if names_size_rule(msg):
+            return 'valueerror', msg[:160]
+        return 'fail', f'ValueError without a size rule: {msg[:160]}'
+    except Exception as e:  # every other exception is a finding
+        return 'fail', f'{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}'
+
+
+def fuzz_model(name: str, n_shapes: int, seed: int, lo: int, hi: int, dtypes: Sequence[str],
+               modes: Sequence[str]) -> List[Dict]:
+    """One record per call: every shape once, rotating the batch size, mode, dtype and features_only over shapes."""
+    torch.manual_seed(seed)
+    models = {False: timm.create_model(name, pretrained=False, num_classes=10),
+              True: timm.create_model(name, pretrained=False, features_only=True)}
+    records = []
+    rng = random.Random(f'{seed}-{name}')
+    for i, hw in enumerate(sizes(n_shapes, rng.randint(0, 2 ** 31), lo, hi)):
+        batch = 1 + i % 3
+        train = modes[i % len(modes)] == 'train'
+        dt = dtypes[(i // len(modes)) % len(dtypes)]
+        features = i % 4 == 3
+        t0 = time.perf_counter()
+        status, detail = fuzz_call(models[features], hw, batch, train, DTYPES[dt], features, seed + i)
+        records.append(dict(model=name, hw=hw, batch=batch, mode='train' if train else 'eval', dtype=dt,
+                            features=features, status=status, detail=detail, seconds=time.perf_counter() - t0))
+    return records
+
+
+def report(records: List[Dict], args: argparse.Namespace, seconds: float) -> str:
+    total = len(records)
+    count = {s: sum(r['status'] == s for r in records) for s in ('ok', 'valueerror', 'fail')}
+    lines = [f'# Size and precision fuzz ({datetime.date.today().isoformat()})', '',
+             f'Command: `python tools/fuzz_sizes.py {" ".join(sys.argv[1:])}`; torch {torch.__version__}, '
+             f'{torch.get_num_threads()} threads, {seconds / 60:.1f} min.', '',
+             f'Sizes {args.min_side}..{args.max_side} per axis (primes and extreme aspect ratios included), batch 1-3, '
+             f'modes {args.modes}, dtypes {args.dtypes} (CPU autocast), every 4th call features_only.', '',
+             f'**Totals: {total} calls, {count["ok"]} ok, {count["valueerror"]} ValueErrors naming the size rule, '
+             f'{count["fail"]} failures.**', '',
+             '| model | calls | ok | ValueError | failures | seconds |', '|---|---:|---:|---:|---:|---:|']
+    for name in dict.fromkeys(r['model'] for r in records):
+        rs = [r for r in records if r['model'] == name]
+        lines.append(f'| {name} | {len(rs)} | {sum(r["status"] == "ok" for r in rs)} | '
+                     f'{sum(r["status"] == "valueerror" for r in rs)} | {sum(r["status"] == "fail" for r in rs)} | '
+                     f'{sum(r["seconds"] for r in rs):.1f} |')
+    fails = [r for r in records if r['status'] == 'fail']
+    rules = sorted({(r['model'].split('_')[0], r['detail']) for r in records if r['status'] == 'valueerror'})
+    if fails:
+        lines += ['', '## Failures', '']
+        lines += [f'- {r["model"]} {r["hw"]} b{r["batch"]} {r["mode"]} {r["dtype"]}'
+                  f'{" features_only" if r["features"] else ""}: {r["detail"]}' for r in fails]
+    if rules:
+        lines += ['', '## Size rules met (family: message)', '']
+        lines += [f'- {fam}: {msg}' for fam, msg in rules[:100]]
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--models', default='all', help="comma list, 'all' (every registered model) or 'smallest'")
+    p.add_argument('--shapes', type=int, default=200, help='shapes per model')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--min-side', type=int, default=32)
+    p.add_argument('--max-side', type=int, default=1024)
+    p.add_argument('--dtypes', default='fp32,bf16,fp16')
+    p.add_argument('--modes', default='eval,train')
+    p.add_argument('--out', default=None, help='report path (default benchmarks/fuzz_sizes_<date>.md; - for none)')
+    args = p.parse_args(argv)
+    if args.models == 'all':
+        names = visionattn.list_models()
+    elif args.models == 'smallest':
+        names = list(SMALLEST.values())
+    else:
+        names = args.models.split(',')
+    t0 = time.perf_counter()
+    records = []
+    for name in names:
+        rs = fuzz_model(name, args.shapes, args.seed, args.min_side, args.max_side, args.dtypes.split(','),
+                        args.modes.split(','))
+        records += rs
+        bad = [r for r in rs if r['status'] == 'fail']
+        print(f'{name}: {len(rs)} calls, {sum(r["status"] == "valueerror" for r in rs)} ValueErrors, {len(bad)} '
+              f'failures, {sum(r["seconds"] for r in rs):.1f} s', flush=True)
+        for r in bad:
+            print(f'  FAIL {r["hw"]} b{r["batch"]} {r["mode"]} {r["dtype"]} features={r["features"]}: {r["detail"]}')
+    text = report(records, args, time.perf_counter() - t0)
+    out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
+                                   f'fuzz_sizes_{datetime.date.today().isoformat()}.md')
+    if out != '-':
+        with open(out, 'w') as f:
+            f.write(text)
+        print(f'wrote {out}')
+    print(text.split('\n\n')[3])
+    return 1 if any(r['status'] == 'fail' for r in records) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
