@@ -1,6 +1,10 @@
 """Recipe rows of the Agent-PVT / Agent-Swin dense-prediction configs: values from the official downstream configs
 named by ``official`` (the official optimizer of the Agent-PVT configs has no paramwise_cfg: weight decay on every
 parameter)."""
+
+# the official DETR-style multi-scale sizes (Resize img_scale list of the Agent-Swin detection configs)
+MS_SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
+             (736, 1333), (768, 1333), (800, 1333)]
 RECIPES = [
     dict(
         config='configs/agent/mask_rcnn_agent_pvt_tiny_fpn_1x_coco.py',
@@ -287,7 +291,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -316,7 +320,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -345,7 +349,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -374,7 +378,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -403,7 +407,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -432,7 +436,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -461,7 +465,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
@@ -490,7 +494,7 @@ RECIPES = [
             'optim_wrapper.paramwise_cfg.custom_keys.ha_bias.decay_mult': 0.0,
             'optim_wrapper.paramwise_cfg.custom_keys.wa_bias.decay_mult': 0.0,
             'train_pipeline.3.type': 'RandomChoice',
-            'train_pipeline.3.transforms.0.0.scales': [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)],
+            'train_pipeline.3.transforms.0.0.scales': MS_SCALES,
             'train_pipeline.3.transforms.1.1.crop_size': (384, 600),
             'param_scheduler.0.end': 500,
             'param_scheduler.0.start_factor': 0.001,
