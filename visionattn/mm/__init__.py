@@ -1,8 +1,8 @@
 """OpenMMLab adapters. Imported only by configs (``custom_imports=dict(imports=['visionattn.mm'])``) or explicitly;
 the core never imports this. Registers ``VisionAttnBackbone`` and one type per family (``FAMILY_TYPES``, e.g.
 ``type='NAT'``) in mmengine's root MODELS registry and in those of mmseg, mmdet and mmpretrain that are installed,
-registers ``BackboneLrMultOptimWrapperConstructor`` and ``AmpOrFp32OptimWrapper``, and lets torch's safe (``weights_only``) loader read the
-checkpoints mmengine writes.
+registers ``BackboneLrMultOptimWrapperConstructor`` and ``AmpOrFp32OptimWrapper``, and lets torch's safe
+(``weights_only``) loader read the checkpoints mmengine writes.
 """
 import importlib
 
