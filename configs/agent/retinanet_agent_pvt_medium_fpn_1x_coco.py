@@ -1,12 +1,20 @@
+# Agent-PVT-M RetinaNet 1x, COCO: 45.8 box AP (Agent-Attention downstream/detection/README.md).
+# Follows LeapLabTHU/Agent-Attention@207ce3eb357b22ef8a15f8fa21cd1f14697bbaba:downstream/detection/configs/agent_pvt/agent_pvt_m_rtn_1x_12-16-28-28.py
+# (mmdet 2.x), with its _base_ files and the backbone downstream/detection/mmdet/models/backbones/agent_pvt.py.
+# Remaining differences: the backbone returns stages 1-3 to an FPN with start_level 0 (official: all four stages,
+# start_level 1: the same network, stage 0 is never used); mmdet 3.x config form; fp32 as the official run.
 _base_ = [
     '../_base_/models/retinanet_visionattn_fpn.py', '../_base_/datasets/coco_detection.py',
     '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_1x_adamw.py'
 ]
-# Agent-PVT-M RetinaNet 1x, COCO: 45.8 box AP (Agent-Attention README (LeapLabTHU/Agent-Attention))
 model = dict(
     backbone=dict(
         arch='agent_pvt_medium',
         out_indices=(1, 2, 3),
-        drop_path_rate=0.3,
+        drop_path_rate=0.2,
+        agent_shapes=((12, 12), (16, 16), (28, 28), (28, 28)),  # official downstream agent grids
         init_cfg=dict(type='Pretrained', checkpoint='https://cloud.tsinghua.edu.cn/f/4d00ecacf18b45f9b88c/?dl=1')),
     neck=dict(in_channels=[128, 320, 512]))
+# 8 GPUs x 2 images; AdamW lr 1e-4, wd 1e-4 on every parameter (no paramwise_cfg in the official optimizer)
+train_dataloader = dict(batch_size=2)
+optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=1e-4), paramwise_cfg=dict(_delete_=True))

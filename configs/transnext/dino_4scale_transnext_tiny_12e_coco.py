@@ -4,10 +4,15 @@ _base_ = [
 ]
 # TransNeXt-Tiny DINO 4-scale 12 epochs, COCO: 55.1 box AP (TransNeXt README (DaiShiResearch/TransNeXt), detection/dino);
 # drop path 0.3 as its mm backbone
+# Follows DaiShiResearch/TransNeXt@c8a99743b60ac94ac8d2bf66ffe164a440dcfe21:detection/dino/configs/dino-4scale_transnext_tiny-12e_coco.py
+# Remaining differences: the official fp16 = dict(loss_scale=512.) key is ignored by mmdet 3.x (its train.py
+# enables AMP only with --amp, dynamic loss scale), so the official run was fp32 unless launched with --amp; same here.
 model = dict(
     backbone=dict(
         arch='transnext_tiny',
         drop_path_rate=0.3,
+        img_size=800,  # position tables for the crop, coordinates scaled by the 224 pre-training
+        pretrain_size=224,
         init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth')),
     neck=dict(in_channels=[144, 288, 576]))
 custom_imports = dict(imports=['visionattn.mm', 'mmdet.models'], allow_failed_imports=False)

@@ -2,6 +2,9 @@ _base_ = ['./dino_4scale_transnext_tiny_12e_coco.py']
 # TransNeXt-Base DINO 5-scale 12 epochs, COCO: 57.1 box AP (TransNeXt README (DaiShiResearch/TransNeXt),
 # detection/dino); all four backbone levels plus one from the neck; drop path 0.6 as its mm backbone; the recipe of
 # the 4-scale tiny config
+# Follows DaiShiResearch/TransNeXt@c8a99743b60ac94ac8d2bf66ffe164a440dcfe21:detection/dino/configs/dino-5scale_transnext_base-12e_coco.py
+# Remaining differences: the official fp16 = dict(loss_scale=512.) key is ignored by mmdet 3.x (its train.py
+# enables AMP only with --amp, dynamic loss scale), so the official run was fp32 unless launched with --amp; same here.
 num_levels = 5
 model = dict(
     num_feature_levels=num_levels,

@@ -6,6 +6,10 @@ _base_ = [
 # segmentation/mask2former); drop path 0.3 as its mm backbone; AdamW lr 1e-4 wd 0.05, the backbone at 0.1x the
 # learning rate, no weight decay on norms, biases, query embeddings, position biases (cpb, local) and temperatures;
 # poly decay, clip 0.01 (mmseg's Mask2Former recipe)
+# Follows DaiShiResearch/TransNeXt@c8a99743b60ac94ac8d2bf66ffe164a440dcfe21:segmentation/mask2former/configs/mask2former_transnext_tiny_160k_ade20k-512x512.py
+# Remaining differences: none in the recipe (mmseg 1.x config of the official one; the backbone lr x0.1 via
+# BackboneLrMultOptimWrapperConstructor, which also keeps biases and norms of the backbone without decay as the
+# official bias_decay_mult/norm_decay_mult do).
 custom_imports = dict(imports=['visionattn.mm', 'mmdet.models'], allow_failed_imports=False)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
@@ -14,6 +18,8 @@ model = dict(
     backbone=dict(
         arch='transnext_tiny',
         drop_path_rate=0.3,
+        img_size=512,  # position tables for the crop, coordinates scaled by the 224 pre-training
+        pretrain_size=224,
         init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth')),
     decode_head=dict(in_channels=[72, 144, 288, 576]))
 train_pipeline = [
@@ -39,6 +45,7 @@ optim_wrapper = dict(
         backbone_lr_mult=0.1,
         norm_decay_mult=0.,
         bias_decay_mult=0.,
+        flat_decay_mult=0.,
         custom_keys={
             'query_embedding': no_decay,
             'relative_pos_bias_local': no_decay,

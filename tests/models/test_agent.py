@@ -1,11 +1,13 @@
 """Agent Attention hosts: equality with the official code (fixtures), the shared op and layer, any input size."""
 import functools
 import json
+import math
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -292,3 +294,47 @@ def test_pretrained_from_a_local_training_dict(tmp_path):
     m = timm.create_model('agent_cswin_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw)
     torch.testing.assert_close(m.stem.conv.weight, src.stem.conv.weight)
     torch.testing.assert_close(m.stages[0].blocks[0].attns[0].dwc.weight, src.stages[0].blocks[0].attns[0].dwc.weight)
+
+
+def _official_finetune_resize(k, pretrained, current_shape):
+    """``agent_transformer/utils.py::load_pretrained`` of the official repository (fine-tuning at another size):
+    linear interpolation of the per-row/column agent biases along their grid axis."""
+    squeeze_dim, permute = {'ah_bias': (-1, False), 'aw_bias': (-2, False), 'ha_bias': (-2, True),
+                            'wa_bias': (-3, True)}[k.rsplit('.', 1)[-1]]
+    b = pretrained.squeeze(0).squeeze(squeeze_dim)
+    cur = torch.zeros(current_shape).squeeze(0).squeeze(squeeze_dim)
+    if permute:
+        b, cur = b.permute(0, 2, 1), cur.permute(0, 2, 1)
+    b = F.interpolate(b, size=cur.shape[-1], mode='linear')
+    if permute:
+        b = b.permute(0, 2, 1)
+    return b.unsqueeze(0).unsqueeze(squeeze_dim)
+
+
+@pytest.mark.parametrize('name', ['agent_swin_tiny', 'agent_pvt_tiny'])
+def test_pretrained_at_another_img_size_resizes_biases_as_official_finetune(name, tmp_path):
+    """``create_model(pretrained=True, img_size=288)`` with 224 weights: the agent biases and position embeddings are
+    those of the official fine-tuning loader (linear / bicubic resize), the grid-free tensors unchanged."""
+    from safetensors.torch import save_file
+    kw = dict(embed_dim=16, num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1)) if 'swin' in name else dict(
+        embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1))
+    torch.manual_seed(0)
+    src = timm.create_model(name, **kw)
+    sd = {k: v + 0.1 * torch.randn_like(v) for k, v in src.state_dict().items()}
+    path = tmp_path / 'w.safetensors'
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    dst = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), img_size=288, **kw)
+    checked = 0
+    for k, v in dst.state_dict().items():
+        if k.endswith(('ah_bias', 'aw_bias', 'ha_bias', 'wa_bias')) and v.shape != sd[k].shape:
+            torch.testing.assert_close(v, _official_finetune_resize(k, sd[k], v.shape), rtol=0, atol=1e-6, msg=k)
+            checked += 1
+        elif k.endswith('pos_embed') and v.shape != sd[k].shape:  # official: bicubic on the square grid
+            s1, s2 = math.isqrt(sd[k].shape[1]), math.isqrt(v.shape[1])
+            grid = sd[k].reshape(1, s1, s1, -1).permute(0, 3, 1, 2)
+            ref = F.interpolate(grid, size=(s2, s2), mode='bicubic').permute(0, 2, 3, 1).flatten(1, 2)
+            torch.testing.assert_close(v, ref, rtol=0, atol=1e-6, msg=k)
+            checked += 1
+        elif k in sd and v.shape == sd[k].shape:
+            torch.testing.assert_close(v, sd[k], rtol=0, atol=0, msg=k)
+    assert checked >= 4

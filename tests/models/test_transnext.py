@@ -219,3 +219,44 @@ def test_aggregated_op_custom_op_gradients():
     for n, a, b in zip(['out'] + names, *results):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=n)
     torch.library.opcheck(_aggregated_blocked_op, tuple(args.values()), test_utils=('test_schema', 'test_faketensor'))
+
+
+SIZE_FIXTURE = Path(__file__).parents[1] / 'fixtures' / 'transnext_size384.safetensors'
+# The official classification model built as its fine-tuning and downstream code builds it for another size:
+# TransNeXt(img_size=384, pretrain_size=224, num_classes=10, norm_layer=LayerNorm(eps=1e-6), **SIZE_CFG), seeded
+# perturbed weights; float64 logits and the four stage maps (outputs of norm1..norm4) on the bilinear 4x upsampling
+# of ``input96``.
+SIZE_CFG = dict(FIXTURE_CFG, embed_dims=(8, 16, 24, 32))
+
+
+@pytest.mark.parametrize('variant', ['transnext_micro', 'transnext_tiny', 'transnext_small', 'transnext_base',
+                                     'transnext_small_384', 'transnext_base_384'])
+def test_img_size_override_keeps_pretrain_size(variant):
+    """The size the weights were pre-trained at stays 224 whatever ``img_size`` says (the 384 fine-tunes too)."""
+    model = timm.create_model(variant, pretrained=False, img_size=512, depths=(1, 1, 1, 1), num_classes=0)
+    assert model.img_size == (512, 512) and model.pretrain_size == (224, 224)
+    assert model.stages[0].blocks[0].attn.pos_cfg.pretrain_size == (56, 56)
+    assert timm.create_model('transnext_micro_aaaa', depths=(1, 1, 1, 1), img_size=384).pretrain_size == (256, 256)
+    assert TransNeXt(img_size=320, depths=(1, 1, 1, 1)).pretrain_size == (320, 320)  # the official class default
+
+
+def test_pretrained_at_384_equals_official_built_for_384(tmp_path):
+    """``create_model(pretrained=True, img_size=384)`` with 224-pre-trained weights is the official model built with
+    ``img_size=384, pretrain_size=224``: float64 logits and stage maps."""
+    from safetensors.torch import save_file
+    t = load_file(SIZE_FIXTURE)
+    weights = tmp_path / 'official.safetensors'
+    save_file({k.removeprefix('state_dict.'): v for k, v in t.items() if k.startswith('state_dict.')}, str(weights))
+    model = timm.create_model(
+        'transnext_micro', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights), num_classes=10),
+        num_classes=10, img_size=384, **SIZE_CFG).eval().double()
+    assert model.pretrain_size == (224, 224)
+    x = F.interpolate(t['input96'], size=(384, 384), mode='bilinear', align_corners=False).double()
+    with torch.no_grad():
+        logits = model(x)
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    for name, out in [('logits', logits)] + [(f'maps{i}', m) for i, m in enumerate(maps)]:
+        ref = t[name + '.f64']
+        assert out.shape == ref.shape, name
+        diff = (out - ref).abs().max().item()
+        assert diff <= 1e-10, f'{name}: float64 differs from the official model by {diff}'

@@ -20,6 +20,15 @@ What this version changes:
       outputs equal the official classification models; the agent grid is a constructor option (``agent_shape``,
       the official downstream ``downstream_agent_shape``), in which case the agent biases are resized as the
       official downstream backbones do.
+    - Size semantics of pretrained weights. ``img_size`` is the training size the grid-shaped tensors (position
+      embeddings, per-row/column agent biases ``ah/aw/ha/wa_bias``) are stored for. Loading weights into a model
+      with another ``img_size`` (``create_model(..., pretrained=True, img_size=384)``) resamples them once, as the
+      official classification fine-tuning does (``agent_transformer/utils.py::load_pretrained``: position
+      embeddings bicubic, agent biases linear); ``an_bias``/``na_bias`` and the agent count do not depend on the
+      size. The official downstream backbones instead keep ``img_size=224`` and resize the biases to every input
+      (bilinear) with the agent grid ``downstream_agent_shapes``: the mm configs do the same (``img_size`` left at
+      224, ``agent_shapes`` set; tested against the official downstream PVT and Swin backbones). Not handled: a
+      changed Swin ``window_size`` (the official loader also resizes ``relative_position_bias_table`` bicubically).
     - Host rules at sizes the official classification code never sees: Agent-Swin "A" blocks attend over the whole
       stage map (the downstream rule; the released window sizes cover the map at the training size), "B" blocks
       are padded to whole windows and shifted as the downstream backbone, with the classification clamp for maps no
@@ -85,18 +94,20 @@ def resample_pos_embed(
         feat_size: Tuple[int, int],
         base_size: Tuple[int, int],
         num_prefix_tokens: int = 0,
+        mode: str = 'bilinear',
 ) -> torch.Tensor:
     """A ``[1, prefix + H*W, C]`` position embedding of a ``base_size`` grid resampled to ``feat_size``.
 
-    Bilinear, ``align_corners=False``: the official rule (Agent-DeiT's ``resize_pos_embed`` and Agent-PVT's
-    ``_get_pos_embed``); the identity at the same grid.
+    ``align_corners=False``; bilinear is the official rule at run time (Agent-DeiT's ``resize_pos_embed`` and
+    Agent-PVT's ``_get_pos_embed``), bicubic the official fine-tuning loader's (``utils.load_pretrained``); the
+    identity at the same grid.
     """
     if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]
     grid = grid.transpose(1, 2).reshape(1, C, base_size[0], base_size[1])
-    grid = F.interpolate(grid, size=tuple(feat_size), mode='bilinear', align_corners=False)
+    grid = F.interpolate(grid, size=tuple(feat_size), mode=mode, align_corners=False)
     return torch.cat([prefix, grid.reshape(1, C, -1).transpose(1, 2)], dim=1)
 
 
@@ -1102,7 +1113,7 @@ def _resample_deit_pos_embed(v: torch.Tensor, model: AgentDeiT) -> torch.Tensor:
     side = math.isqrt(n)
     if side * side != n:
         raise ValueError(f'pos_embed of {n} patch tokens is not a square grid; cannot resample it')
-    return resample_pos_embed(v, tuple(model.patch_embed.grid_size), (side, side), 1)
+    return resample_pos_embed(v, tuple(model.patch_embed.grid_size), (side, side), 1, mode='bicubic')
 
 
 def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
@@ -1127,7 +1138,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
     Strips ``module.``, drops the official Swin persistent buffers (``relative_position_index``, ``attn_mask``),
     maps the PVT/Swin/CSwin layouts onto ``stem``/``stages`` (CSwin's agent ``get_v`` is ``dwc``), and resamples
-    position embeddings and per-row/column agent biases saved for another training grid (bilinear).
+    tensors saved for another training grid as the official fine-tuning loader (``utils.load_pretrained``) does:
+    position embeddings bicubic, per-row/column agent biases linear along their grid axis.
     """
     state_dict = unwrap_state_dict(state_dict)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -1148,7 +1160,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
                 stage = model.stages[int(k.split('.')[1])]
                 if v.shape != stage.pos_embed.shape:
                     side = math.isqrt(v.shape[1])
-                    v = resample_pos_embed(v, stage.grid, (side, side))
+                    v = resample_pos_embed(v, stage.grid, (side, side), mode='bicubic')
         elif isinstance(model, AgentSwin):
             k = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m[1]) + 1}.downsample.', k)
             k = re.sub(r'^layers\.(\d+)\.', r'stages.\1.', k)

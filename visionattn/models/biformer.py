@@ -25,6 +25,10 @@ per-output LayerNorm2d of the official mmseg/mmdet ``BiFormer_mm`` to ``forward_
 Working gradient checkpointing, ``features_only`` / ``forward_intermediates`` with NCHW stage maps, and a
 ``checkpoint_filter_fn`` that reads the official training dicts (``'model'``), the ``biformer_stl`` layout and
 mmseg/mmdet backbone checkpoints (``backbone.`` prefix).
+
+Size semantics of pretrained weights: no tensor depends on the input size or on ``n_win``, so the ImageNet
+weights (trained at ``n_win=7``) load unchanged at ``n_win=8`` (ADE20K) or 16 (COCO), as the official
+dense-prediction backbones load them.
 """
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union

@@ -12,6 +12,12 @@ are padded at the bottom/right), working gradient checkpointing, and ``features_
 returning NCHW maps (the patch tokens of each block, the class token stripped after it is inserted). The registered
 names are ``va_convit_*`` so they never replace timm's ``convit_*``. ``embed_dim`` is the total width (timm and the
 official code take the per-head width and multiply it by ``num_heads``).
+
+Size semantics of pretrained weights: only the absolute position embedding depends on ``img_size``; weights
+loaded into a model with another ``img_size`` have it resampled with timm's ``resample_abs_pos_embed`` (timm's own
+ConViT rule), and the GPSA relative positions are computed for the input grid (no parameter holds them). The
+official ConViT has no fine-tuning or downstream path at another size to follow (its ``main.py`` has no
+``--finetune`` resize).
 """
 from typing import List, Optional, Tuple, Type, Union
 

@@ -23,6 +23,11 @@ and ``features_only``/``forward_intermediates`` returning NCHW maps although tok
 ``EViT.forward_intermediates``). On speed: with a fused attention kernel only the class-token row of the attention
 is recomputed for ranking, tokens are gathered once per reorganizing block and the fusion weights come from one
 small scatter over ``[B, N]`` scores, without the official ``complement_idx`` (scatter + sort + gather).
+
+Size semantics of pretrained weights: ``img_size`` is the grid the position embedding is stored for. Weights
+loaded into a model with another ``img_size`` have it resized once as the official fine-tuning does (EViT's
+``main.py --finetune``, DeiT's rule: bicubic, ``align_corners=False``, class token kept); other input sizes resample
+it at run time with the same rule (official ``forward_features``). Tested in tests/models/test_size_semantics.py.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Type, Union

@@ -29,6 +29,10 @@ the base learning rate (``OFFSET_LR_MULTI``); their biases use the base rate wit
 
 Layout: NHWC inside the model; ``forward_features`` returns NHWC (``output_fmt = 'NHWC'``). Stage ``i > 0`` starts
 with the DTM that the official code runs at the end of stage ``i - 1``.
+
+Size semantics of pretrained weights: no tensor depends on the input size (HiLo windows and DTM offsets are
+computed per map; there is no position table), so the 224 weights run unchanged at any input size, as the official
+detection and segmentation backbones run them; ``litv2_base_384`` differs only in its pretrained cfg.
 """
 from typing import List, Optional, Sequence, Tuple, Type, Union
 

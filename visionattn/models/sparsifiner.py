@@ -55,6 +55,12 @@ takes 0.64-0.69x (batch 1) / 0.72-0.74x (batch 32) of DeiT's dense SDPA, 1.2-1.3
 predictor 1.6x DeiT's layer and the whole model 1.2x DeiT-S at both rates: attention is a small share of DeiT-S at
 N = 197, and the predictor (its projections, ``coef @ basis`` and the top-k over N keys per row) costs more than the
 attention saves.
+
+Size semantics of pretrained weights: the position embedding and the mask predictor's token-axis projections
+(``proj_n``/``proj_back_n``, whose reduced width follows the token count) belong to the training size ``img_size``
+(224 for the released DeiT-based weights). Keep ``img_size`` at that size: other inputs resample both at run time
+(bicubic, the DeiT rule); loading the weights into a model built for another ``img_size`` is refused with the
+shapes, since the reduced width would change. The official code has no other-size path.
 """
 import logging
 import math

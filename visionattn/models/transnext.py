@@ -19,6 +19,14 @@ What this version adds over the official classification model, which is built fo
   ``'extrapolate'`` (mm ``is_extrapolation=True``, and what rebuilding the official classification model with
   ``img_size=<input>, pretrain_size=224`` gives): the tables are rebuilt for the input size.
   Maps smaller than the pooling ratio pool to 1x1 (the official code would pool to zero tokens and fail).
+* Size semantics of pretrained weights: ``img_size`` is the size the position tables are built for (official
+  ``img_size``; the downstream configs pass the crop, 512 or 800), ``pretrain_size`` the size that scales the
+  relative coordinates the CPB MLP was trained on. The registered variants fix ``pretrain_size`` to the size their
+  weights were pre-trained at (224; 256 for A-A-A-A; also 224 for the 384 fine-tunes, which the official
+  ``main.py`` fine-tuned with ``--pretrain-size 224``), so ``timm.create_model('transnext_micro', pretrained=True,
+  img_size=384)`` is the official model built with ``img_size=384, pretrain_size=224``, as the official
+  fine-tuning and downstream backbones build it (tested in float64 against it). The class itself keeps the
+  official default ``pretrain_size = img_size``.
 * ``fixed_pool_size`` (the official "linear inference mode", ``--fixed-pool-size``).
 * timm API: gradient checkpointing, ``features_only`` / ``forward_intermediates`` (the four stage maps after the
   in-trunk stage norms, NCHW, as the official mm backbones return them).
@@ -521,6 +529,7 @@ class TransNeXt(nn.Module):
         self.global_pool = global_pool
         self.output_fmt = 'NHWC'
         self.pos_bias = pos_bias
+        self.img_size, self.pretrain_size = img_size, pretrain_size
         self.num_features = self.head_hidden_size = embed_dims[-1]
 
         self.patch_embed = OverlapPatchEmbed(in_chans, embed_dims[0], patch_size=2 * patch_size - 1, stride=patch_size)
@@ -756,7 +765,11 @@ _MICRO = dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2,
 _TINY = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2))
 _SMALL = dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5))
 _BASE = dict(embed_dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), depths=(5, 5, 23, 5))
-_COMMON = dict(mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), window_size=(3, 3, 3, None), qkv_bias=True)
+# pretrain_size is the resolution the released weights' position coordinates were trained at (224 for every release,
+# the 384 fine-tunes included; 256 for A-A-A-A): an img_size override keeps it, as the official fine-tuning
+# (main.py --pretrain-size 224) and every official downstream backbone (pretrain_size=224, img_size=crop) do
+_COMMON = dict(
+    mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), window_size=(3, 3, 3, None), qkv_bias=True, pretrain_size=224)
 
 
 @register_model
@@ -771,7 +784,7 @@ def transnext_micro_aaaa(pretrained: bool = False, **kwargs) -> TransNeXt:
     """TransNeXt-Micro A-A-A-A at 256: aggregated attention in every stage, sr 16-8-4-2 (13.1M, 82.6% top-1)."""
     model_args = dict(
         **_MICRO, mlp_ratios=(8, 8, 4, 4), sr_ratios=(16, 8, 4, 2), window_size=3, qkv_bias=True, img_size=256,
-        drop_path_rate=0.15)
+        pretrain_size=256, drop_path_rate=0.15)
     return _create_transnext('transnext_micro_aaaa', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -792,7 +805,7 @@ def transnext_small(pretrained: bool = False, **kwargs) -> TransNeXt:
 @register_model
 def transnext_small_384(pretrained: bool = False, **kwargs) -> TransNeXt:
     """TransNeXt-Small fine-tuned at 384 (tables for 384, coordinates scaled by the 224 pre-training; 86.0%)."""
-    model_args = dict(**_SMALL, **_COMMON, img_size=384, pretrain_size=224, drop_path_rate=0.7)
+    model_args = dict(**_SMALL, **_COMMON, img_size=384, drop_path_rate=0.7)
     return _create_transnext('transnext_small_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -806,5 +819,5 @@ def transnext_base(pretrained: bool = False, **kwargs) -> TransNeXt:
 @register_model
 def transnext_base_384(pretrained: bool = False, **kwargs) -> TransNeXt:
     """TransNeXt-Base fine-tuned at 384 (tables for 384, coordinates scaled by the 224 pre-training; 86.2%)."""
-    model_args = dict(**_BASE, **_COMMON, img_size=384, pretrain_size=224, drop_path_rate=0.8)
+    model_args = dict(**_BASE, **_COMMON, img_size=384, drop_path_rate=0.8)
     return _create_transnext('transnext_base_384', pretrained=pretrained, **dict(model_args, **kwargs))

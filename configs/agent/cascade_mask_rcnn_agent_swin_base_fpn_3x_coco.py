@@ -1,0 +1,42 @@
+# Agent-Swin-B Cascade Mask R-CNN 3x, COCO: 52.6 box AP, 45.3 mask AP (Agent-Attention downstream/detection/README.md).
+# Follows LeapLabTHU/Agent-Attention@207ce3eb357b22ef8a15f8fa21cd1f14697bbaba:downstream/detection/configs/agent_swin/agent_swin_b_crcnn_3x_9-12-14-7.py
+# (mmdet 2.x), with its _base_ files and the backbone downstream/detection/mmdet/models/backbones/agent_swin.py
+# (window 56, attn_type AAAB).
+# Remaining differences: mmdet 3.x config form only (AutoAugment of two policies -> RandomChoice; the same
+# multi-scale + crop schedule of sizes); fp32 as the official run.
+_base_ = [
+    '../_base_/models/cascade_mask_rcnn_visionattn_fpn.py', '../_base_/datasets/coco_instance_ms_3x.py',
+    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_3x_adamw.py'
+]
+model = dict(
+    backbone=dict(
+        arch='agent_swin_base',
+        drop_path_rate=0.4,
+        agent_shapes=((9, 9), (12, 12), (14, 14), (7, 7)),  # official downstream agent grids
+        window_clamp=False,  # the downstream window rule on every map size
+        init_cfg=dict(type='Pretrained', checkpoint='https://cloud.tsinghua.edu.cn/f/4fcd2d0114bb490483c3/?dl=1')),
+    neck=dict(in_channels=[128, 256, 512, 1024]))
+# 8 GPUs x 2 images, multi-scale + crop training (DETR / Sparse R-CNN augmentation, also for 1x as the official
+# config); AdamW lr 1e-4 wd 0.05, no decay on norms, position tables and agent biases (official keys)
+train_dataloader = dict(batch_size=2)
+no_decay = dict(decay_mult=0.)
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-4, weight_decay=0.05),
+    paramwise_cfg=dict(
+        _delete_=True,
+        custom_keys={
+            'absolute_pos_embed': no_decay,
+            'relative_position_bias_table': no_decay,
+            'norm': no_decay,
+            'an_bias': no_decay,
+            'na_bias': no_decay,
+            'ah_bias': no_decay,
+            'aw_bias': no_decay,
+            'ha_bias': no_decay,
+            'wa_bias': no_decay,
+        }))
+# the official 3x: its schedule_1x base (500-iteration warm-up, ratio 0.001) with steps at 27 and 33 of 36 epochs
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True, milestones=[27, 33], gamma=0.1)
+]
