@@ -21,7 +21,7 @@ model = dict(
 train_dataloader = dict(batch_size=2)
 no_decay = dict(decay_mult=0.)
 optim_wrapper = dict(
-    type='AmpOrFp32OptimWrapper',  # see below
+    type='AmpOptimWrapper',  # see below
     loss_scale=512.,
     optimizer=dict(lr=1e-4, weight_decay=0.05),
     paramwise_cfg=dict(
@@ -34,5 +34,5 @@ optim_wrapper = dict(
             'norm': no_decay,
         }))
 # the official base run trained in fp16 (fp16 = dict(loss_scale=512.), mmdet 2.x Fp16OptimizerHook): mmengine's
-# AmpOptimWrapper with the same static loss scale on a GPU (visionattn.mm.AmpOrFp32OptimWrapper; fp32 with a logged
-# note where no accelerator exists, as mmengine's AMP wrapper refuses to build there)
+# AmpOptimWrapper with the same static loss scale (without CUDA, tools/train.py trains in fp32 with a logged note:
+# visionattn.mm.runner.amp_to_fp32)

@@ -169,22 +169,3 @@ def test_backbone_lr_mult_constructor():
     assert lr_wd(next(n for n in head if n.endswith('query_embed.weight'))) == pytest.approx((1e-4, 0.))
     assert lr_wd(next(n for n in head if n.endswith('.weight') and 'norm' not in n and 'embed' not in n
                       and by_name[n]['params'][0].ndim > 1)) == pytest.approx((1e-4, 0.05))
-
-
-def test_amp_or_fp32_optim_wrapper():
-    # the official fp16 recipes: AmpOptimWrapper with the official loss scale on an accelerator, fp32 on CPU
-    from mmengine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper
-
-    model = torch.nn.Linear(3, 2)
-    cfg = dict(type='AmpOrFp32OptimWrapper', loss_scale=512., optimizer=dict(type='AdamW', lr=1e-4))
-    wrapper = build_optim_wrapper(model, cfg)
-    if torch.cuda.is_available():
-        assert isinstance(wrapper, AmpOptimWrapper) and wrapper._scale_update_param == 512.  # static scale
-        assert wrapper.loss_scaler.get_scale() == 512.
-    else:
-        assert type(wrapper) is OptimWrapper
-    before = model.weight.detach().clone()
-    with wrapper.optim_context(model):
-        loss = model(torch.randn(4, 3)).square().sum()
-    wrapper.update_params(loss)
-    assert not torch.equal(before, model.weight)

@@ -1,14 +1,13 @@
 """OpenMMLab adapters. Imported only by configs (``custom_imports=dict(imports=['visionattn.mm'])``) or explicitly;
 the core never imports this. Registers ``VisionAttnBackbone`` and one type per family (``FAMILY_TYPES``, e.g.
 ``type='NAT'``) in mmengine's root MODELS registry and in those of mmseg, mmdet and mmpretrain that are installed,
-registers ``BackboneLrMultOptimWrapperConstructor`` and ``AmpOrFp32OptimWrapper``, and lets torch's safe
+registers ``BackboneLrMultOptimWrapperConstructor``, and lets torch's safe
 (``weights_only``) loader read the checkpoints mmengine writes.
 """
 import importlib
 
-from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
+from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
-from .amp import AmpOrFp32OptimWrapper
 from .backbone import FAMILY_TYPES, VisionAttnBackbone, family_backbones, load_checkpoint_file
 from .checkpoint import allow_mmengine_checkpoints
 from .hooks import KeepRateHook, SparsifinerPhaseHook
@@ -27,7 +26,6 @@ for _registry in _registries:
 HOOKS.register_module(module=KeepRateHook, force=True)
 HOOKS.register_module(module=SparsifinerPhaseHook, force=True)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=BackboneLrMultOptimWrapperConstructor, force=True)
-OPTIM_WRAPPERS.register_module(module=AmpOrFp32OptimWrapper, force=True)
 try:  # registers SparsifinerClassifier in mmpretrain's MODELS
     from .sparsifiner import SparsifinerClassifier  # noqa: F401
 except ImportError:  # mmpretrain not installed

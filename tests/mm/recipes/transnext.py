@@ -236,7 +236,7 @@ RECIPES = [
             'param_scheduler.0.start_factor': 0.001,
             'param_scheduler.1.milestones': [8, 11],
             'train_cfg.max_epochs': 12,
-            'optim_wrapper.type': 'AmpOrFp32OptimWrapper',
+            'optim_wrapper.type': 'AmpOptimWrapper',
             'optim_wrapper.loss_scale': 512.0,
         }),
     dict(
