@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up the project's environment in ./.venv: torch, the package with its [mm,dev] extras, and mmcv with
+# Sets up the project's environment in ./.venv: torch, the package with its [mm,dev,deploy] extras, and mmcv with
 # compiled ops built once per machine from its sdist (cached outside the checkout). Idempotent: the Makefile
 # runs it only when setup.py or this script changed, and every step skips what is already done.
 set -euo pipefail
@@ -42,7 +42,7 @@ if ! ls "$WHEELS"/mmcv-$MMCV_VERSION-*.whl >/dev/null 2>&1; then
   mv "$work"/dist/mmcv-*.whl "$WHEELS"/
 fi
 
-log "installing visionattn[mm,dev]"
+log "installing visionattn[mm,dev,deploy]"
 pip_install --find-links "$WHEELS" --only-binary mmcv -e ".[mm,dev,deploy]"
 $PY -c "import mmcv.ops, mmseg, mmdet, mmpretrain, visionattn" 
 log "done"

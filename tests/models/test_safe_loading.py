@@ -53,7 +53,10 @@ def test_payload_is_refused_and_nothing_ran(tmp_path, case, legacy):
     assert not os.path.exists(target), 'saving must not run the payload'
     with pytest.raises(RuntimeError, match='refused to load') as err:
         safe_load(str(path))
-    assert name in str(err.value), str(err.value)
+    # the getattr payload also needs importlib.import_module: once visionattn.mm has allow-listed mmengine's restricted
+    # getattr (any test that imported it earlier in the process), that one is the global refused first
+    names = (name, 'importlib.import_module') if name == 'builtins.getattr' else (name,)
+    assert any(n in str(err.value) for n in names), str(err.value)
     assert 'corrupt' not in str(err.value)
     assert not os.path.exists(target), f'{name} ran while loading'
 

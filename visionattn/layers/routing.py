@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor
 
+from ..ops._dispatch import is_exporting
 from ..ops.routing import bilevel_routing_attention_with_index
 
 __all__ = ['BiLevelRoutingAttention', 'bra_checkpoint_filter']
@@ -81,7 +82,7 @@ class BiLevelRoutingAttention(nn.Module):
         n = self.n_win  # padded sides as n * ceil(H / n): the same values, and divisibility an exporter can prove
         pad_b, pad_r = (H + n - 1) // n * n - H, (W + n - 1) // n * n - W
         # exporting: always pad (by zero where divisible), so that no size is baked into the graph
-        legacy_pad = self.padding == 'legacy' and (torch.compiler.is_exporting() or pad_b > 0 or pad_r > 0)
+        legacy_pad = self.padding == 'legacy' and (is_exporting() or pad_b > 0 or pad_r > 0)
         if legacy_pad:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)

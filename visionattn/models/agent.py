@@ -67,6 +67,7 @@ from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
 from visionattn.layers.agent import AgentAttention
+from visionattn.ops._dispatch import is_exporting
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
@@ -102,7 +103,7 @@ def resample_pos_embed(
     Agent-PVT's ``_get_pos_embed``), bicubic the official fine-tuning loader's (``utils.load_pretrained``); the
     identity at the same grid.
     """
-    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
+    if not is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]

@@ -40,6 +40,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.ops._dispatch import is_exporting
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
@@ -63,7 +64,7 @@ def rel_indices(feat_size: Tuple[int, int], device=None, dtype=None) -> torch.Te
 @register_notrace_function  # reason: compares grid sizes, which FX cannot trace
 def resample_pos_embed(pos_embed: torch.Tensor, feat_size: Tuple[int, int], base_size: Tuple[int, int]) -> torch.Tensor:
     """The ``[1, N, C]`` absolute position embedding of a ``base_size`` grid, resampled to ``feat_size``."""
-    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
+    if not is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return pos_embed
     return resample_abs_pos_embed(pos_embed, new_size=list(feat_size), old_size=list(base_size), num_prefix_tokens=0)
 

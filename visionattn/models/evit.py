@@ -43,6 +43,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.ops._dispatch import is_exporting
 
 from ._convert import unwrap_state_dict
 from ._hub import build_model
@@ -145,7 +146,7 @@ def resample_pos_embed(
     Bicubic, ``align_corners=False``, no antialiasing, in the embedding's own dtype: the official EViT's
     interpolation (which only handled square grids).
     """
-    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
+    if not is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = grid.shape[-1]

@@ -84,6 +84,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.ops._dispatch import is_exporting
 from visionattn.ops.topk import topk_attention, topk_indices
 
 from ._convert import unwrap_state_dict
@@ -119,7 +120,7 @@ def resample_token_proj(
     ``proj_back_n`` is not normalised: it scores keys, the per-row top-k is invariant to a common scale, and its
     0.02 threshold keeps its meaning. At the training size both are returned unchanged.
     """
-    if not torch.compiler.is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
+    if not is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
         return proj
     out = resample_pos_embed(proj.unsqueeze(0), feat_size, base_size, num_prefix_tokens=1)[0]
     if sum_normalize:

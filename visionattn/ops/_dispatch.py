@@ -38,10 +38,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+import torch
+
 __all__ = [
     'register_backend', 'get_backend', 'list_backends', 'BackendUnavailable', 'force_backend', 'opaque_ops',
     'use_opaque_ops', 'counting_ops', 'triton_unsupported', 'BackendFallbackWarning', 'is_kernel_error', 'config_key',
-    'broken_backends', 'reset_broken_backends']
+    'broken_backends', 'reset_broken_backends', 'is_exporting']
 
 _logger = logging.getLogger('visionattn.ops')
 if os.environ.get('VISIONATTN_LOG', '').lower() == 'debug':
@@ -91,6 +93,13 @@ def use_opaque_ops() -> bool:
     """Whether a backend should call its custom op instead of the eager implementation."""
     import torch
     return torch.compiler.is_compiling() or _OPAQUE.get()
+
+
+def is_exporting() -> bool:
+    """``torch.compiler.is_exporting()``, False under TorchScript (which cannot compile it)."""
+    if not torch.jit.is_scripting():
+        return torch.compiler.is_exporting()
+    return False
 
 
 class BackendUnavailable(RuntimeError):

@@ -16,10 +16,10 @@ Layouts are heads-first ``[B, heads, tokens, head_dim]`` (SDPA's), biases ``[hea
 """
 from typing import Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._dispatch import is_exporting
 from .reference.agent import agent_attention_reference
 
 __all__ = [
@@ -62,7 +62,7 @@ def agent_attention(
 def resize_token_bias(bias: Tensor, feat_size: Tuple[int, int]) -> Tensor:
     """A ``[h, n, Hb, Wb]`` bias over a token grid resized to ``feat_size`` (bilinear, ``align_corners=False``, the
     official rule; the identity at the same size)."""
-    if not torch.compiler.is_exporting() and tuple(bias.shape[-2:]) == tuple(feat_size):  # exporting: no size baked in
+    if not is_exporting() and tuple(bias.shape[-2:]) == tuple(feat_size):  # exporting: no size baked in
         return bias
     return F.interpolate(bias, size=tuple(feat_size), mode='bilinear', align_corners=False)
 

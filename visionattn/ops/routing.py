@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+from ._dispatch import is_exporting
 from .block_sparse import block_sparse_attention
 
 __all__ = [
@@ -119,7 +120,7 @@ def bilevel_routing_attention_with_index(
     scale_: float = Cqk ** -0.5 if scale is None else scale
     # padded sides as n_win * ceil(H / n_win): the same values, in a form whose divisibility an exporter can prove
     pad_b, pad_r = (H + n_win - 1) // n_win * n_win - H, (W + n_win - 1) // n_win * n_win - W
-    if torch.compiler.is_exporting() and padding == 'none':  # the caller padded: no branch on the size in the graph
+    if is_exporting() and padding == 'none':  # the caller padded: no branch on the size in the graph
         padded = False
     else:
         padded = pad_b > 0 or pad_r > 0
