@@ -225,7 +225,7 @@ SIZE_FIXTURE = Path(__file__).parents[1] / 'fixtures' / 'transnext_size384.safet
 # The official classification model built as its fine-tuning and downstream code builds it for another size:
 # TransNeXt(img_size=384, pretrain_size=224, num_classes=10, norm_layer=LayerNorm(eps=1e-6), **SIZE_CFG), seeded
 # perturbed weights; float64 logits and the four stage maps (outputs of norm1..norm4) on the bilinear 4x upsampling
-# of ``input96``.
+# of ``input96`` (upsampled in float64: a float32 upsampling rounds differently with the thread count).
 SIZE_CFG = dict(FIXTURE_CFG, embed_dims=(8, 16, 24, 32))
 
 
@@ -251,7 +251,7 @@ def test_pretrained_at_384_equals_official_built_for_384(tmp_path):
         'transnext_micro', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights), num_classes=10),
         num_classes=10, img_size=384, **SIZE_CFG).eval().double()
     assert model.pretrain_size == (224, 224)
-    x = F.interpolate(t['input96'], size=(384, 384), mode='bilinear', align_corners=False).double()
+    x = F.interpolate(t['input96'].double(), size=(384, 384), mode='bilinear', align_corners=False)
     with torch.no_grad():
         logits = model(x)
         maps = model.forward_intermediates(x, intermediates_only=True)
