@@ -1,4 +1,4 @@
-# Follows: qhfan/RALA@a86314f62103c21a1c7e6d826fe4cb0f5586e7b0:segmentation/configs/RALA/RALA_FPN_s_1x.py
+# Follows qhfan/RALA@a86314f62103c21a1c7e6d826fe4cb0f5586e7b0:segmentation/configs/RALA/RALA_FPN_s_1x.py
 # (mmseg 0.x form, with its _base_ files: models/RALA_fpn.PY, datasets/ade20k.py, schedules/schedule_80k.py)
 # the repository has no RAVLT-T Semantic FPN config (its README reports one): the RAVLT-S config with the
 # RAVLT-T backbone and the drop path of the official RAVLT-T detection configs (0.1)
