@@ -1,20 +1,9 @@
-# The Agent-Swin 3x detection schedule (LeapLabTHU/Agent-Attention downstream/detection agent_swin_*_{mrcnn,crcnn}_3x
-# configs, shared by the Mask R-CNN and Cascade Mask R-CNN leaves): AdamW lr 1e-4 wd 0.05, no decay on norms,
-# position tables and agent biases (official keys), 500-iteration warm-up, steps at 27 and 33 of 36 epochs
-_base_ = './schedule_3x_adamw_w500.py'
-no_decay = dict(decay_mult=0.)
-optim_wrapper = dict(
-    optimizer=dict(lr=1e-4, weight_decay=0.05),
-    paramwise_cfg=dict(
-        _delete_=True,
-        custom_keys={
-            'absolute_pos_embed': no_decay,
-            'relative_position_bias_table': no_decay,
-            'norm': no_decay,
-            'an_bias': no_decay,
-            'na_bias': no_decay,
-            'ah_bias': no_decay,
-            'aw_bias': no_decay,
-            'ha_bias': no_decay,
-            'wa_bias': no_decay,
-        }))
+# The Agent-Swin 3x detection schedule (agent_swin_*_{mrcnn,crcnn}_3x): the Agent-Swin optimizer
+# (schedule_1x_adamw_agent_swin.py) over 36 epochs, the official schedule_1x base's 500-iteration warm-up (ratio
+# 0.001), lr x0.1 at epochs 27 and 33
+_base_ = './schedule_1x_adamw_agent_swin.py'
+train_cfg = dict(max_epochs=36)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True, milestones=[27, 33], gamma=0.1)
+]
