@@ -15,7 +15,8 @@ model = dict(model_name='agent_pvt_small', drop_path_rate=0.1)
 train_dataloader = dict(batch_size=128)
 # AdamW lr 5e-4 x 1024 / 512, wd 0.05, 5 warm-up epochs, cosine; no gradient clipping
 # fp32 as the official run (AMP off by default)
-optim_wrapper = dict(optimizer=dict(lr=5e-4 * 1024 / 512, weight_decay=0.05), clip_grad=None)
+# the official Agent-PVT no_weight_decay() is {'cls_token'}: its position embeddings decay
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.pos_embed': dict(decay_mult=1.)}), optimizer=dict(lr=5e-4 * 1024 / 512, weight_decay=0.05), clip_grad=None)
 auto_scale_lr = dict(base_batch_size=1024)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-06 / 5e-4, by_epoch=True, end=5, convert_to_iter_based=True),

@@ -543,6 +543,10 @@ for _name, (_yaml, _dp, _bs, _warm, _clip, _wd, _wlr, _mlr, _ema) in _CLS_ROWS.i
         'model.train_cfg.augments.0.alpha': 0.8,
         'model.train_cfg.augments.1.alpha': 1.0,
     }
+    if _name.startswith('pvt'):  # no_weight_decay() = {'cls_token'}: the position embeddings decay
+        _expect['optim_wrapper.paramwise_cfg.custom_keys'] = {
+            '.pos_embed': {'decay_mult': 1.0}, '.cls_token': {'decay_mult': 0.0}, '.rpb': {'decay_mult': 0.0},
+            '.relative_position_bias_table': {'decay_mult': 0.0}}
     if _ema is not None:
         _expect.update({'custom_hooks.0.type': 'EMAHook', 'custom_hooks.0.momentum': 1 - _ema})
     RECIPES.append(dict(config=f'configs/agent/agent_{_name}_in1k.py', official=_CLS + _yaml + '.yaml', gpus=8,

@@ -429,6 +429,12 @@ for _name, _dp in (('micro', 0.15), ('tiny', 0.25), ('small', 0.45), ('base', 0.
         'optim_wrapper.optimizer.lr': 1e-3,
         'optim_wrapper.optimizer.weight_decay': 0.05,
         'optim_wrapper.clip_grad': {'max_norm': 1.0},
+        'optim_wrapper.paramwise_cfg.flat_decay_mult': 0.0,  # 1-D parameters
+        'optim_wrapper.paramwise_cfg.bias_decay_mult': 0.0,
+        'optim_wrapper.paramwise_cfg.custom_keys.query_embedding.decay_mult': 0.0,  # no_weight_decay_keywords
+        'optim_wrapper.paramwise_cfg.custom_keys.relative_pos_bias_local.decay_mult': 0.0,
+        'optim_wrapper.paramwise_cfg.custom_keys.cpb.decay_mult': 0.0,
+        'optim_wrapper.paramwise_cfg.custom_keys.temperature.decay_mult': 0.0,
         'param_scheduler.0.end': 5,
         'param_scheduler.0.start_factor': 1e-3,  # warmup-lr 1e-6
         'param_scheduler.1.eta_min': 1e-5,
