@@ -6,7 +6,7 @@
 # multi-scale + crop schedule of sizes); fp32 as the official run.
 _base_ = [
     '../_base_/models/cascade_mask_rcnn_visionattn_fpn.py', '../_base_/datasets/coco_instance_ms_3x.py',
-    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_3x_adamw.py'
+    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_3x_adamw_agent_swin.py'
 ]
 model = dict(
     backbone=dict(
@@ -16,27 +16,6 @@ model = dict(
         window_clamp=False,  # the downstream window rule on every map size
         init_cfg=dict(type='Pretrained', checkpoint='https://cloud.tsinghua.edu.cn/f/a2ddc1190c224f768a41/?dl=1')),
     neck=dict(in_channels=[96, 192, 384, 768]))
-# 8 GPUs x 2 images, multi-scale + crop training (DETR / Sparse R-CNN augmentation, also for 1x as the official
-# config); AdamW lr 1e-4 wd 0.05, no decay on norms, position tables and agent biases (official keys)
+# 8 GPUs x 2 images, multi-scale + crop training (DETR / Sparse R-CNN augmentation); the optimizer and schedule
+# of the official 3x configs: ../_base_/schedules/schedule_3x_adamw_agent_swin.py
 train_dataloader = dict(batch_size=2)
-no_decay = dict(decay_mult=0.)
-optim_wrapper = dict(
-    optimizer=dict(lr=1e-4, weight_decay=0.05),
-    paramwise_cfg=dict(
-        _delete_=True,
-        custom_keys={
-            'absolute_pos_embed': no_decay,
-            'relative_position_bias_table': no_decay,
-            'norm': no_decay,
-            'an_bias': no_decay,
-            'na_bias': no_decay,
-            'ah_bias': no_decay,
-            'aw_bias': no_decay,
-            'ha_bias': no_decay,
-            'wa_bias': no_decay,
-        }))
-# the official 3x: its schedule_1x base (500-iteration warm-up, ratio 0.001) with steps at 27 and 33 of 36 epochs
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True, milestones=[27, 33], gamma=0.1)
-]

@@ -1,3 +1,6 @@
+# official: ziplab/LITv2@7501c8662991cad6db780b61fac0886b56a76588:segmentation/configs/litv2/litv2_b_fpn_r50_512x512_80k_ade20k.py
+# (mmseg 0.x form, with its _base_ files: fpn_r50_lit.py, ade20k.py, schedule_80k.py)
+# remaining differences: mmseg 1.x config form only
 _base_ = [
     '../_base_/models/fpn_visionattn.py', '../_base_/datasets/ade20k.py',
     '../_base_/default_runtime_seg.py', '../_base_/schedules/schedule_80k_adamw.py'
@@ -12,6 +15,10 @@ model = dict(
         drop_path_rate=0.3, out_norms='mmseg',
         init_cfg=dict(type='Pretrained', checkpoint='https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_b.pth')),
     neck=dict(in_channels=[128, 256, 512, 1024]),
-    decode_head=dict(num_classes=150))
-# 8 GPUs x 2 images
+    decode_head=dict(num_classes=150),
+    test_cfg=dict(mode='whole'))
+# 8 GPUs x 2 images (samples_per_gpu 2); AdamW lr 1e-4 wd 1e-4 on every parameter, fp32 (the official config has no
+# fp16), poly decay (power 0.9) to 1e-6 over 80k iterations, no warm-up
 train_dataloader = dict(batch_size=2)
+optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=1e-4))
+param_scheduler = [dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=0, end=80000, by_epoch=False)]

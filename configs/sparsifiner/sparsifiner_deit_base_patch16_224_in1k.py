@@ -1,3 +1,7 @@
+# official: none (the official Sparsifiner recipe is the two-phase fine-tune of a pretrained DeiT:
+# sparsifiner_deit_small_patch16_224_2phase_in1k.py; lim142857/Sparsifiner@9a11e2639c350b99bca3fa3f9d5ce9616505ca71
+# publishes no from-scratch run): the project's 300-epoch ImageNet recipe for the architecture; settings
+# of the official src/main.py kept: fp32 (--use_amp False), wd 0.05, label smoothing 0.1, mixup 0.8 / cutmix 1.0
 _base_ = [
     '../_base_/models/image_classifier_visionattn.py', '../_base_/datasets/imagenet_bs128_224.py',
     '../_base_/default_runtime_cls.py', '../_base_/schedules/imagenet_adamw_300e.py'

@@ -97,3 +97,24 @@ def test_litv2_has_no_size_dependent_parameters():
     c = timm.create_model('litv2_base_384', num_classes=0)
     assert {k: v.shape for k, v in b.state_dict().items()} == {k: v.shape for k, v in c.state_dict().items()}
     assert not any('pos' in k or 'relative' in k for k in a.state_dict())
+
+
+def test_ravlt_weights_run_at_any_size_as_the_official_downstream_backbone():
+    """RAVLT holds no size-dependent tensor (RoPE tables computed per map size, as the official GLTA backbone does
+    every forward): 224 weights load strictly into a model run at 320, and running 224 first (a cached RoPE table)
+    changes nothing at 320."""
+    torch.manual_seed(0)
+    kw = dict(depths=(1, 1, 1, 1), num_classes=0)
+    src = timm.create_model('ravlt_tiny', **kw).eval()
+    sd = src.state_dict()
+    assert not any('rope' in k or 'angle' in k or 'table' in k for k in sd)
+    assert all(v.shape[-2:] == (3, 3) for k, v in sd.items() if k.endswith('.pos.weight'))  # CPE: 3x3 depthwise
+    dst = timm.create_model('ravlt_tiny', **kw).eval()
+    dst.load_state_dict(src.state_dict(), strict=True)
+    x224, x320 = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 320, 256)
+    with torch.no_grad():
+        src(x224)
+        after_224 = src.forward_features(x320)
+        fresh = dst.forward_features(x320)
+    assert after_224.shape[-2:] == (10, 8)
+    torch.testing.assert_close(after_224, fresh, rtol=0, atol=0)

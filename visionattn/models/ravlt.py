@@ -31,6 +31,11 @@ downsampling, as the official detection/segmentation backbone ``GLTA`` takes the
 through ``F.scaled_dot_product_attention``, and mixed precision that does not overflow: the linear attention runs in
 float32 under fp16/bf16 (see ``visionattn.ops.rala``).
 
+Size semantics of pretrained weights: no tensor depends on the input size (no position table; the RoPE tables are
+computed for each map size, as the official classification and GLTA detection/segmentation backbones compute them
+in every forward; the cache is keyed by size), so the 224 ImageNet weights run unchanged at any input size, which is
+how the official downstream configs load them.
+
 On AMP (the official segmentation configs warn "AMP (faster but may meet nan loss)"): under fp16 autocast the official
 linear attention forms its normaliser ``q @ mean(k)^T`` as an fp16 matmul; with positive kernel features around 40
 (64 channels) it overflows to inf, ``z = 1 / inf = 0`` meets an infinite numerator and the output is NaN. Measured on

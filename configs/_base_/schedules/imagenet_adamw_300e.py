@@ -1,6 +1,7 @@
 # ImageNet 300 epochs (DeiT/Swin recipe): AdamW lr 1e-3 for batch 1024 (5e-4 x 1024 / 512), wd 0.05, 20 warm-up
 # epochs, cosine to 1e-5, grad clip 5; no weight decay on norms, biases, position tables and relative biases
 optim_wrapper = dict(
+    type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=5e-4 * 1024 / 512, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
     paramwise_cfg=dict(
         norm_decay_mult=0.0,

@@ -502,3 +502,52 @@ RECIPES = [
             'train_cfg.max_epochs': 36,
         }),
 ]
+
+# ImageNet classification (agent_transformer/cfgs/*.yaml with the defaults of agent_transformer/config.py; main.py
+# scales lr, warm-up lr and min lr by total batch / 512; 8 GPUs per the README; AMP off by default)
+_CLS = 'LeapLabTHU/Agent-Attention@207ce3eb357b22ef8a15f8fa21cd1f14697bbaba:agent_transformer/cfgs/'
+# file: (yaml, drop path, batch per GPU, warm-up epochs, clip, wd, WARMUP_LR, MIN_LR, EMA decay)
+_CLS_ROWS = {
+    'deit_tiny': ('agent_deit_t', 0.0, 512, 20, 5.0, 0.05, 5e-7, 5e-6, None),
+    'deit_small': ('agent_deit_s', 0.1, 128, 20, 5.0, 0.05, 5e-7, 5e-6, None),
+    'deit_base': ('agent_deit_b', 0.3, 128, 20, 5.0, 0.05, 5e-7, 5e-6, None),
+    'pvt_tiny': ('agent_pvt_t', 0.1, 128, 5, None, 0.05, 1e-6, 1e-5, None),
+    'pvt_small': ('agent_pvt_s', 0.1, 128, 5, None, 0.05, 1e-6, 1e-5, None),
+    'pvt_medium': ('agent_pvt_m', 0.3, 128, 5, 1.0, 0.05, 1e-6, 1e-5, None),
+    'pvt_large': ('agent_pvt_b', 0.3, 64, 5, 1.0, 0.05, 1e-6, 1e-5, None),
+    'swin_tiny': ('agent_swin_t', 0.2, 128, 20, 5.0, 0.05, 5e-7, 5e-6, None),
+    'swin_small': ('agent_swin_s', 0.3, 128, 20, 5.0, 0.05, 5e-7, 5e-6, None),
+    'swin_base': ('agent_swin_b', 0.5, 64, 20, 5.0, 0.05, 5e-7, 5e-6, None),
+    'cswin_tiny': ('agent_cswin_t', 0.2, 128, 20, None, 0.05, 1e-6, 1e-5, 0.99984),  # main_ema.py
+    'cswin_small': ('agent_cswin_s', 0.4, 128, 20, None, 0.05, 1e-6, 1e-5, 0.99984),
+    'cswin_base': ('agent_cswin_b', 0.5, 64, 20, None, 0.1, 1e-6, 1e-5, 0.99992),
+}
+for _name, (_yaml, _dp, _bs, _warm, _clip, _wd, _wlr, _mlr, _ema) in _CLS_ROWS.items():
+    _scale = _bs * 8 / 512
+    _expect = {
+        'model.model_name': f'agent_{_name}',
+        'model.drop_path_rate': _dp,
+        'train_dataloader.batch_size': _bs,
+        'train_dataloader.sampler.type': 'DefaultSampler',
+        'optim_wrapper.type': 'OptimWrapper',
+        'optim_wrapper.optimizer.type': 'AdamW',
+        'optim_wrapper.optimizer.lr': 5e-4 * _scale,
+        'optim_wrapper.optimizer.weight_decay': _wd,
+        'optim_wrapper.clip_grad': None if _clip is None else {'max_norm': _clip},
+        'param_scheduler.0.end': _warm,
+        'param_scheduler.0.start_factor': _wlr / 5e-4,
+        'param_scheduler.1.begin': _warm,
+        'param_scheduler.1.eta_min': _mlr * _scale,
+        'train_cfg.max_epochs': 300,
+        'model.loss.label_smooth_val': 0.1,
+        'model.train_cfg.augments.0.alpha': 0.8,
+        'model.train_cfg.augments.1.alpha': 1.0,
+    }
+    if _name.startswith('pvt'):  # no_weight_decay() = {'cls_token'}: the position embeddings decay
+        _expect['optim_wrapper.paramwise_cfg.custom_keys'] = {
+            '.pos_embed': {'decay_mult': 1.0}, '.cls_token': {'decay_mult': 0.0}, '.rpb': {'decay_mult': 0.0},
+            '.relative_position_bias_table': {'decay_mult': 0.0}}
+    if _ema is not None:
+        _expect.update({'custom_hooks.0.type': 'EMAHook', 'custom_hooks.0.momentum': 1 - _ema})
+    RECIPES.append(dict(config=f'configs/agent/agent_{_name}_in1k.py', official=_CLS + _yaml + '.yaml', gpus=8,
+                        expect=_expect))

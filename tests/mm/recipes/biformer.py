@@ -129,3 +129,33 @@ RECIPES = [
         'param_scheduler.1.milestones': [8, 11],
         'train_cfg.max_epochs': 12}),
 ]
+
+# ImageNet classification: configs/train_args.yaml (hydra defaults) with the README command (batch 128, 8 GPUs,
+# lr 5e-4 scaled by main.py to 5e-4 x 1024 / 512); drop path: BiFormer-S's 0.15 is the README's, T/B have none
+# published (the configs keep theirs, not pinned here)
+for _name in ('tiny', 'small', 'base'):
+    _expect = {
+        'model.model_name': f'biformer_{_name}',
+        'train_dataloader.batch_size': 128,
+        'train_dataloader.sampler.type': 'RepeatAugSampler',  # repeated_aug: true
+        'train_dataloader.sampler.num_repeats': 3,
+        'optim_wrapper.type': 'AmpOptimWrapper',  # NativeScaler
+        'optim_wrapper.loss_scale': 'dynamic',
+        'optim_wrapper.optimizer.type': 'AdamW',
+        'optim_wrapper.optimizer.lr': 1e-3,
+        'optim_wrapper.optimizer.weight_decay': 0.05,
+        'optim_wrapper.clip_grad': None,
+        'param_scheduler.0.end': 5,
+        'param_scheduler.0.start_factor': 1e-3,  # warmup_lr 1e-6
+        'param_scheduler.1.eta_min': 1e-5,
+        'train_cfg.max_epochs': 300,
+        'custom_hooks.0.type': 'EMAHook',
+        'custom_hooks.0.momentum': 4e-5,  # model_ema_decay 0.99996
+        'model.loss.label_smooth_val': 0.1,
+        'model.train_cfg.augments.0.alpha': 0.8,
+        'model.train_cfg.augments.1.alpha': 1.0,
+    }
+    if _name == 'small':
+        _expect['model.drop_path_rate'] = 0.15
+    RECIPES.append(dict(config=f'configs/biformer/biformer_{_name}_in1k.py',
+                        official=_REPO + ':configs/train_args.yaml', gpus=8, expect=_expect))

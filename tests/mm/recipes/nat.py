@@ -378,3 +378,47 @@ RECIPES = [
         'optim_wrapper.optimizer.lr': 1e-4, 'optim_wrapper.optimizer.weight_decay': 0.05,
         'param_scheduler.0.end': 500, 'param_scheduler.1.milestones': [27, 33], 'train_cfg.max_epochs': 36}),
 ]
+
+# DiNAT-L Mask2Former (detectron2 official; mmseg 1.x Mask2Former carries its recipe, see the config header)
+RECIPES.append(dict(
+    config='configs/nat/mask2former_dinat_large_ade20k_640.py',
+    official=(_REPO + ':mask2former/configs/ade20k/semantic-segmentation/dinat/'
+              'maskformer2_dinat_large_IN21k_384_bs16_160k.yaml'),
+    gpus=8, expect={
+        'model.backbone.arch': 'dinat_large',
+        'model.backbone.kernel_size': 11,
+        'model.backbone.drop_path_rate': 0.3,
+        'model.backbone.dilations': ((1, 14, 1), (1, 4, 1, 7), (1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 2, 1, 3, 1, 3),
+                                     (1, 1, 1, 1, 1)),
+        'model.backbone.init_cfg.checkpoint':
+            'https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth',
+        'model.decode_head.type': 'Mask2FormerHead',
+        'model.decode_head.num_queries': 100,
+        'model.decode_head.num_classes': 150,
+        'model.decode_head.pixel_decoder.encoder.num_layers': 6,
+        'model.decode_head.transformer_decoder.num_layers': 9,
+        'model.decode_head.loss_cls.loss_weight': 2.0,
+        'model.decode_head.loss_mask.loss_weight': 5.0,
+        'model.decode_head.loss_dice.loss_weight': 5.0,
+        'model.decode_head.train_cfg.num_points': 12544,
+        'model.decode_head.train_cfg.oversample_ratio': 3.0,
+        'model.decode_head.train_cfg.importance_sample_ratio': 0.75,
+        'crop_size': (640, 640),
+        'train_dataloader.batch_size': 2,
+        'train_dataloader.dataset.pipeline.2.scales': [320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024,
+                                                       1088, 1152, 1216, 1280],
+        'train_dataloader.dataset.pipeline.2.max_size': 2560,
+        'train_dataloader.dataset.pipeline.3.cat_max_ratio': 1.0,
+        'test_dataloader.dataset.pipeline.1.scale': (2560, 640),
+        'optim_wrapper.type': 'OptimWrapper',  # SOLVER.AMP.ENABLED False
+        'optim_wrapper.optimizer.type': 'AdamW',
+        'optim_wrapper.optimizer.lr': 1e-4,
+        'optim_wrapper.optimizer.weight_decay': 0.05,
+        'optim_wrapper.paramwise_cfg.backbone_lr_mult': 0.1,
+        'optim_wrapper.paramwise_cfg.norm_decay_mult': 0.0,
+        'optim_wrapper.clip_grad': {'max_norm': 0.01, 'norm_type': 2},
+        'param_scheduler': [{'type': 'PolyLR', 'eta_min': 0, 'power': 0.9, 'begin': 0, 'end': 160000,
+                             'by_epoch': False}],
+        'train_cfg.max_iters': 160000,
+        'model.test_cfg.mode': 'whole',
+    }))

@@ -411,3 +411,35 @@ RECIPES = [
             'param_scheduler.0.end': 160000,
         }),
 ]
+
+# ImageNet classification: classification/configs/transnext_*.py with the defaults of classification/main.py (no lr
+# scaling: lr 1e-3 for the README's total batch 1024 = 8 GPUs x 128; repeated augmentation, AMP, no EMA)
+_CLS = 'DaiShiResearch/TransNeXt@c8a99743b60ac94ac8d2bf66ffe164a440dcfe21:classification/configs/'
+for _name, _dp in (('micro', 0.15), ('tiny', 0.25), ('small', 0.45), ('base', 0.6)):
+    RECIPES.append(dict(config=f'configs/transnext/transnext_{_name}_in1k.py', official=f'{_CLS}transnext_{_name}.py',
+                        gpus=8, expect={
+        'model.model_name': f'transnext_{_name}',
+        'model.drop_path_rate': _dp,
+        'train_dataloader.batch_size': 128,
+        'train_dataloader.sampler.type': 'RepeatAugSampler',
+        'train_dataloader.sampler.num_repeats': 3,
+        'optim_wrapper.type': 'AmpOptimWrapper',
+        'optim_wrapper.loss_scale': 'dynamic',
+        'optim_wrapper.optimizer.type': 'AdamW',
+        'optim_wrapper.optimizer.lr': 1e-3,
+        'optim_wrapper.optimizer.weight_decay': 0.05,
+        'optim_wrapper.clip_grad': {'max_norm': 1.0},
+        'optim_wrapper.paramwise_cfg.flat_decay_mult': 0.0,  # 1-D parameters
+        'optim_wrapper.paramwise_cfg.bias_decay_mult': 0.0,
+        'optim_wrapper.paramwise_cfg.custom_keys.query_embedding.decay_mult': 0.0,  # no_weight_decay_keywords
+        'optim_wrapper.paramwise_cfg.custom_keys.relative_pos_bias_local.decay_mult': 0.0,
+        'optim_wrapper.paramwise_cfg.custom_keys.cpb.decay_mult': 0.0,
+        'optim_wrapper.paramwise_cfg.custom_keys.temperature.decay_mult': 0.0,
+        'param_scheduler.0.end': 5,
+        'param_scheduler.0.start_factor': 1e-3,  # warmup-lr 1e-6
+        'param_scheduler.1.eta_min': 1e-5,
+        'train_cfg.max_epochs': 300,
+        'model.loss.label_smooth_val': 0.1,
+        'model.train_cfg.augments.0.alpha': 0.8,
+        'model.train_cfg.augments.1.alpha': 1.0,
+    }))
