@@ -21,8 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from timm.models import build_model_with_cfg
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
 __all__ = ['build_model', 'download_pretrained', 'safe_load', 'allow_official_checkpoints']
 
