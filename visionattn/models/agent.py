@@ -48,7 +48,6 @@ from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     Attention,
     DropPath,
@@ -68,7 +67,7 @@ from visionattn.layers.agent import AgentAttention
 
 from ._base import StagedModel, TokenModel
 from ._convert import remap_stage_key, resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['AgentDeiT', 'AgentPVT', 'AgentSwin', 'AgentCSwin']
 
@@ -997,12 +996,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 def _create_agent(model_cls: Type[nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     # DeiT hosts give the last block by default (as timm's ViTs), the hierarchical hosts their four stages
-    out_indices = kwargs.pop('out_indices', 3 if model_cls is AgentDeiT else (0, 1, 2, 3))
-    return build_model(
-        model_cls, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
+    out_indices = 3 if model_cls is AgentDeiT else (0, 1, 2, 3)
+    return build_model(model_cls, variant, pretrained, checkpoint_filter_fn, default_out_indices=out_indices, **kwargs)
 
 
 _create_agent_deit = partial(_create_agent, AgentDeiT)
@@ -1012,18 +1007,13 @@ _create_agent_cswin = partial(_create_agent, AgentCSwin)
 
 
 def _cfg(file_id: str = '', **kwargs) -> dict:
-    return {
-        'url': f'https://cloud.tsinghua.edu.cn/f/{file_id}/?dl=1' if file_id else '',
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'crop_mode': 'squash', 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+    return default_cfg(f'https://cloud.tsinghua.edu.cn/f/{file_id}/?dl=1' if file_id else '', {
+        'crop_mode': 'squash',
         'origin_url': 'https://github.com/LeapLabTHU/Agent-Attention',
         'notes': ('Tsinghua Cloud training dict (weights under "model", pickled yacs config): pretrained=True and '
                   'tools/convert_checkpoint.py read it safely (the yacs config as plain data, weights_only)',),
         **_PAPER,
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 def _hcfg(file_id: str, size: int = 224, **kwargs) -> dict:

@@ -37,7 +37,6 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn
 from timm.models import adapt_input_conv, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
 
@@ -45,7 +44,7 @@ from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, ch
 
 from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
 from ._convert import strip_prefix, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['BiFormer']
 
@@ -435,27 +434,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        BiFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(BiFormer, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.0', 'classifier': 'head',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'pool_size': (7, 7), 'first_conv': 'stem.0', **_PAPER}, **kwargs)
 
 
 # The official OneDrive links (README / models/*.py model_urls): full training dicts, weights under 'model'. They all

@@ -24,7 +24,6 @@ from typing import List, Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     Mlp,
@@ -43,7 +42,7 @@ from visionattn.ops._dispatch import is_exporting
 
 from ._base import TokenModel
 from ._convert import square_grid, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['ConViT']
 
@@ -425,27 +424,11 @@ def checkpoint_filter_fn(state_dict: dict, model: ConViT) -> dict:
 
 
 def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model(
-        ConViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(ConViT, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'license': 'apache-2.0', **_PAPER}, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -35,7 +35,6 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_, use_fused_attn
 from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
@@ -45,7 +44,7 @@ from visionattn.layers import drop_path_rates
 
 from ._base import TokenModel
 from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['EViT', 'adjust_keep_rate', 'KeepRateScheduler']
 
@@ -530,7 +529,6 @@ def checkpoint_filter_fn(state_dict: dict, model: EViT) -> dict:
 
 
 def _create_evit(variant: str, pretrained: bool = False, **kwargs) -> EViT:
-    out_indices = kwargs.pop('out_indices', 3)
     if pretrained:
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         if 'drive.google.com' in (cfg.url or '') and not (cfg.file or cfg.state_dict or cfg.hf_hub_id):
@@ -538,27 +536,11 @@ def _create_evit(variant: str, pretrained: bool = False, **kwargs) -> EViT:
                 f'The official EViT weights for {variant}.{cfg.tag} are on Google Drive, which cannot be '
                 f'downloaded automatically: download {cfg.url} by hand and pass '
                 f'pretrained_cfg_overlay=dict(file=<path>)')
-    return build_model(
-        EViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(EViT, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'origin_url': 'https://github.com/youweiliang/evit',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'crop_pct': 0.9, 'origin_url': 'https://github.com/youweiliang/evit', **_PAPER}, **kwargs)
 
 
 def _evit_drive(file_id: str, keep_rate: float, fuse: bool, top1: float) -> dict:

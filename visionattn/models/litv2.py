@@ -40,7 +40,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.deform_conv2d
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
@@ -48,7 +47,7 @@ from visionattn.layers import HiLo, drop_path_rates
 
 from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['LITv2', 'deform_conv2d']
 
@@ -393,28 +392,16 @@ def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
 
 
 def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        LITv2,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(LITv2, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'license': 'apache-2.0',
         'origin_url': 'https://github.com/ziplab/LITv2',
         **_PAPER,
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _URL = 'https://github.com/ziplab/LITv2/releases/download/v1.0/'

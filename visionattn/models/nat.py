@@ -32,7 +32,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -41,7 +40,7 @@ from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_p
 
 from ._base import StagedModel
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['NAT', 'NATIsotropic', 'NAT_DILATIONS', 'resolve_dilations', 'resolve_strides']
 
@@ -698,40 +697,21 @@ def checkpoint_filter_fn(state_dict: dict, model: Union[NAT, NATIsotropic]) -> d
 
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        NAT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(NAT, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _create_nat_isotropic(variant: str, pretrained: bool = False, **kwargs) -> NATIsotropic:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model(
-        NATIsotropic,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(NATIsotropic, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', paper: Optional[dict] = None, **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj.0', 'classifier': 'head', 'license': 'mit',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'first_conv': 'patch_embed.proj.0',
+        'license': 'mit',
         'origin_url': 'https://github.com/SHI-Labs/Neighborhood-Attention-Transformer',
         **(paper or _DINAT_PAPER),
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _NAT_URL = 'https://shi-labs.com/projects/nat/checkpoints/CLS/'

@@ -42,7 +42,6 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
@@ -53,7 +52,7 @@ from visionattn.ops.rala import rope_2d_tables
 
 from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['RAVLT']
 
@@ -358,28 +357,16 @@ def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
 
 
 def _create_ravlt(variant: str, pretrained: bool = False, **kwargs) -> RAVLT:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        RAVLT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(RAVLT, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj.0', 'classifier': 'head',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'first_conv': 'patch_embed.proj.0',
         'origin_url': 'https://github.com/qhfan/RALA',
         **_PAPER,
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _HF = 'https://huggingface.co/aldjalkdf/RAVLT/resolve/main/'

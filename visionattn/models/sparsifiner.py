@@ -69,7 +69,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     Mlp,
@@ -89,7 +88,7 @@ from visionattn.ops.topk import topk_attention, topk_indices
 
 from ._base import TokenModel
 from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['Sparsifiner', 'MaskPredictor', 'SparsifinerLoss', 'attn_recon_loss', 'resample_token_proj']
 
@@ -901,28 +900,11 @@ def checkpoint_filter_fn(state_dict: dict, model: Sparsifiner) -> dict:
 
 
 def _create_sparsifiner(variant: str, pretrained: bool = False, **kwargs) -> Sparsifiner:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model(
-        Sparsifiner,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(Sparsifiner, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'origin_url': 'https://github.com/lim142857/Sparsifiner',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'origin_url': 'https://github.com/lim142857/Sparsifiner', **_PAPER}, **kwargs)
 
 
 def _deit(name: str, **kwargs) -> dict:

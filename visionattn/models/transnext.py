@@ -41,7 +41,6 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_module, to_2tuple, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
@@ -50,7 +49,7 @@ from visionattn.ops import aggregated_attention
 
 from ._base import StagedModel
 from ._convert import strip_prefix, unwrap_state_dict
-from ._hub import build_model
+from ._hub import build_model, default_cfg
 
 __all__ = ['TransNeXt']
 
@@ -627,29 +626,17 @@ def checkpoint_filter_fn(state_dict: dict, model: TransNeXt) -> dict:
 
 
 def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> TransNeXt:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        TransNeXt,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(TransNeXt, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'license': 'apache-2.0',
         'paper_ids': 'arXiv:2311.17132',
         'paper_name': 'TransNeXt: Robust Foveal Visual Perception for Vision Transformers',
         'origin_url': 'https://github.com/DaiShiResearch/TransNeXt',
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _HF = 'https://huggingface.co/DaiShiResearch/'
