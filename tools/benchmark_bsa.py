@@ -29,7 +29,7 @@ if __package__:
         time_ms,
         write_report,
     )
-else:  # run as a script: python tools/benchmark_bsa.py
+else:  # imported from the tools folder (python tools/benchmark.py)
     from bench_utils import (
         machine_info,
         markdown_table,

@@ -19,7 +19,7 @@ import torch
 
 if __package__:
     from .bench_utils import machine_info, sync, write_report
-else:  # run as a script: python tools/benchmark_evit.py
+else:  # imported from the tools folder (python tools/benchmark.py)
     from bench_utils import machine_info, sync, write_report
 
 

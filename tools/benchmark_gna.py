@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 if __package__:
     from .bench_utils import machine_info, markdown_table, peak_alloc_mib, select_shapes, time_ms, write_report
-else:  # run as a script: python tools/benchmark_gna.py
+else:  # imported from the tools folder (python tools/benchmark.py)
     from bench_utils import machine_info, markdown_table, peak_alloc_mib, select_shapes, time_ms, write_report
 
 # name: (batch, spatial shape, heads, head_dim, kernel_size, stride, dilation, is_causal, rpb)

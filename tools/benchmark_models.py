@@ -36,7 +36,7 @@ import torch
 
 if __package__:
     from .bench_utils import machine_info, maxrss_mib, sync, write_report
-else:  # run as a script: python tools/benchmark_models.py
+else:  # imported from the tools folder (python tools/benchmark.py)
     from bench_utils import machine_info, maxrss_mib, sync, write_report
 
 

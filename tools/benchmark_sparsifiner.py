@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 if __package__:
     from .bench_utils import machine_info, sync, write_report
-else:  # run as a script: python tools/benchmark_sparsifiner.py
+else:  # imported from the tools folder (python tools/benchmark.py)
     from bench_utils import machine_info, sync, write_report
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch.utils.checkpoint import checkpoint
 
@@ -21,7 +22,7 @@ from visionattn.layers import check_image_input
 
 from ._convert import resample_pos_embed
 
-__all__ = ['StagedModel', 'TokenModel', 'StageNorms', 'out_norm_stages', 'feature_take_indices']
+__all__ = ['StagedModel', 'TokenModel', 'StageNorms', 'init_weights', 'out_norm_stages', 'feature_take_indices']
 
 # FX autowraps notrace functions only in the root forward's module and in the modules of the submodules it has
 # called: wrap the ones the bases call (before any family module) whatever module defines the model's forward
@@ -35,6 +36,17 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 OutNormsArg = Union[bool, str, Sequence[int]]
+
+
+def init_weights(m: nn.Module) -> None:
+    """timm's ViT / Swin init: Linear weights truncated normal (std .02) with zero bias, LayerNorm to identity."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.zeros_(m.bias)
+        nn.init.ones_(m.weight)
 
 
 def out_norm_stages(
@@ -89,6 +101,7 @@ class StagedModel(nn.Module):
     ``global_pools`` (accepted pooling) and the ``group_matcher`` patterns ``group_stem``, ``group_downsample`` and
     ``group_tail`` (the modules after the last block).
     """
+    _init_weights = staticmethod(init_weights)
     stem_name: str = 'patch_embed'
     stage_fmt: str = 'NCHW'
     output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
@@ -235,6 +248,7 @@ class TokenModel(nn.Module):
     As timm's ``VisionTransformer`` for its ``deit.py`` subclasses, the families build their own embedding and blocks
     (they differ in both) and inherit the rest of the timm API.
     """
+    _init_weights = staticmethod(init_weights)
     global_pools: Tuple[str, ...] = ('', 'avg', 'token')
     pos_interpolation: str = 'bicubic'
 

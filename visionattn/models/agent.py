@@ -65,7 +65,7 @@ from torch.utils.checkpoint import checkpoint
 from visionattn.layers import drop_path_rates
 from visionattn.layers.agent import AgentAttention
 
-from ._base import StagedModel, TokenModel
+from ._base import StagedModel, TokenModel, init_weights
 from ._convert import remap_stage_key, resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
 from ._hub import build_model, default_cfg
 
@@ -140,7 +140,6 @@ class Block(nn.Module):
 class AgentDeiT(TokenModel):
     """DeiT with agent attention in its first ``agent_layers`` blocks (all for T/S, 4 for B)."""
     pos_interpolation = 'bilinear'  # the official run-time rule (``resize_pos_embed``)
-
 
     def __init__(
             self,
@@ -228,7 +227,7 @@ class AgentDeiT(TokenModel):
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward_intermediates(
             self,
@@ -257,16 +256,6 @@ class AgentDeiT(TokenModel):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.zeros_(m.bias)
-        nn.init.ones_(m.weight)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -428,7 +417,7 @@ class AgentPVT(_StagedModel):
         self.norm = nn.Identity()
         self._init_api(num_classes, in_chans, global_pool, embed_dims,
                        [patch_size * 2 ** i for i in range(n)], drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -689,7 +678,7 @@ class AgentSwin(_StagedModel):
         self.stages = nn.ModuleList(stages)
         self.norm = norm_layer(dims[-1])
         self._init_api(num_classes, in_chans, global_pool, dims, [patch_size * 2 ** i for i in range(n)], drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(self.patch_embed(super()._stem(x))).permute(0, 3, 1, 2)
@@ -924,7 +913,7 @@ class AgentCSwin(_StagedModel):
         self.stages = nn.ModuleList(stages)
         self.norm = norm_layer(dims[-1])
         self._init_api(num_classes, in_chans, global_pool, dims, [2 ** (i + 2) for i in range(n)], drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, use_fused_attn
 from timm.models import adapt_input_conv, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
 
 from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input, drop_path_rates
@@ -317,15 +317,6 @@ class BiFormer(StagedModel):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str) -> None:
         """Load an official (or converted) checkpoint file: timm's ``custom_load`` hook for the released weights.
@@ -361,7 +352,6 @@ class BiFormer(StagedModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # defined here, not inherited: FX autowraps the notrace checks of ``_stem`` only in the root forward's module
         return self.forward_head(self.forward_features(x))
-
 
 
 # reason: raises on shape values, which FX cannot trace (no leading underscore: FX autowraps public names only)

@@ -376,15 +376,6 @@ class EViT(TokenModel):
         trunc_normal_(self.cls_token, std=.02)
         self.apply(self._init_weights)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
     @property
     def keep_rates(self) -> Tuple[float, ...]:
         """The keep rate each block uses now (1 for blocks that do not reorganize)."""

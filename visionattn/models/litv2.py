@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.deform_conv2d
-from timm.layers import DropPath, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, register_notrace_function
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from visionattn.layers import HiLo, drop_path_rates
@@ -348,18 +348,9 @@ class LITv2(StagedModel):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
-
     def _prune_out_norms(self, max_index: int, take_indices: List[int]) -> None:
         self.out_norms.prune(lambda i: i in take_indices)
+
 
 def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
     """Convert an official LITv2 checkpoint to this model.

@@ -32,13 +32,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
-from ._base import StagedModel
+from ._base import StagedModel, TokenModel
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
 
@@ -417,16 +417,6 @@ class NAT(StagedModel):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(super()._stem(x))
 
@@ -540,15 +530,11 @@ class NATIsotropic(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
+    # the timm API of the token models without their token: borrowed
+    set_grad_checkpointing = TokenModel.set_grad_checkpointing
+    get_classifier = TokenModel.get_classifier
     reset_classifier = StagedModel.reset_classifier
+    prune_intermediate_layers = TokenModel.prune_intermediate_layers
 
     def forward_intermediates(
             self,
@@ -589,21 +575,6 @@ class NATIsotropic(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))

@@ -683,15 +683,6 @@ class Sparsifiner(TokenModel):
         self.apply(self._init_weights)
         self.set_attn_recon(attn_recon)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
     def set_attn_recon(self, enable: bool = True) -> None:
         """Attention-reconstruction mode (the official ``cfg.LOSS.USE_ATTN_RECON``, the first training phase).
 

@@ -587,9 +587,9 @@ class TransNeXt(StagedModel):
         keys = ('query_embedding', 'relative_pos_bias_local', 'cpb', 'temperature')  # official keywords
         return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 
-
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return x  # every stage ends in its own norm
+
 
 _BUFFERS = ('relative_pos_index', 'relative_coords_table', 'seq_length_scale', 'padding_mask')
 
