@@ -25,12 +25,20 @@ for p in (ROOT, ROOT / 'tools'):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmark_bsa import add_bsa_parser, bsa_main  # noqa: E402
-from benchmark_evit import add_evit_parser, run_evit  # noqa: E402
+if __package__:  # imported as tools.benchmark
+    from .benchmark_bsa import add_bsa_parser, bsa_main
+    from .benchmark_evit import add_evit_parser, run_evit
+    from .benchmark_gna import add_gna_parser, run_gna
+    from .benchmark_models import add_models_parser, run_models
+    from .benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner
+else:  # run as a script: python tools/benchmark.py
+    from benchmark_bsa import add_bsa_parser, bsa_main
+    from benchmark_evit import add_evit_parser, run_evit
+    from benchmark_gna import add_gna_parser, run_gna
+    from benchmark_models import add_models_parser, run_models
+    from benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner
+# the export helper's module, always from the tools folder
 from benchmark_export import add_export_parser, run_export  # noqa: E402
-from benchmark_gna import add_gna_parser, run_gna  # noqa: E402
-from benchmark_models import add_models_parser, run_models  # noqa: E402
-from benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner  # noqa: E402
 
 COMMANDS = {
     'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main), 'evit': (add_evit_parser, run_evit),

@@ -18,7 +18,27 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_utils import machine_info, markdown_table, maxrss_mib, peak_alloc_mib, select_shapes, time_ms, write_report
+
+if __package__:
+    from .bench_utils import (
+        machine_info,
+        markdown_table,
+        maxrss_mib,
+        peak_alloc_mib,
+        select_shapes,
+        time_ms,
+        write_report,
+    )
+else:  # imported from the tools folder (python tools/benchmark.py)
+    from bench_utils import (
+        machine_info,
+        markdown_table,
+        maxrss_mib,
+        peak_alloc_mib,
+        select_shapes,
+        time_ms,
+        write_report,
+    )
 
 BENCHMARK_CLI = Path(__file__).resolve().parent / 'benchmark.py'
 

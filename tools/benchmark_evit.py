@@ -16,7 +16,11 @@ import statistics
 import time
 
 import torch
-from bench_utils import machine_info, sync, write_report
+
+if __package__:
+    from .bench_utils import machine_info, sync, write_report
+else:  # imported from the tools folder (python tools/benchmark.py)
+    from bench_utils import machine_info, sync, write_report
 
 
 def add_evit_parser(sub):

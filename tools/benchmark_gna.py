@@ -12,7 +12,11 @@ table: speedups of ``blocked`` (time of the other / time of ``blocked``) over de
 
 import torch
 import torch.nn.functional as F
-from bench_utils import machine_info, markdown_table, peak_alloc_mib, select_shapes, time_ms, write_report
+
+if __package__:
+    from .bench_utils import machine_info, markdown_table, peak_alloc_mib, select_shapes, time_ms, write_report
+else:  # imported from the tools folder (python tools/benchmark.py)
+    from bench_utils import machine_info, markdown_table, peak_alloc_mib, select_shapes, time_ms, write_report
 
 # name: (batch, spatial shape, heads, head_dim, kernel_size, stride, dilation, is_causal, rpb)
 GNA_SHAPES = {

@@ -33,7 +33,11 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-from bench_utils import machine_info, maxrss_mib, sync, write_report
+
+if __package__:
+    from .bench_utils import machine_info, maxrss_mib, sync, write_report
+else:  # imported from the tools folder (python tools/benchmark.py)
+    from bench_utils import machine_info, maxrss_mib, sync, write_report
 
 
 def add_models_parser(sub):
@@ -89,11 +93,11 @@ def _backend(name: str):
 
 def _na_layers(model, size: Tuple[int, int]) -> List[dict]:
     """Every neighborhood-attention layer's input map and settings, from one batch-1 forward at ``size``."""
-    from visionattn.layers.neighborhood import _NeighborhoodAttentionNd
+    from visionattn.layers import NeighborhoodAttention1d, NeighborhoodAttention2d, NeighborhoodAttention3d
 
     found, handles = [], []
     for name, m in model.named_modules():
-        if isinstance(m, _NeighborhoodAttentionNd):
+        if isinstance(m, (NeighborhoodAttention1d, NeighborhoodAttention2d, NeighborhoodAttention3d)):
             def hook(mod, args, name=name):
                 found.append(dict(layer=name, map=list(args[0].shape[1:-1]), kernel_size=list(mod.kernel_size),
                                   dilation=list(mod.dilation), small_input=mod.small_input,
@@ -110,25 +114,11 @@ def _na_layers(model, size: Tuple[int, int]) -> List[dict]:
 
 def blocked_tiling(shape: Sequence[int], kernel_size: Sequence[int], stride: int) -> Tuple[List[int], bool, int]:
     """The blocked CPU backend's own plan for one dilation group of a layer: its query tile, whether it runs without a
-    mask (every tile dense), and the (query, key) pairs it computes (halo and padding included).
+    mask (every tile dense), and the (query, key) pairs it computes (halo and padding included)."""
+    from visionattn.ops.blocked.neighborhood import blocked_tiling as plan
 
-    Reads the backend's private tiling helpers, of which two generations exist: cost-model tiles with uniform key spans
-    (``_default_tiles`` / ``_geometry``) and per-axis stride-multiple tiles (``_default_tile`` / ``_tiles``).
-    """
-    try:
-        from visionattn.ops.blocked import neighborhood as nb
-    except ImportError:  # before the op layer was split by backend
-        from visionattn.ops import neighborhood as nb
-
-    n = len(shape)
-    shape, ks, st, causal = tuple(shape), tuple(kernel_size), (stride,) * n, (False,) * n
-    if hasattr(nb, '_default_tiles'):
-        tile = nb._default_tiles(shape, ks, st, causal)
-        axes, mask, _ = nb._geometry(shape, ks, st, causal, tile)
-        return list(tile), mask is None, math.prod(nt * t * span for (nt, _, _, span), t in zip(axes, tile))
-    tile = tuple(nb._default_tile(n, k, stride, length) for k, length in zip(ks, shape))
-    _, _, q_shapes, k_shapes, mask, _ = nb._tiles(shape, ks, st, causal, tile, 'cpu')
-    return list(tile), mask is None, math.prod(q[0] * q[1] * k[1] for q, k in zip(q_shapes, k_shapes))
+    tile, unmasked, pairs = plan(shape, kernel_size, (stride,) * len(shape))
+    return list(tile), unmasked, pairs
 
 
 def simulate_na_layers(layers: List[dict], stride: int) -> dict:

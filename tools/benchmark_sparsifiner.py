@@ -39,7 +39,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_utils import machine_info, sync, write_report
+
+if __package__:
+    from .bench_utils import machine_info, sync, write_report
+else:  # imported from the tools folder (python tools/benchmark.py)
+    from bench_utils import machine_info, sync, write_report
 
 
 def add_sparsifiner_parser(sub):

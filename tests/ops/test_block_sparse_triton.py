@@ -1,11 +1,10 @@
 """Triton backend of block_sparse_attention: TRITON_INTERPRET=1 on tiny CPU shapes (in a subprocess), and on CUDA."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests._helpers import run_triton_interpreted
 from visionattn.ops.block_sparse import block_sparse_attention, block_sparse_attention_reference
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
@@ -108,12 +107,8 @@ def test_triton_interpret():
     if INTERPRET:
         pytest.skip('already inside the interpreter run')
     pytest.importorskip('triton')
-    env = {**os.environ, 'TRITON_INTERPRET': '1'}
-    r = subprocess.run(
-        [sys.executable, '-m', 'pytest', __file__, '-q', '-p', 'no:cacheprovider', '-k', 'interp'],
-        env=env, capture_output=True, text=True, timeout=800)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert '7 passed' in r.stdout, r.stdout[-3000:]
+    out = run_triton_interpreted(__file__, '-k', 'interp')
+    assert '7 passed' in out, out[-3000:]
 
 
 @pytest.mark.gpu

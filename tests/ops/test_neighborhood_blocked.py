@@ -4,6 +4,7 @@ import random
 import pytest
 import torch
 
+from tests._helpers import gna_inputs
 from visionattn.ops import na1d, na2d, na3d, neighborhood_attention
 from visionattn.ops._dispatch import get_backend
 from visionattn.ops.blocked.neighborhood import _gna_blocked_op, gna_blocked
@@ -25,14 +26,7 @@ def _config(rng, n, kmax=5, dmax=2, extra=4):
 
 
 def _inputs(shape, ks, dtype, b=2, heads=2, dim=8, dim_v=8, rpb=True, n_extra=0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, *shape, heads, dim, generator=g, dtype=dtype)
-    k = torch.randn(b, *shape, heads, dim, generator=g, dtype=dtype)
-    v = torch.randn(b, *shape, heads, dim_v, generator=g, dtype=dtype)
-    bias = torch.randn(heads, *[2 * x - 1 for x in ks], generator=g, dtype=dtype) if rpb else None
-    ak = torch.randn(b, n_extra, heads, dim, generator=g, dtype=dtype) if n_extra else None
-    av = torch.randn(b, n_extra, heads, dim_v, generator=g, dtype=dtype) if n_extra else None
-    return q, k, v, bias, ak, av
+    return gna_inputs(shape, ks, dtype, batch=b, heads=heads, dim=dim, dim_v=dim_v, rpb=rpb, n_extra=n_extra, seed=seed)
 
 
 @pytest.mark.parametrize('na_dim', [1, 2, 3])

@@ -3,6 +3,7 @@ has no CPU backward); CUDA (``gpu``): compiled flex, forward and gradients."""
 import pytest
 import torch
 
+from tests._helpers import gna_inputs
 from visionattn.ops import list_backends, neighborhood_attention
 from visionattn.ops._dispatch import get_backend
 
@@ -17,14 +18,8 @@ CASES = [
 
 
 def _inputs(shape, ks, extra, rpb, dtype, device, heads=2, d=8, dv=4, grad=False):
-    g = torch.Generator().manual_seed(0)
-    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(grad)
-    q, k, v = mk(2, *shape, heads, d), mk(2, *shape, heads, d), mk(2, *shape, heads, dv)
-    n = len(shape)
-    ks = ks if isinstance(ks, tuple) else (ks,) * n
-    b = mk(heads, *[2 * x - 1 for x in ks]) if rpb else None
-    ak, av = (mk(2, extra, heads, d), mk(2, extra, heads, dv)) if extra else (None, None)
-    return q, k, v, b, ak, av
+    return gna_inputs(shape, ks, dtype, device, heads=heads, dim=d, dim_v=dv, rpb=rpb, n_extra=extra,
+                      draw_dtype=torch.float64, grad=grad)
 
 
 @pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-4), (torch.float64, 1e-10)])

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from tests._helpers import gna_inputs
 from visionattn.ops import BackendUnavailable, list_backends, na1d, na2d, na3d, neighborhood_attention
 from visionattn.ops._dispatch import _REGISTRY
 from visionattn.ops.natten import neighborhood as nbh
@@ -31,8 +32,7 @@ _CASES = [
 
 
 def _qkv(shape, heads=2, dim=16, dtype=torch.float32, seed=0, batch=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, *shape, heads, dim, generator=g, dtype=dtype) for _ in range(3)]
+    return list(gna_inputs(shape, 1, dtype, batch=batch, heads=heads, dim=dim, rpb=False, seed=seed)[:3])
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,11 @@ The interpreter must be chosen before triton is first imported (timm and torch.c
 ``test_interpreted_in_subprocess`` re-runs this module in a fresh process with TRITON_INTERPRET=1.
 """
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests._helpers import gna_inputs, run_triton_interpreted
 from visionattn.ops import na2d
 from visionattn.ops._dispatch import BackendUnavailable
 from visionattn.ops.reference import gna_reference
@@ -24,22 +23,13 @@ needs_kernels = pytest.mark.skipif(not (CUDA or INTERPRETED), reason='needs CUDA
 @pytest.mark.skipif(CUDA or INTERPRETED, reason='runs the kernel tests in a TRITON_INTERPRET=1 subprocess on CPU')
 @pytest.mark.parametrize('markexpr', ['not slow', pytest.param('slow', marks=pytest.mark.slow)])
 def test_interpreted_in_subprocess(markexpr):
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    res = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', markexpr, __file__],
-        env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    assert ' passed' in res.stdout, res.stdout[-2000:]
+    out = run_triton_interpreted(__file__, '-m', markexpr, timeout=900)
+    assert ' passed' in out, out[-2000:]
 
 
 def _inputs(shape, ks, dtype, n_extra=0, rpb=True, b=2, heads=2, dim=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mk = lambda *s: torch.randn(*s, generator=g).to(DEVICE, dtype)
-    q, k, v = (mk(b, *shape, heads, dim) for _ in range(3))
-    bias = mk(heads, *[2 * x - 1 for x in ks]) if rpb else None
-    ak = mk(b, n_extra, heads, dim) if n_extra else None
-    av = mk(b, n_extra, heads, dim) if n_extra else None
-    return q, k, v, bias, ak, av
+    return gna_inputs(shape, ks, dtype, DEVICE, batch=b, heads=heads, dim=dim, rpb=rpb, n_extra=n_extra, seed=seed,
+                      draw_dtype=torch.float32)
 
 
 def _check(shape, ks, st, dil, causal, dtype=torch.float32, n_extra=0, rpb=True, **launch):

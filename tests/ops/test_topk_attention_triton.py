@@ -1,11 +1,10 @@
 """Triton backend of topk_attention: TRITON_INTERPRET=1 on tiny CPU shapes (in a subprocess), and on CUDA."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests._helpers import run_triton_interpreted
 from visionattn.ops.topk import topk_attention
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
@@ -65,12 +64,8 @@ def test_triton_interpret():
     if INTERPRET:
         pytest.skip('already inside the interpreter run')
     pytest.importorskip('triton')
-    env = {**os.environ, 'TRITON_INTERPRET': '1'}
-    r = subprocess.run(
-        [sys.executable, '-m', 'pytest', __file__, '-q', '-p', 'no:cacheprovider', '-k', 'interp'],
-        env=env, capture_output=True, text=True, timeout=800)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert '5 passed' in r.stdout, r.stdout[-3000:]
+    out = run_triton_interpreted(__file__, '-k', 'interp')
+    assert '5 passed' in out, out[-3000:]
 
 
 @pytest.mark.gpu

@@ -18,10 +18,8 @@ triton = pytest.importorskip('triton')
 from visionattn.ops.triton import _compile_check as cc  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import triton_resources  # noqa: E402
+from tools import triton_resources  # noqa: E402
 
-sys.path.pop(0)
 
 def default_cases():
     return cc.cases(subset=True)

@@ -1,11 +1,12 @@
 """tools/benchmark.py bsa: the CLI runs, writes its JSON with machine info and the side-by-side ratios."""
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tools import benchmark as bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,9 +24,6 @@ def _check(out):
 
 
 def test_bsa_in_process(tmp_path):
-    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / 'bsa.json'
     bench.main(['bsa', '--device', 'cpu', '--shapes', 'tiny', '--warmup', '0', '--repeat', '1', '--in-process',
                 '--out', str(out)])

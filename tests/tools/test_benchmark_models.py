@@ -1,19 +1,14 @@
 """tools/benchmark.py models: every configuration timed side by side, JSON + Markdown table + PNG written;
 the reference backend runs the oracles; MAC counting counts sparse attention by its formulas."""
-import importlib.util
 import json
-from pathlib import Path
 
 import timm
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools import benchmark as bench
 
 
 def test_models_benchmark_cli(tmp_path):
-    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / 'models.json'
     bench.main(['models', '--models', 'nat_mini', '--sizes', '64,48x80', '--batch-sizes', '1',
                 '--backends', 'eager,reference', '--mode', 'both', '--warmup', '0', '--repeat', '1',
@@ -63,9 +58,6 @@ def test_sparse_macs_whatever_backend_runs():
 def test_models_benchmark_strides(tmp_path):
     """--strides: stride 1 (the baseline) and the listed strides, each with the simulator's numbers; 'sim' picks
     the strides the simulator finds perfectly block-sparse."""
-    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / 'strides.json'
     bench.main(['models', '--models', 'nat_mini', '--sizes', '56', '--batch-sizes', '1', '--strides', '7',
                 '--warmup', '0', '--repeat', '1', '--threads', '1', '--out', str(out), '--no-plot'])
@@ -83,9 +75,7 @@ def test_models_benchmark_strides(tmp_path):
 def test_simulator_and_blocked_backend_agree_on_unmasked_strides():
     # what the blocked backend runs without a mask the simulator calls perfectly block-sparse (the converse can fail:
     # the backend's key spans are uniform over tiles); window attention (stride = kernel) on NAT's maps is both
-    import sys
-    sys.path.insert(0, str(ROOT / 'tools'))
-    from benchmark_models import simulate_na_layers
+    from tools.benchmark_models import simulate_na_layers
 
     for size, k in ((56, 7), (28, 7), (14, 7), (7, 7), (33, 5), (17, 3), (32, 4)):
         layer = dict(layer='x', map=[size, size], kernel_size=[k, k], dilation=[1, 1], small_input='pad', heads=2,

@@ -1,15 +1,10 @@
 """tools/benchmark.py sparsifiner: the CLI runs, writes its JSON with machine info and the side-by-side ratios."""
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools import benchmark as bench
 
 
 def test_sparsifiner_in_process(tmp_path):
-    spec = importlib.util.spec_from_file_location('va_benchmark', ROOT / 'tools' / 'benchmark.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / 'sparsifiner.json'
     bench.main(['sparsifiner', '--batch-sizes', '1', '--keep-rates', '0.25', '--parts', 'attn,module', '--warmup', '0',
                 '--repeat', '1', '--out', str(out)])

@@ -1,17 +1,15 @@
 """The bundled demo data (as the generator makes it, COCO annotations included) and `make demo`'s script."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.join(os.path.dirname(__file__), '..', '..')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import make_demo_data  # noqa: E402
+from tools import make_demo_data
 
-sys.path.pop(0)
+ROOT = os.path.join(os.path.dirname(__file__), '..', '..')
+
 DATA = os.path.join(ROOT, 'demo_data', 'shapes')
 
 
@@ -40,11 +38,7 @@ def test_coco_annotations_match_the_masks(split):
 @pytest.mark.mm
 def test_demo_runs_end_to_end(tmp_path):
     pytest.importorskip('mmseg')
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        import demo
-    finally:
-        sys.path.pop(0)
+    from tools import demo
     miou = demo.main(['--iters', '2', '--work-dir', str(tmp_path)])
     assert 0 <= miou <= 100
     assert Image.open(tmp_path / 'demo_predictions.png').size[0] > 3 * 64

@@ -1,13 +1,10 @@
 """tools/fuzz_sizes.py: its size draws, its verdicts (a failing model is caught, a size-rule ValueError is not a
 failure), four shapes on nat_mini in the default tier, and the full fuzz (200 shapes per model) in the slow tier."""
-import os.path as osp
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'tools'))
-import fuzz_sizes  # noqa: E402
+from tools import fuzz_sizes
 
 
 def test_sizes_cover_primes_and_extreme_ratios():

@@ -7,12 +7,9 @@ import sys
 import pytest
 
 import visionattn
+from tools import model_zoo
 
 ROOT = os.path.join(os.path.dirname(__file__), '..', '..')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import model_zoo  # noqa: E402
-
-sys.path.pop(0)
 
 
 def test_every_model_has_measurements_and_paper_figures():

@@ -16,13 +16,13 @@ import os
 import pickle
 import re
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from timm.models import build_model_with_cfg
-from timm.models._builder import resolve_pretrained_cfg
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
 __all__ = ['build_model', 'download_pretrained', 'safe_load', 'allow_official_checkpoints']
 
@@ -144,14 +144,34 @@ def download_pretrained(
             f'{path} was removed, so the next attempt downloads it again') from e
 
 
+def default_cfg(url: str = '', fields: Optional[dict] = None, **kwargs) -> dict:
+    """A pretrained cfg: timm's ImageNet-1k classification defaults, then a family's ``fields``, then ``kwargs``."""
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        **(fields or {}),
+        **kwargs,
+    }
+
+
 def build_model(
         model_cls: Callable,
         variant: str,
         pretrained: bool,
         pretrained_filter_fn: Callable,
+        default_out_indices: Optional[Union[int, Tuple[int, ...]]] = None,
         **kwargs,
 ) -> torch.nn.Module:
-    """``timm.models.build_model_with_cfg`` with visionattn's download and safe loading of the official weights."""
+    """``timm.models.build_model_with_cfg`` with visionattn's download and safe loading of the official weights.
+
+    ``default_out_indices``: the ``features_only`` outputs when ``out_indices`` is not given (timm's getter feature
+    wrapper over ``forward_intermediates``).
+    """
+    if default_out_indices is not None:
+        kwargs['feature_cfg'] = dict(out_indices=kwargs.pop('out_indices', default_out_indices), feature_cls='getter')
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),

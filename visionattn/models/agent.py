@@ -41,7 +41,6 @@ What this version changes:
     - The full timm API: ``features_only`` (stage maps NCHW; the usual ViT block intermediates for DeiT),
       ``forward_intermediates``, gradient checkpointing, classifier reset.
 """
-import math
 import re
 from functools import lru_cache, partial
 from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
@@ -49,13 +48,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     Attention,
     DropPath,
     Mlp,
     PatchEmbed,
-    register_notrace_function,
     register_notrace_module,
     to_2tuple,
     trunc_normal_,
@@ -65,12 +62,12 @@ from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging
 from torch.utils.checkpoint import checkpoint
 
-from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.layers import drop_path_rates
 from visionattn.layers.agent import AgentAttention
-from visionattn.ops._dispatch import is_exporting
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import StagedModel, TokenModel, init_weights
+from ._convert import remap_stage_key, resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['AgentDeiT', 'AgentPVT', 'AgentSwin', 'AgentCSwin']
 
@@ -87,29 +84,6 @@ def _per_block(value: Union[int, Sequence[int]], depth: int, name: str) -> List[
     if len(value) != depth:
         raise ValueError(f'{name} has {len(value)} entries for {depth} blocks')
     return value
-
-
-@register_notrace_function  # reason: the grid sizes decide whether to resample
-def resample_pos_embed(
-        pos_embed: torch.Tensor,
-        feat_size: Tuple[int, int],
-        base_size: Tuple[int, int],
-        num_prefix_tokens: int = 0,
-        mode: str = 'bilinear',
-) -> torch.Tensor:
-    """A ``[1, prefix + H*W, C]`` position embedding of a ``base_size`` grid resampled to ``feat_size``.
-
-    ``align_corners=False``; bilinear is the official rule at run time (Agent-DeiT's ``resize_pos_embed`` and
-    Agent-PVT's ``_get_pos_embed``), bicubic the official fine-tuning loader's (``utils.load_pretrained``); the
-    identity at the same grid.
-    """
-    if not is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    C = grid.shape[-1]
-    grid = grid.transpose(1, 2).reshape(1, C, base_size[0], base_size[1])
-    grid = F.interpolate(grid, size=tuple(feat_size), mode=mode, align_corners=False)
-    return torch.cat([prefix, grid.reshape(1, C, -1).transpose(1, 2)], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,8 +137,9 @@ class Block(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-class AgentDeiT(nn.Module):
+class AgentDeiT(TokenModel):
     """DeiT with agent attention in its first ``agent_layers`` blocks (all for T/S, 4 for B)."""
+    pos_interpolation = 'bilinear'  # the official run-time rule (``resize_pos_embed``)
 
     def __init__(
             self,
@@ -252,45 +227,7 @@ class AgentDeiT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(_init_weights)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed', 'cls_token'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^cls_token|pos_embed|patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token'):
-                raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = self.cls_token
-        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
-        feat_size = (x.shape[1], x.shape[2])
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)], dim=1)
-        x = x + resample_pos_embed(self.pos_embed, feat_size, self.patch_embed.grid_size, 1)
-        return self.pos_drop(x), feat_size
-
-    def _block(self, i: int, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(self.blocks[i], x, feat_size, use_reentrant=False)
-        return self.blocks[i](x, feat_size)
+        self.apply(init_weights)
 
     def forward_intermediates(
             self,
@@ -319,47 +256,6 @@ class AgentDeiT(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, feat_size = self._embed(x)
-        for i in range(len(self.blocks)):
-            x = self._block(i, x, feat_size)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == 'token':
-            x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.zeros_(m.bias)
-        nn.init.ones_(m.weight)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,14 +314,19 @@ class PVTStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # [B, H, W, C]
         B, H, W, C = x.shape
-        x = self.pos_drop(x.flatten(1, 2) + resample_pos_embed(self.pos_embed, (H, W), self.grid))
+        x = self.pos_drop(x.flatten(1, 2) + resample_pos_embed(self.pos_embed, (H, W), self.grid, 0, 'bilinear'))
         x = _stage_forward(self.blocks, x, (H, W), self.grad_checkpointing)
         return x.transpose(1, 2).reshape(B, C, H, W)
 
 
-class _StagedModel(nn.Module):
-    """The timm API shared by the hierarchical hosts (PVT, Swin, CSwin): ``stem`` (may be Identity), ``stages``
-    (NCHW in and out), ``norm`` (on the channels of the last map), average pooling and ``head``."""
+class _StagedModel(StagedModel):
+    """The hierarchical hosts (PVT, Swin, CSwin): ``stem`` (may be Identity), ``stages`` (NCHW in and out), ``norm``
+    (on the channels of the last map), average pooling and ``head``."""
+    stem_name = 'stem'
+    output_fmts = ('NCHW',)
+    global_pools = ('', 'avg')
+    group_stem = r'^stem|^patch_embed|^stages\.0\.(?:patch_embed|pos_embed)'
+    group_downsample = r'^stages\.(\d+)\.(?:downsample|patch_embed|pos_embed)'
 
     def _init_api(self, num_classes: int, in_chans: int, global_pool: str, embed_dims: Sequence[int],
                   reductions: Sequence[int], drop_rate: float) -> None:
@@ -445,96 +346,10 @@ class _StagedModel(nn.Module):
     def no_weight_decay(self) -> set:
         return {n for n, _ in self.named_parameters() if n.endswith(('pos_embed', 'relative_position_bias_table'))}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^stem|^patch_embed|^stages\.0\.(?:patch_embed|pos_embed)',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.(?:downsample|patch_embed|pos_embed)', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be '' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = next(self.parameters())
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem(x)
-
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, nn.Identity):
             return x
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected stage maps (NCHW; the final norm on the last one only
-        when ``norm``)."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self._stem(check_image_input(x, self.in_chans))
-        intermediates = []
-        last = max_index if stop_early else len(self.stages) - 1
-        for i in range(last + 1):
-            x = self.stages[i](x)
-            if i in take_indices:
-                intermediates.append(self._norm(x) if norm and i == len(self.stages) - 1 else x)
-        if intermediates_only:
-            return intermediates
-        return self._norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._stem(check_image_input(x, self.in_chans))
-        for stage in self.stages:
-            x = stage(x)
-        return self._norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class AgentPVT(_StagedModel):
@@ -602,7 +417,7 @@ class AgentPVT(_StagedModel):
         self.norm = nn.Identity()
         self._init_api(num_classes, in_chans, global_pool, embed_dims,
                        [patch_size * 2 ** i for i in range(n)], drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -863,10 +678,10 @@ class AgentSwin(_StagedModel):
         self.stages = nn.ModuleList(stages)
         self.norm = norm_layer(dims[-1])
         self._init_api(num_classes, in_chans, global_pool, dims, [patch_size * 2 ** i for i in range(n)], drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pos_drop(self.patch_embed(x)).permute(0, 3, 1, 2)
+        return self.pos_drop(self.patch_embed(super()._stem(x))).permute(0, 3, 1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1098,7 +913,7 @@ class AgentCSwin(_StagedModel):
         self.stages = nn.ModuleList(stages)
         self.norm = norm_layer(dims[-1])
         self._init_api(num_classes, in_chans, global_pool, dims, [2 ** (i + 2) for i in range(n)], drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1107,14 +922,6 @@ class AgentCSwin(_StagedModel):
 
 # persistent buffers of the official Swin blocks, recomputed here
 _DROP_SUFFIXES = ('relative_position_index', 'attn_mask')
-
-
-def _resample_deit_pos_embed(v: torch.Tensor, model: AgentDeiT) -> torch.Tensor:
-    n = v.shape[1] - 1
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f'pos_embed of {n} patch tokens is not a square grid; cannot resample it')
-    return resample_pos_embed(v, tuple(model.patch_embed.grid_size), (side, side), 1, mode='bicubic')
 
 
 def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
@@ -1149,10 +956,10 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         if k.endswith(_DROP_SUFFIXES):
             continue
         if isinstance(model, AgentDeiT):
-            if k == 'patch_embed.proj.weight' and v.ndim < 4:
-                v = v.reshape(model.patch_embed.proj.weight.shape)
+            if k == 'patch_embed.proj.weight':
+                v = reshape_patch_embed(v, model.patch_embed.proj.weight.shape)
             elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
-                v = _resample_deit_pos_embed(v, model)
+                v = resample_pos_embed(v, tuple(model.patch_embed.grid_size), square_grid(v.shape[1] - 1, k), 1)
         elif isinstance(model, AgentPVT):
             k = re.sub(r'^patch_embed(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.patch_embed.', k)
             k = re.sub(r'^pos_embed(\d)$', lambda m: f'stages.{int(m[1]) - 1}.pos_embed', k)
@@ -1160,11 +967,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
             if k.endswith('.pos_embed'):
                 stage = model.stages[int(k.split('.')[1])]
                 if v.shape != stage.pos_embed.shape:
-                    side = math.isqrt(v.shape[1])
-                    v = resample_pos_embed(v, stage.grid, (side, side), mode='bicubic')
+                    v = resample_pos_embed(v, stage.grid, square_grid(v.shape[1], k), 0)
         elif isinstance(model, AgentSwin):
-            k = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m[1]) + 1}.downsample.', k)
-            k = re.sub(r'^layers\.(\d+)\.', r'stages.\1.', k)
+            k = remap_stage_key(k)
         elif isinstance(model, AgentCSwin):
             k = re.sub(r'^stage1_conv_embed\.0\.', 'stem.conv.', k)
             k = re.sub(r'^stage1_conv_embed\.2\.', 'stem.norm.', k)
@@ -1180,12 +985,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 def _create_agent(model_cls: Type[nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     # DeiT hosts give the last block by default (as timm's ViTs), the hierarchical hosts their four stages
-    out_indices = kwargs.pop('out_indices', 3 if model_cls is AgentDeiT else (0, 1, 2, 3))
-    return build_model(
-        model_cls, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs)
+    out_indices = 3 if model_cls is AgentDeiT else (0, 1, 2, 3)
+    return build_model(model_cls, variant, pretrained, checkpoint_filter_fn, default_out_indices=out_indices, **kwargs)
 
 
 _create_agent_deit = partial(_create_agent, AgentDeiT)
@@ -1195,18 +996,13 @@ _create_agent_cswin = partial(_create_agent, AgentCSwin)
 
 
 def _cfg(file_id: str = '', **kwargs) -> dict:
-    return {
-        'url': f'https://cloud.tsinghua.edu.cn/f/{file_id}/?dl=1' if file_id else '',
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'crop_mode': 'squash', 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+    return default_cfg(f'https://cloud.tsinghua.edu.cn/f/{file_id}/?dl=1' if file_id else '', {
+        'crop_mode': 'squash',
         'origin_url': 'https://github.com/LeapLabTHU/Agent-Attention',
         'notes': ('Tsinghua Cloud training dict (weights under "model", pickled yacs config): pretrained=True and '
                   'tools/convert_checkpoint.py read it safely (the yacs config as plain data, weights_only)',),
         **_PAPER,
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 def _hcfg(file_id: str, size: int = 224, **kwargs) -> dict:

@@ -31,21 +31,20 @@ weights (trained at ``n_win=7``) load unchanged at ``n_win=8`` (ADE20K) or 16 (C
 dense-prediction backbones load them.
 """
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, trunc_normal_, use_fused_attn
-from timm.models import generate_default_cfgs, load_state_dict, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import adapt_input_conv, checkpoint_seq
+from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, use_fused_attn
+from timm.models import adapt_input_conv, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
 
 from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input, drop_path_rates
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
+from ._convert import strip_prefix, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['BiFormer']
 
@@ -195,8 +194,10 @@ def _per_stage(value: Union[int, float, Sequence], n: int, name: str) -> list:
     return value
 
 
-class BiFormer(nn.Module):
+class BiFormer(StagedModel):
     """BiFormer (``stem_type='conv'``) and the Swin-Tiny-layout ablation BiFormer-STL (``stem_type='patch'``)."""
+    stem_name = 'stem'
+    group_tail = (r'^(?:norm|out_norms)',)
 
     def __init__(
             self,
@@ -217,6 +218,7 @@ class BiFormer(nn.Module):
             stem_type: str = 'conv',
             bra_padding: str = 'legacy',
             attn_backend: str = 'auto',
+            out_norms: OutNormsArg = False,
             extra_norms: bool = False,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
@@ -243,8 +245,9 @@ class BiFormer(nn.Module):
             bra_padding: Maps not divisible by ``n_win``: ``'legacy'`` (official ``auto_pad``: zero tokens before the
                 qkv projection, attended), ``'masked'`` (padded tokens excluded) or ``'none'`` (raise).
             attn_backend: Block-sparse backend of the routing attention (``'auto'`` picks the best available).
-            extra_norms: Apply a LayerNorm2d to every stage map in ``forward_intermediates`` / ``features_only`` (the
-                official mmseg/mmdet backbone's ``extra_norms``).
+            out_norms: A LayerNorm2d on the ``forward_intermediates`` / ``features_only`` maps of every stage (True, as
+                the official mmseg/mmdet backbone's ``extra_norms``) or of the listed stages.
+            extra_norms: Deprecated name of ``out_norms=True``.
             drop_rate: Dropout before the classifier.
             drop_path_rate: Stochastic depth, increasing linearly over all blocks.
         """
@@ -306,55 +309,13 @@ class BiFormer(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
-        self.extra_norms = nn.ModuleList([LayerNorm2d(d) for d in embed_dims]) if extra_norms else None
+        self.out_norms = StageNorms(
+            out_norm_stages(out_norms, num_stages, deprecated=('extra_norms', extra_norms)),
+            lambda i: LayerNorm2d(embed_dims[i]))
         self.norm = nn.BatchNorm2d(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
-
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^(?:norm|extra_norms)', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = self.stem[0].weight
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str) -> None:
@@ -382,76 +343,14 @@ class BiFormer(nn.Module):
             x = check_stl_input(x, len(self.stages))
         return self.stem(x)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected stage maps.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Apply the head's BatchNorm to the last stage's map (ignored with ``extra_norms``, whose LayerNorm2d
-                then normalizes every map, as the official dense-prediction backbone).
-            stop_early: Stop after the last stage needed.
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        x = self._stem(x)
-        stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if self.extra_norms is not None:
-                    y = self.extra_norms[i](x)
-                else:
-                    y = self.norm(x) if norm and i == last_idx else x
-                intermediates.append(y.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else y.contiguous())
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if self.extra_norms is not None:
-            self.extra_norms = self.extra_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self._stem(x))
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+    @property
+    def extra_norms(self) -> Optional[StageNorms]:
+        """Deprecated name of ``out_norms`` (None when the model has none)."""
+        warnings.warn('BiFormer.extra_norms is deprecated, use out_norms', DeprecationWarning, stacklevel=2)
+        return self.out_norms if len(self.out_norms) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here, not inherited: FX autowraps the notrace checks of ``_stem`` only in the root forward's module
         return self.forward_head(self.forward_features(x))
 
 
@@ -486,8 +385,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
     dropped for a model without them.
     """
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    state_dict = strip_prefix(state_dict)
     if 'stem.0.weight' in state_dict:
         out = dict(state_dict)
     else:
@@ -516,38 +414,21 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
                         rest = next(iter(bra_checkpoint_filter({rest: v}, prefix='attn.')))
                     k = f'stages.{i}.blocks.{j}.{rest}'
             out[k] = v
+    out = {('out_norms.' + k[len('extra_norms.'):] if k.startswith('extra_norms.') else k): v for k, v in out.items()}
     own = model.state_dict()
-    if model.extra_norms is None:
-        out = {k: v for k, v in out.items() if not k.startswith('extra_norms.')}
-    else:
-        for k, v in own.items():
-            if k.startswith('extra_norms.') and k not in out:
-                out[k] = v.clone()
+    out = {k: v for k, v in out.items() if not k.startswith('out_norms.') or k in own}
+    for k, v in own.items():
+        if k.startswith('out_norms.') and k not in out:
+            out[k] = v.clone()
     return out
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        BiFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(BiFormer, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.0', 'classifier': 'head',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'pool_size': (7, 7), 'first_conv': 'stem.0', **_PAPER}, **kwargs)
 
 
 # The official OneDrive links (README / models/*.py model_urls): full training dicts, weights under 'model'. They all

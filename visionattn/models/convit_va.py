@@ -24,7 +24,6 @@ from typing import List, Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     Mlp,
@@ -37,13 +36,13 @@ from timm.layers import (
 )
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from torch.utils.checkpoint import checkpoint
 
-from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.layers import drop_path_rates
 from visionattn.ops._dispatch import is_exporting
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import TokenModel
+from ._convert import square_grid, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['ConViT']
 
@@ -207,7 +206,7 @@ class Block(nn.Module):
         return x
 
 
-class ConViT(nn.Module):
+class ConViT(TokenModel):
     """ConViT: a ViT whose first ``local_up_to_layer`` blocks use GPSA on patch tokens only; the class token is
     inserted before the first MHSA block.
     """
@@ -308,34 +307,6 @@ class ConViT(nn.Module):
             if isinstance(m, GPSA):
                 m.local_init()
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed', 'cls_token'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^cls_token|pos_embed|patch_embed',
-            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
@@ -349,9 +320,7 @@ class ConViT(nn.Module):
             if num_classes > 0 else nn.Identity()
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
-        feat_size = (x.shape[1], x.shape[2])
-        x = x.flatten(1, 2)
+        x, feat_size = self._patches(x)  # no class token yet (``_block`` adds it)
         if self.pos_embed is not None:
             x = x + resample_pos_embed(self.pos_embed, feat_size, self.patch_embed.grid_size)
         return self.pos_drop(x), feat_size
@@ -359,10 +328,7 @@ class ConViT(nn.Module):
     def _block(self, i: int, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
         if i == self.local_up_to_layer and self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        blk = self.blocks[i]
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, feat_size, use_reentrant=False)
-        return blk(x, feat_size)
+        return super()._block(i, x, feat_size)
 
     def forward_intermediates(
             self,
@@ -425,21 +391,8 @@ class ConViT(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, feat_size = self._embed(x)
-        for i in range(len(self.blocks)):
-            x = self._block(i, x, feat_size)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == 'token':
-            x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here, not inherited: FX autowraps this module's ``resample_pos_embed`` only in the root forward's
         return self.forward_head(self.forward_features(x))
 
 
@@ -455,38 +408,18 @@ def checkpoint_filter_fn(state_dict: dict, model: ConViT) -> dict:
         if k.endswith('rel_indices'):
             continue
         if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:
-            n = v.shape[1]
-            side = int(n ** 0.5)
-            if side * side != n:
-                raise ValueError(f'pos_embed of {n} tokens is not a square grid; cannot resample it')
-            v = resample_abs_pos_embed(v, new_size=list(model.patch_embed.grid_size), old_size=[side, side],
-                                       num_prefix_tokens=0)
+            v = resample_abs_pos_embed(v, new_size=list(model.patch_embed.grid_size),
+                                       old_size=list(square_grid(v.shape[1], k)), num_prefix_tokens=0)
         out[k] = v
     return out
 
 
 def _create_convit(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model(
-        ConViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(ConViT, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'license': 'apache-2.0', **_PAPER}, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -35,18 +35,16 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_, use_fused_attn
-from timm.models import generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from visionattn.layers import check_image_input, drop_path_rates
-from visionattn.ops._dispatch import is_exporting
+from visionattn.layers import drop_path_rates
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import TokenModel
+from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['EViT', 'adjust_keep_rate', 'KeepRateScheduler']
 
@@ -132,27 +130,6 @@ class KeepRateScheduler:
         rate = self.rate(epoch, step_in_epoch)
         self.model.set_keep_rate(rate)
         return rate
-
-
-@register_notrace_function  # reason: the grid sizes decide whether to resample
-def resample_pos_embed(
-        pos_embed: torch.Tensor,
-        feat_size: Tuple[int, int],
-        base_size: Tuple[int, int],
-        num_prefix_tokens: int = 1,
-) -> torch.Tensor:
-    """The ``[1, prefix + H*W, C]`` position embedding of a ``base_size`` grid resampled to ``feat_size``.
-
-    Bicubic, ``align_corners=False``, no antialiasing, in the embedding's own dtype: the official EViT's
-    interpolation (which only handled square grids).
-    """
-    if not is_exporting() and tuple(feat_size) == tuple(base_size):  # exporting: no size baked in
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    C = grid.shape[-1]
-    grid = grid.transpose(1, 2).reshape(1, C, base_size[0], base_size[1])
-    grid = F.interpolate(grid, size=tuple(feat_size), mode='bicubic', align_corners=False)
-    return torch.cat([prefix, grid.reshape(1, C, -1).transpose(1, 2)], dim=1)
 
 
 @register_notrace_function  # reason: the number of kept tokens is computed from the sequence length
@@ -290,7 +267,7 @@ class Block(nn.Module):
         return (x, idx) if return_index else x
 
 
-class EViT(nn.Module):
+class EViT(TokenModel):
     """DeiT/ViT with EViT token reorganization in the blocks whose keep rate is below 1."""
 
     def __init__(
@@ -399,15 +376,6 @@ class EViT(nn.Module):
         trunc_normal_(self.cls_token, std=.02)
         self.apply(self._init_weights)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
     @property
     def keep_rates(self) -> Tuple[float, ...]:
         """The keep rate each block uses now (1 for blocks that do not reorganize)."""
@@ -454,42 +422,6 @@ class EViT(nn.Module):
                 raise ValueError(f'token counts must be positive integers or None, got {t!r}')
         for b, t in zip(self.blocks, tokens):
             b.tokens = t
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed', 'cls_token'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^cls_token|pos_embed|patch_embed',
-            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token'):
-                raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = self.cls_token
-        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
-        feat_size = (x.shape[1], x.shape[2])
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)], dim=1)
-        x = x + resample_pos_embed(self.pos_embed, feat_size, self.patch_embed.grid_size)
-        return self.pos_drop(x), feat_size
 
     def _block(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         blk = self.blocks[i]
@@ -557,21 +489,6 @@ class EViT(nn.Module):
             return intermediates
         return self.norm(x), intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -580,17 +497,6 @@ class EViT(nn.Module):
         else:
             x = self.blocks(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == 'token':
-            x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict, model: EViT) -> dict:
@@ -605,20 +511,15 @@ def checkpoint_filter_fn(state_dict: dict, model: EViT) -> dict:
     for k, v in state_dict.items():
         if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
             raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
-        if k == 'patch_embed.proj.weight' and v.ndim < 4:
-            v = v.reshape(model.patch_embed.proj.weight.shape)
+        if k == 'patch_embed.proj.weight':
+            v = reshape_patch_embed(v, model.patch_embed.proj.weight.shape)
         elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
-            n = v.shape[1] - 1
-            side = int(math.isqrt(n))
-            if side * side != n:
-                raise ValueError(f'pos_embed of {n} patch tokens is not a square grid; cannot resample it')
-            v = resample_pos_embed(v, tuple(model.patch_embed.grid_size), (side, side))
+            v = resample_pos_embed(v, tuple(model.patch_embed.grid_size), square_grid(v.shape[1] - 1, k))
         out[k] = v
     return out
 
 
 def _create_evit(variant: str, pretrained: bool = False, **kwargs) -> EViT:
-    out_indices = kwargs.pop('out_indices', 3)
     if pretrained:
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         if 'drive.google.com' in (cfg.url or '') and not (cfg.file or cfg.state_dict or cfg.hf_hub_id):
@@ -626,27 +527,11 @@ def _create_evit(variant: str, pretrained: bool = False, **kwargs) -> EViT:
                 f'The official EViT weights for {variant}.{cfg.tag} are on Google Drive, which cannot be '
                 f'downloaded automatically: download {cfg.url} by hand and pass '
                 f'pretrained_cfg_overlay=dict(file=<path>)')
-    return build_model(
-        EViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(EViT, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'origin_url': 'https://github.com/youweiliang/evit',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'crop_pct': 0.9, 'origin_url': 'https://github.com/youweiliang/evit', **_PAPER}, **kwargs)
 
 
 def _evit_drive(file_id: str, keep_rate: float, fuse: bool, top1: float) -> dict:

@@ -34,22 +34,20 @@ Size semantics of pretrained weights: no tensor depends on the input size (HiLo 
 computed per map; there is no position table), so the 224 weights run unchanged at any input size, as the official
 detection and segmentation backbones run them; ``litv2_base_384`` differs only in its pretrained cfg.
 """
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from typing import List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.deform_conv2d
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, register_notrace_function, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.layers import DropPath, register_notrace_function
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from visionattn.layers import HiLo, check_image_input, drop_path_rates
+from visionattn.layers import HiLo, drop_path_rates
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
+from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['LITv2', 'deform_conv2d']
 
@@ -253,8 +251,11 @@ class LITv2Stage(nn.Module):
         return self.blocks(x)
 
 
-class LITv2(nn.Module):
+class LITv2(StagedModel):
     """LITv2: MLP-only early stages, HiLo attention later, deformable token merging in between."""
+
+    stage_fmt = 'NHWC'
+    group_tail = (r'^norm', r'^out_norms')
 
     def __init__(
             self,
@@ -273,7 +274,7 @@ class LITv2(nn.Module):
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.2,
-            out_norms: Union[str, Sequence[int]] = (),
+            out_norms: OutNormsArg = (),
             act_layer: Type[nn.Module] = nn.GELU,
             norm_layer: Type[nn.Module] = nn.LayerNorm,
     ):
@@ -297,7 +298,7 @@ class LITv2(nn.Module):
             drop_path_rate: Stochastic depth, increasing linearly over all blocks.
             out_norms: Stages whose ``forward_intermediates`` maps get a LayerNorm of their own, as the official
                 dense-prediction backbones (``'mmdet'``: stages 1-3, ``'mmseg'``: 0-3, or indices); their weights are
-                the ``norm{i}`` of those checkpoints. Default: none (classification).
+                the ``norm{i}`` of those checkpoints; True: every stage. Default: none (classification).
             act_layer: Activation of the ConvFFN and the DTM.
             norm_layer: Norm layer of the blocks, the stem and the head.
         """
@@ -340,130 +341,15 @@ class LITv2(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
-        out_norms = _OUT_NORMS.get(out_norms, out_norms) if isinstance(out_norms, str) else out_norms
-        if isinstance(out_norms, str) or any(not 0 <= i < num_stages for i in out_norms):
-            raise ValueError(f"out_norms must be 'mmdet', 'mmseg' or stage indices, got {out_norms!r}")
         # per-output norms of the official det/seg backbones (applied to the intermediates only)
-        self.out_norms = nn.ModuleDict({str(i): norm_layer(dims[i]) for i in sorted(set(out_norms))})
+        self.out_norms = StageNorms(out_norm_stages(out_norms, num_stages, _OUT_NORMS), lambda i: norm_layer(dims[i]))
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-                (r'^out_norms', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = next(self.parameters())
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected stage maps (before each DTM).
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Apply the final norm to the last stage's map (unless ``out_norms`` gives it a norm of its own).
-            stop_early: Stop after the last stage needed.
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        x = self.patch_embed(check_image_input(x, self.in_chans))
-        stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if str(i) in self.out_norms:
-                    y = self.out_norms[str(i)](x)
-                else:
-                    y = self.norm(x) if norm and i == last_idx else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        for k in [k for k in self.out_norms if int(k) not in take_indices]:
-            del self.out_norms[k]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(check_image_input(x, self.in_chans))
-        return self.norm(self.stages(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _prune_out_norms(self, max_index: int, take_indices: List[int]) -> None:
+        self.out_norms.prune(lambda i: i in take_indices)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
@@ -476,18 +362,17 @@ def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
     ``norm_layer`` -> ``norm``), ``mlp.dwconv.dwconv`` -> ``mlp.dwconv``; HiLo's names are unchanged.
     """
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    state_dict = strip_prefix(state_dict)
     own = model.state_dict()
     out = {}
     for k, v in state_dict.items():
         parts = k.split('.')
         if parts[0] == 'layers' and len(parts) > 2:
-            i = int(parts[1])
+            k = remap_stage_key(k)
             if parts[2] == 'downsample':
-                k = '.'.join([f'stages.{i + 1}'] + parts[2:]).replace('.norm_layer.', '.norm.')
+                k = k.replace('.norm_layer.', '.norm.')
             else:
-                k = '.'.join([f'stages.{i}'] + parts[2:]).replace('.mlp.dwconv.dwconv.', '.mlp.dwconv.')
+                k = k.replace('.mlp.dwconv.dwconv.', '.mlp.dwconv.')
         elif parts[0].startswith('norm') and parts[0][4:].isdigit():
             # per-output norms of the mmdet/mmseg backbones: kept where the model has them (``out_norms``)
             k = f'out_norms.{parts[0][4:]}.' + '.'.join(parts[1:])
@@ -498,28 +383,16 @@ def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
 
 
 def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        LITv2,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(LITv2, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'license': 'apache-2.0',
         'origin_url': 'https://github.com/ziplab/LITv2',
         **_PAPER,
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _URL = 'https://github.com/ziplab/LITv2/releases/download/v1.0/'

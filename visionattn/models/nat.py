@@ -32,16 +32,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.layers import DropPath, LayerScale, Mlp
+from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint, checkpoint_seq
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import StagedModel, TokenModel
+from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['NAT', 'NATIsotropic', 'NAT_DILATIONS', 'resolve_dilations', 'resolve_strides']
 
@@ -291,7 +290,7 @@ class NATStage(nn.Module):
         return self.blocks(x)
 
 
-class NAT(nn.Module):
+class NAT(StagedModel):
     """NAT / DiNAT / DiNAT_s.
 
     ``stem_type='conv'`` gives NAT and DiNAT (overlapping conv tokenizer, conv downsamplers); ``'patch'`` gives
@@ -304,6 +303,8 @@ class NAT(nn.Module):
     the dilation of the short axis to the largest valid value (``size // kernel_size``, at least 1) instead, and pads
     only maps smaller than the kernel itself. Either way every input size of at least 1x1 runs.
     """
+
+    stage_fmt = 'NHWC'
 
     def __init__(
             self,
@@ -416,116 +417,12 @@ class NAT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos_drop(super()._stem(x))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = next(self.parameters())
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected stage maps.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Apply the final norm to the last stage's map (the other stages have no norm of their own).
-            stop_early: Stop after the last stage needed.
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
-        stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last_idx else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class NATIsotropic(nn.Module):
@@ -537,6 +434,9 @@ class NATIsotropic(nn.Module):
     others ``dilation`` (NAT-iso: 1, DiNAT-iso: 2). The official model is fixed to 224 x 224; this one takes any size
     (``small_input`` as in ``NAT``). Features: every block's map (stride ``patch_size``), as timm's ViTs.
     """
+
+    stage_fmt = 'NHWC'  # for the StagedModel head it borrows
+    global_pools = ('avg', '')
 
     def __init__(
             self,
@@ -630,15 +530,11 @@ class NATIsotropic(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    reset_classifier = NAT.reset_classifier
+    # the timm API of the token models without their token: borrowed
+    set_grad_checkpointing = TokenModel.set_grad_checkpointing
+    get_classifier = TokenModel.get_classifier
+    reset_classifier = StagedModel.reset_classifier
+    prune_intermediate_layers = TokenModel.prune_intermediate_layers
 
     def forward_intermediates(
             self,
@@ -680,21 +576,6 @@ class NATIsotropic(nn.Module):
             return intermediates
         return self.norm(x), intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -703,8 +584,10 @@ class NATIsotropic(nn.Module):
             x = self.blocks(x)
         return self.norm(x)
 
-    forward_head = NAT.forward_head
-    forward = NAT.forward
+    forward_head = StagedModel.forward_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def _split_hf_key(k: str, v: torch.Tensor, out: dict, pending: dict) -> None:
@@ -754,8 +637,7 @@ def checkpoint_filter_fn(state_dict: dict, model: Union[NAT, NATIsotropic]) -> d
     state_dict = unwrap_state_dict(state_dict)
     if isinstance(model, NATIsotropic):  # official isotropic.py: layers.{i} -> blocks.{i}
         return {('blocks.' + k[len('layers.'):] if k.startswith('layers.') else k): v for k, v in state_dict.items()}
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    state_dict = strip_prefix(state_dict)
     hf = any(k.startswith(('nat.', 'dinat.', 'embeddings.patch_embeddings.')) for k in state_dict)
     out, pending = {}, {}
     for k, v in state_dict.items():
@@ -767,11 +649,8 @@ def checkpoint_filter_fn(state_dict: dict, model: Union[NAT, NATIsotropic]) -> d
             continue
         parts = k.split('.')
         if parts[0] in ('levels', 'layers') and len(parts) > 2:
-            i = int(parts[1])
-            if parts[2] == 'downsample':
-                k = '.'.join([f'stages.{i + 1}'] + parts[2:])
-            else:
-                k = '.'.join([f'stages.{i}'] + parts[2:])
+            k = remap_stage_key(k, parts[0])
+            if parts[2] != 'downsample':
                 k = k.replace('.gamma1', '.ls1.gamma').replace('.gamma2', '.ls2.gamma')
         elif parts[0].startswith('norm') and parts[0][4:].isdigit():
             continue  # per-output norms of the mmdet/mmseg backbones
@@ -789,40 +668,21 @@ def checkpoint_filter_fn(state_dict: dict, model: Union[NAT, NATIsotropic]) -> d
 
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        NAT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(NAT, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _create_nat_isotropic(variant: str, pretrained: bool = False, **kwargs) -> NATIsotropic:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model(
-        NATIsotropic,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(NATIsotropic, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', paper: Optional[dict] = None, **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj.0', 'classifier': 'head', 'license': 'mit',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'first_conv': 'patch_embed.proj.0',
+        'license': 'mit',
         'origin_url': 'https://github.com/SHI-Labs/Neighborhood-Attention-Transformer',
         **(paper or _DINAT_PAPER),
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _NAT_URL = 'https://shi-labs.com/projects/nat/checkpoints/CLS/'

@@ -43,22 +43,21 @@ CPU: official RAVLT-T with +40 on the q/k biases of the RALA stages gives NaN ou
 non-finite gradients in fp16, this version none; random weights at 224 and 512 stay finite in both, and bfloat16
 (float32's exponent range) does not overflow.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.layers import drop_path_rates
 from visionattn.layers.rala import RALA
 from visionattn.ops.rala import rope_2d_tables
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
+from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['RAVLT']
 
@@ -196,12 +195,15 @@ def _per_block(attn_types, depths: Sequence[int]) -> List[List[str]]:
     return out
 
 
-class RAVLT(nn.Module):
+class RAVLT(StagedModel):
     """RAVLT: RALA (linear) attention in the first stages, softmax attention in the last (see the module docstring).
 
     Channels-first throughout; ``forward_features`` returns the last stage's map ``[B, C4, H/32, W/32]`` and the head
     projects it to ``head_hidden_size`` (1024) channels before pooling. Any input size of at least 1x1 runs.
     """
+
+    output_fmts = ('NCHW',)
+    group_tail = (r'^(conv_head|norm_head)',)
 
     def __init__(
             self,
@@ -215,7 +217,7 @@ class RAVLT(nn.Module):
             mlp_ratios: Union[float, Sequence[float]] = 3.5,
             layer_scales: Union[None, float, Sequence[Optional[float]]] = 1.,
             head_hidden_size: int = 1024,
-            out_norms: bool = False,
+            out_norms: OutNormsArg = False,
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
@@ -233,7 +235,8 @@ class RAVLT(nn.Module):
             mlp_ratios: FFN hidden width over the block width, one or per stage.
             layer_scales: Initial layer scale per stage (None: no layer scale), or one for all.
             head_hidden_size: Channels of the 1x1 projection before pooling (the official ``projection``).
-            out_norms: Add a LayerNorm per stage output, applied to the maps of ``forward_intermediates`` /
+            out_norms: Add a LayerNorm per stage output (True: every stage, or the listed stages), applied to the
+                maps of ``forward_intermediates`` /
                 ``features_only`` (the ``extra_norms`` of the official detection/segmentation backbone ``GLTA``;
                 needed to reproduce its checkpoints, e.g. ``VisionAttnBackbone(arch='ravlt_small', out_norms=True)``).
             drop_rate: Dropout before the classifier.
@@ -273,7 +276,8 @@ class RAVLT(nn.Module):
             prev = embed_dims[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
 
-        self.out_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in embed_dims]) if out_norms else None
+        self.out_norms = StageNorms(
+            out_norm_stages(out_norms, len(embed_dims)), lambda i: LayerNorm2d(embed_dims[i], eps=1e-6))
 
         # head: 1x1 projection, BatchNorm, Swish before pooling (the official proj / norm / swish)
         self.conv_head = nn.Conv2d(self.num_features, head_hidden_size, 1)
@@ -291,31 +295,6 @@ class RAVLT(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^(conv_head|norm_head)', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
@@ -325,74 +304,20 @@ class RAVLT(nn.Module):
         self.head = nn.Linear(self.head_hidden_size * self.pool.feat_mult(), num_classes, device=w.device,
                               dtype=w.dtype) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the stage maps (NCHW, before the next stage's downsampling).
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # no norm between the last stage and the head
 
-        With ``out_norms`` the maps go through the per-stage output LayerNorms (the ``GLTA`` backbone's); the stages
-        themselves run on the unnormalised maps.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Ignored (RAVLT has no norm between the last stage and the head; see ``out_norms``).
-            stop_early: Stop after the last stage needed.
-            output_fmt: ``'NCHW'`` only.
-            intermediates_only: Return only the intermediates.
-        """
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.patch_embed(check_image_input(x, self.in_chans))
-        stages = self.stages if not stop_early else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(self.out_norms[i](x) if self.out_norms is not None else x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and optionally the head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if self.out_norms is not None:
-            self.out_norms = self.out_norms[:max_index + 1]
-        if prune_head:
-            self.conv_head = nn.Identity()
-            self.norm_head = nn.Identity()
-            self.act = nn.Identity()
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(check_image_input(x, self.in_chans))
-        for stage in self.stages:
-            x = stage(x)
-        return x
+    def _prune_head(self) -> None:
+        self.conv_head = nn.Identity()
+        self.norm_head = nn.Identity()
+        self.act = nn.Identity()
+        self.reset_classifier(0, '')
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.act(self.norm_head(self.conv_head(x)))
         x = self.pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
@@ -407,8 +332,7 @@ def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
     becomes a Linear, and the recomputable ``RoPE.angle`` buffers are dropped.
     """
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    state_dict = strip_prefix(state_dict)
     if not any(k.startswith('layers.') for k in state_dict):
         return state_dict  # already ours
     out = {}
@@ -417,15 +341,12 @@ def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
         if k.endswith('RoPE.angle'):
             continue
         if parts[0] == 'extra_norms':
-            if getattr(model, 'out_norms', None) is None:
+            if not getattr(model, 'out_norms', None):
                 continue
             k = k.replace('.norm.', '.', 1).replace('extra_norms.', 'out_norms.', 1)
         if parts[0] == 'layers':
-            i = int(parts[1])
-            if parts[2] == 'downsample':
-                k = '.'.join([f'stages.{i + 1}'] + parts[2:])
-            else:
-                k = '.'.join([f'stages.{i}'] + parts[2:])
+            k = remap_stage_key(k)
+            if parts[2] != 'downsample':
                 k = k.replace('.norm1.norm.', '.norm1.').replace('.norm2.norm.', '.norm2.')
                 if k.endswith('.gamma_1') or k.endswith('.gamma_2'):
                     k = k[:-len('gamma_1')] + ('ls1.gamma' if k.endswith('1') else 'ls2.gamma')
@@ -441,28 +362,16 @@ def checkpoint_filter_fn(state_dict: dict, model: RAVLT) -> dict:
 
 
 def _create_ravlt(variant: str, pretrained: bool = False, **kwargs) -> RAVLT:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        RAVLT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(RAVLT, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj.0', 'classifier': 'head',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'first_conv': 'patch_embed.proj.0',
         'origin_url': 'https://github.com/qhfan/RALA',
         **_PAPER,
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _HF = 'https://huggingface.co/aldjalkdf/RAVLT/resolve/main/'

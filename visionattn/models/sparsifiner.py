@@ -69,7 +69,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     Mlp,
@@ -83,13 +82,13 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.layers import drop_path_rates
 from visionattn.ops._dispatch import is_exporting
 from visionattn.ops.topk import topk_attention, topk_indices
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
-from .evit import resample_pos_embed
+from ._base import TokenModel
+from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['Sparsifiner', 'MaskPredictor', 'SparsifinerLoss', 'attn_recon_loss', 'resample_token_proj']
 
@@ -532,7 +531,7 @@ class SparsifinerLoss(nn.Module):
                     loss_token_distill=self.token_distill_weight * F.mse_loss(fs, ft))
 
 
-class Sparsifiner(nn.Module):
+class Sparsifiner(TokenModel):
     """DeiT with Sparsifiner attention: per-instance top-k attention masks from a low-rank connectivity predictor."""
 
     def __init__(
@@ -684,15 +683,6 @@ class Sparsifiner(nn.Module):
         self.apply(self._init_weights)
         self.set_attn_recon(attn_recon)
 
-    def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
-
     def set_attn_recon(self, enable: bool = True) -> None:
         """Attention-reconstruction mode (the official ``cfg.LOSS.USE_ATTN_RECON``, the first training phase).
 
@@ -718,42 +708,6 @@ class Sparsifiner(nn.Module):
     def predictor_parameters(self) -> List[nn.Parameter]:
         """The connectivity predictors' parameters (the official first phase optimises only these)."""
         return [p for n, p in self.named_parameters() if '.mask_predictor.' in n]
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'pos_embed', 'cls_token'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^cls_token|pos_embed|patch_embed',
-            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token'):
-                raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = self.cls_token
-        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
-        feat_size = (x.shape[1], x.shape[2])
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.flatten(1, 2)], dim=1)
-        x = x + resample_pos_embed(self.pos_embed, feat_size, self.patch_embed.grid_size)
-        return self.pos_drop(x), feat_size
 
     def _block(
             self,
@@ -812,38 +766,12 @@ class Sparsifiner(nn.Module):
             return intermediates
         return self.norm(x), intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, feat_size = self._embed(x)
         token_mask = None
         for i in range(len(self.blocks)):
             x, token_mask, _ = self._block(i, x, token_mask, feat_size)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == 'token':
-            x = x[:, 0]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     @torch.jit.ignore
     def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Dict[str, Union[torch.Tensor, List]]:
@@ -943,15 +871,15 @@ def checkpoint_filter_fn(state_dict: dict, model: Sparsifiner) -> dict:
             continue
         if k in ('dist_token', 'head_dist.weight', 'head_dist.bias'):
             raise ValueError(f'{k!r}: distilled DeiT checkpoints (a second prefix token) are not supported')
-        if k == 'patch_embed.proj.weight' and v.ndim < 4:
-            v = v.reshape(model.patch_embed.proj.weight.shape)
+        if k == 'patch_embed.proj.weight':
+            v = reshape_patch_embed(v, model.patch_embed.proj.weight.shape)
         elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
-            v = resample_pos_embed(v, grid, _square_grid(v.shape[1] - 1, k))
+            v = resample_pos_embed(v, grid, square_grid(v.shape[1] - 1, k))
         elif k.endswith(('mask_predictor.proj_n', 'mask_predictor.proj_back_n')) and k in own \
                 and v.shape[0] != own[k].shape[0]:
             if v.shape[1] != own[k].shape[1]:
                 raise ValueError(f'{k}: {v.shape[1]} reduced tokens, the model has {own[k].shape[1]}')
-            v = resample_token_proj(v, grid, _square_grid(v.shape[0] - 1, k), sum_normalize=k.endswith('proj_n'))
+            v = resample_token_proj(v, grid, square_grid(v.shape[0] - 1, k), sum_normalize=k.endswith('proj_n'))
         out[k] = v
     missing = [k for k in own if '.mask_predictor.' in k and k not in out]
     if missing:
@@ -962,36 +890,12 @@ def checkpoint_filter_fn(state_dict: dict, model: Sparsifiner) -> dict:
     return out
 
 
-def _square_grid(n: int, key: str) -> Tuple[int, int]:
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f'{key} has {n} patch tokens, not a square grid; cannot resample it')
-    return side, side
-
-
 def _create_sparsifiner(variant: str, pretrained: bool = False, **kwargs) -> Sparsifiner:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model(
-        Sparsifiner,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(Sparsifiner, variant, pretrained, checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'origin_url': 'https://github.com/lim142857/Sparsifiner',
-        **_PAPER,
-        **kwargs,
-    }
+    return default_cfg(url, {'origin_url': 'https://github.com/lim142857/Sparsifiner', **_PAPER}, **kwargs)
 
 
 def _deit(name: str, **kwargs) -> dict:

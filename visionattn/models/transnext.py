@@ -36,22 +36,20 @@ Layout: NHWC inside the model; ``forward_features`` returns the NHWC map after t
 """
 import math
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_module, to_2tuple, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from visionattn.layers import check_image_input, drop_path_rates
+from visionattn.layers import drop_path_rates
 from visionattn.ops import aggregated_attention
 
-from ._convert import unwrap_state_dict
-from ._hub import build_model
+from ._base import StagedModel
+from ._convert import strip_prefix, unwrap_state_dict
+from ._hub import build_model, default_cfg
 
 __all__ = ['TransNeXt']
 
@@ -454,12 +452,15 @@ class TransNeXtStage(nn.Module):
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
 
-class TransNeXt(nn.Module):
+class TransNeXt(StagedModel):
     """TransNeXt (official ``classification/transnext.py`` and mm backbones), any input size.
 
     Stage ``i`` (stride ``4 * 2 ** i``) uses aggregated attention when ``sr_ratios[i] > 1`` and full length-scaled
     cosine attention when ``sr_ratios[i] == 1``. Every stage ends with its norm (eps 1e-6) inside the trunk.
     """
+
+    stage_fmt = 'NHWC'
+    group_tail = (r'^stages\.(\d+)\.norm',)
 
     def __init__(
             self,
@@ -586,100 +587,8 @@ class TransNeXt(nn.Module):
         keys = ('query_embedding', 'relative_pos_bias_local', 'cpb', 'temperature')  # official keywords
         return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^stages\.(\d+)\.norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        w = self.patch_embed.proj.weight
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected stage maps (after each stage's norm).
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Unused: every stage map is already normalized by its in-trunk stage norm.
-            stop_early: Stop after the last stage needed.
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.patch_embed(check_image_input(x, self.in_chans))
-        stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and optionally the head) not needed for ``indices``; returns the kept indices.
-
-        The stage norms are part of the trunk and are kept (``prune_norm`` has nothing to remove).
-        """
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(check_image_input(x, self.in_chans))
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # every stage ends in its own norm
 
 
 _BUFFERS = ('relative_pos_index', 'relative_coords_table', 'seq_length_scale', 'padding_mask')
@@ -695,8 +604,7 @@ def checkpoint_filter_fn(state_dict: dict, model: TransNeXt) -> dict:
     mask), if present, are dropped: they are recomputed per input size.
     """
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    state_dict = strip_prefix(state_dict)
     if any(k.startswith('stages.') for k in state_dict):
         return state_dict
     out = {}
@@ -718,29 +626,17 @@ def checkpoint_filter_fn(state_dict: dict, model: TransNeXt) -> dict:
 
 
 def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> TransNeXt:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model(
-        TransNeXt,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_model(TransNeXt, variant, pretrained, checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+    return default_cfg(url, {
+        'pool_size': (7, 7),
+        'license': 'apache-2.0',
         'paper_ids': 'arXiv:2311.17132',
         'paper_name': 'TransNeXt: Robust Foveal Visual Perception for Vision Transformers',
         'origin_url': 'https://github.com/DaiShiResearch/TransNeXt',
-        **kwargs,
-    }
+    }, **kwargs)
 
 
 _HF = 'https://huggingface.co/DaiShiResearch/'

@@ -20,7 +20,7 @@ from torch import nn
 from .._custom_op import recompute_custom_op
 from .._dispatch import use_opaque_ops
 
-__all__ = ['gna_blocked', 'gna_blocked_backend']
+__all__ = ['gna_blocked', 'gna_blocked_backend', 'blocked_tiling']
 
 # Fixed cost of one query tile (per batch and head) in CPU SDPA, in query-key pairs: fitted to single-thread timings
 # of na2d k7 at 14x14, 28x28 and 56x56 over tile shapes (4x4 .. 28x28) on the 2-core EPYC dev machine.
@@ -116,6 +116,23 @@ def _geometry(shape: Tuple[int, ...], kernel_size, stride, is_causal, tile):
     mask = mask.expand(full).reshape(nt, tq, tk)
     flat_rel = flat_rel.expand(full).reshape(nt, tq, tk).contiguous()
     return [a[:4] for a in axes], (None if bool(mask.all()) else mask), flat_rel
+
+
+def blocked_tiling(
+        shape: Sequence[int],
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        is_causal: Optional[Sequence[bool]] = None,
+) -> Tuple[Tuple[int, ...], bool, int]:
+    """The blocked backend's plan for one dilation group of a ``shape`` map: its query tile, whether it runs without
+    a mask (every tile dense) and the (query, key) pairs it computes (halo and padding included)."""
+    shape, kernel_size, stride = tuple(shape), tuple(kernel_size), tuple(stride)
+    if not len(shape) == len(kernel_size) == len(stride):
+        raise ValueError(f'shape {shape}, kernel_size {kernel_size} and stride {stride} need one entry per axis')
+    is_causal = (False,) * len(shape) if is_causal is None else tuple(is_causal)
+    tile = _default_tiles(shape, kernel_size, stride, is_causal)
+    axes, mask, _ = _geometry(shape, kernel_size, stride, is_causal, tile)
+    return tile, mask is None, math.prod(nt * t * span for (nt, _, _, span), t in zip(axes, tile))
 
 
 @lru_cache(maxsize=256)

@@ -1,0 +1,342 @@
+"""Model bases shared by the families: the timm model API written once.
+
+``StagedModel``: hierarchical backbones (BiFormer, LITv2, NAT, RAVLT, TransNeXt and Agent's PVT/Swin/CSwin hosts):
+a stem, ``stages`` (each with a ``grad_checkpointing`` flag), an optional final ``norm``, average pooling and a
+linear ``head``. ``TokenModel``: the DeiT/ViT scaffold (class token, absolute position embedding, ``blocks``,
+``norm``, ``head``) of EViT, Sparsifiner, Agent-DeiT and ConViT.
+
+A subclass builds its modules in ``__init__`` and sets ``num_classes``, ``in_chans``, ``global_pool``,
+``num_features``, ``grad_checkpointing``, ``head_drop`` and ``head``; it overrides the hooks (``_stem``, ``_norm``,
+``_out_norm``...) where it differs, and keeps only what is its own.
+"""
+import warnings
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices  # timm exports it from no public module
+from torch.utils.checkpoint import checkpoint
+
+from visionattn.layers import check_image_input
+
+from ._convert import resample_pos_embed
+
+__all__ = ['StagedModel', 'TokenModel', 'StageNorms', 'init_weights', 'out_norm_stages', 'feature_take_indices']
+
+# FX autowraps notrace functions only in the root forward's module and in the modules of the submodules it has
+# called: wrap the ones the bases call (before any family module) whatever module defines the model's forward
+torch.fx.wrap('check_image_input')
+torch.fx.wrap('resample_pos_embed')
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+OutNormsArg = Union[bool, str, Sequence[int]]
+
+
+def init_weights(m: nn.Module) -> None:
+    """timm's ViT / Swin init: Linear weights truncated normal (std .02) with zero bias, LayerNorm to identity."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.zeros_(m.bias)
+        nn.init.ones_(m.weight)
+
+
+def out_norm_stages(
+        out_norms: OutNormsArg,
+        num_stages: int,
+        presets: Optional[Dict[str, Sequence[int]]] = None,
+        deprecated: Optional[Tuple[str, bool]] = None,
+) -> List[int]:
+    """The stages given a per-stage output norm by a family's ``out_norms`` argument: True (every stage), False or
+    empty (none), a preset name of ``presets`` or stage indices. ``deprecated``: ``(old_name, value)`` of a family's
+    former argument (a bool), accepted with a DeprecationWarning."""
+    if deprecated is not None and deprecated[1]:
+        warnings.warn(f'{deprecated[0]} is deprecated, use out_norms', DeprecationWarning, stacklevel=3)
+        out_norms = out_norms or True
+    if isinstance(out_norms, bool):
+        return list(range(num_stages)) if out_norms else []
+    if isinstance(out_norms, str):
+        if out_norms not in (presets or {}):
+            raise ValueError(f'out_norms must be a bool, one of {sorted(presets or {})} or stage indices, '
+                             f'got {out_norms!r}')
+        out_norms = presets[out_norms]
+    stages = sorted({int(i) for i in out_norms})
+    if any(not 0 <= i < num_stages for i in stages):
+        raise ValueError(f'out_norms: stage indices must be in [0, {num_stages}), got {list(out_norms)}')
+    return stages
+
+
+class StageNorms(nn.ModuleDict):
+    """Per-stage output norms (dense-prediction backbones), keyed by stage index (``'0'``, ``'1'``...; an int index
+    works too): applied to the ``forward_intermediates`` / ``features_only`` maps, not to the trunk."""
+
+    def __init__(self, stages: Iterable[int] = (), make: Optional[Callable[[int], nn.Module]] = None):
+        super().__init__({str(i): make(i) for i in stages})
+
+    def __getitem__(self, key: Union[int, str]) -> nn.Module:
+        return super().__getitem__(str(key))
+
+    def __contains__(self, key: Union[int, str]) -> bool:
+        return super().__contains__(str(key))
+
+    def prune(self, keep: Callable[[int], bool]) -> None:
+        """Drop the norms of the stages for which ``keep(stage)`` is False."""
+        for k in [k for k in self.keys() if not keep(int(k))]:
+            del self[k]
+
+
+class StagedModel(nn.Module):
+    """The timm model API of a hierarchical backbone.
+
+    Class attributes: ``stem_name`` (the stem module, also the ``group_matcher`` stem), ``stage_fmt`` (the layout of
+    the maps between stages: ``'NCHW'`` or ``'NHWC'``), ``output_fmts`` (the ``forward_intermediates`` formats),
+    ``global_pools`` (accepted pooling) and the ``group_matcher`` patterns ``group_stem``, ``group_downsample`` and
+    ``group_tail`` (the modules after the last block).
+    """
+    _init_weights = staticmethod(init_weights)
+    stem_name: str = 'patch_embed'
+    stage_fmt: str = 'NCHW'
+    output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
+    global_pools: Tuple[str, ...] = ('avg', '')
+    group_stem: Optional[str] = None
+    group_downsample: str = r'^stages\.(\d+)\.downsample'
+    group_tail: Tuple[str, ...] = (r'^norm',)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=self.group_stem or f'^{self.stem_name}',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (self.group_downsample, (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                *[(p, (99999,)) for p in self.group_tail],
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            _check_choice('global_pool', global_pool, self.global_pools)
+            self.global_pool = global_pool
+        w = next(self.parameters())
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked input images to the first stage's input."""
+        return getattr(self, self.stem_name)(check_image_input(x, self.in_chans))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm on a last-stage map (in ``stage_fmt``)."""
+        return self.norm(x)
+
+    def _out_norm(self, i: int) -> Optional[nn.Module]:
+        """The per-stage output norm of stage ``i`` (``out_norms``, a ``StageNorms``), if the model has one."""
+        out_norms = getattr(self, 'out_norms', None)
+        return out_norms[i] if out_norms is not None and i in out_norms else None
+
+    def _prune_out_norms(self, max_index: int, take_indices: List[int]) -> None:
+        """Drop the output norms of the stages that ``prune_intermediate_layers`` removes."""
+        out_norms = getattr(self, 'out_norms', None)
+        if out_norms is not None:
+            out_norms.prune(lambda i: i <= max_index)
+
+    def _prune_head(self) -> None:
+        self.reset_classifier(0, '')
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the selected stage maps.
+
+        Args:
+            x: Input images ``[B, C, H, W]``.
+            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
+            norm: Apply the final norm to the last stage's map (a stage with an output norm of its own uses that).
+            stop_early: Stop after the last stage needed.
+            output_fmt: One of ``output_fmts``.
+            intermediates_only: Return only the intermediates.
+
+        Returns:
+            ``(features, intermediates)`` or only the intermediates.
+        """
+        _check_choice('output_fmt', output_fmt, self.output_fmts)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        x = self._stem(x)
+        stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                out_norm = self._out_norm(i)
+                if out_norm is not None:
+                    y = out_norm(x)
+                else:
+                    y = self._norm(x) if norm and i == last_idx else x
+                if self.stage_fmt != output_fmt:
+                    y = y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y.permute(0, 2, 3, 1)
+                intermediates.append(y.contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self._norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self._prune_out_norms(max_index, take_indices)
+        if prune_norm and isinstance(getattr(self, 'norm', None), nn.Module):
+            self.norm = nn.Identity()
+        if prune_head:
+            self._prune_head()
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self._norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(2, 3) if self.stage_fmt == 'NCHW' else (1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class TokenModel(nn.Module):
+    """The DeiT/ViT scaffold: ``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks``, ``norm`` and ``head``, with
+    ``global_pool`` over ``global_pools`` (``'token'``: the class token, ``'avg'``: the patch tokens' mean).
+
+    As timm's ``VisionTransformer`` for its ``deit.py`` subclasses, the families build their own embedding and blocks
+    (they differ in both) and inherit the rest of the timm API.
+    """
+    _init_weights = staticmethod(init_weights)
+    global_pools: Tuple[str, ...] = ('', 'avg', 'token')
+    pos_interpolation: str = 'bicubic'
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed', 'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^cls_token|pos_embed|patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in self.global_pools:
+                raise ValueError(
+                    f"global_pool must be one of {', '.join(repr(p) for p in self.global_pools)}, got {global_pool!r}")
+            self.global_pool = global_pool
+        w = next(self.parameters())
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def _patches(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Checked images to patch tokens ``[B, H'*W', C]`` and the grid ``(H', W')``."""
+        x = self.patch_embed(check_image_input(x, self.in_chans))  # [B, H', W', C]
+        return x.flatten(1, 2), (x.shape[1], x.shape[2])
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch tokens after the class token, plus the position embedding resampled to the grid (with
+        ``pos_interpolation``), through ``pos_drop``."""
+        x, feat_size = self._patches(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + resample_pos_embed(
+            self.pos_embed, feat_size, self.patch_embed.grid_size, self.num_prefix_tokens, self.pos_interpolation)
+        return self.pos_drop(x), feat_size
+
+    def _block(self, i: int, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        blk = self.blocks[i]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, feat_size, use_reentrant=False)
+        return blk(x, feat_size)
+
+    @staticmethod
+    def _token_map(y: torch.Tensor, feat_size: Tuple[int, int], output_fmt: str) -> torch.Tensor:
+        """Patch tokens ``[B, H*W, C]`` as an NCHW map, or as they are for ``'NLC'``."""
+        if output_fmt != 'NCHW':
+            return y
+        return y.reshape(y.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2).contiguous()
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, feat_size = self._embed(x)
+        for i in range(len(self.blocks)):
+            x = self._block(i, x, feat_size)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == 'token':
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
