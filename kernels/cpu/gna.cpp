@@ -14,7 +14,7 @@
 // log-sum-exp, from which the backward recomputes P (FlashAttention-2 style): dP^T = V . dO^T, dS = P (dP - D),
 // dQ^T = K^T dS^T, and dK/dV/d(rpb)/d(additional KV) as rank-W updates of the tile's keys. Threads: torch's pool
 // (at::parallel_for), forward over (batch, head, tile), backward over (batch, head) so that dK/dV/d(rpb) are
-// accumulated without races.
+// accumulated without races. exp clamps its input at -86 (lanes.h) so masked lanes never produce denormals.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
