@@ -342,6 +342,12 @@ struct Tile {
     for (int64_t e = 0; e < g.E; ++e) mask[nwin + e] = all;
   }
 
+  // What the rpb of the tile's keys depends on (besides the head): interior tiles share it.
+  void signature(std::vector<int64_t>& sig) const {
+    sig.assign({c0, rel0, UW1, UW2});
+    for (int q = 0; q < W; ++q) sig.insert(sig.end(), {lo1[q], hi1[q], lo2[q], hi2[q], rel1[q], rel2[q]});
+  }
+
   // Calls f(lane, key index j, rpb index) over each lane's window (rpb flat index within a head).
   template <class F>
   void for_window(const Geometry& g, uint32_t lanes, F&& f) const {
@@ -359,6 +365,46 @@ struct Tile {
   }
 };
 
+// rpb of a tile as a [key][lane] block, rebuilt only when the tile geometry or the head changes.
+template <class V>
+struct BiasCache {
+  int64_t h = -1;
+  std::vector<int64_t> sig, cur;
+  std::vector<typename V::T> val;
+};
+
+template <class V>
+void add_bias(const Geometry& g, const Tile<V>& tile, const typename V::T* rb, int64_t h, BiasCache<V>& c,
+              typename V::T* s) {
+  constexpr int W = V::W;
+  tile.signature(c.cur);
+  if (h != c.h || c.cur != c.sig) {
+    c.h = h;
+    c.sig = c.cur;
+    c.val.assign(tile.nwin * W, typename V::T(0));
+    typename V::T* bv = c.val.data();
+    tile.for_window(g, tile.all, [&](int l, int64_t j, int64_t r) { bv[j * W + l] = rb[r]; });
+  }
+  const typename V::T* bv = c.val.data();
+  for (int64_t j = 0; j < tile.nwin; ++j) V::store(s + j * W, V::add(V::load(s + j * W), V::load(bv + j * W)));
+}
+
+// d(rpb) of a run of tiles of one geometry, summed as a [key][lane] block (lanes outside a window hold zeros).
+template <class V>
+struct BiasGrad {
+  std::vector<int64_t> sig;
+  Tile<V> tile;
+  typename V::T* drb = nullptr;
+  std::vector<typename V::T> acc;
+  void flush(const Geometry& g) {
+    if (!drb) return;
+    const typename V::T* a = acc.data();
+    typename V::T* d = drb;
+    tile.for_window(g, tile.all, [&](int l, int64_t j, int64_t r) { d[r] += a[j * V::W + l]; });
+    drb = nullptr;
+  }
+};
+
 template <class V>
 void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* k, const typename V::T* v,
                 const typename V::T* rpb, const typename V::T* ak, const typename V::T* av, typename V::T scale,
@@ -372,6 +418,7 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
   const int64_t tasks = g.B * H * tl.ntiles;
   at::parallel_for(0, tasks, 4, [&](int64_t begin, int64_t end) {
     Tile<V> tile;
+    BiasCache<V> bias;
     std::vector<T> qt(D * W), ot(Dv * W), s;
     std::vector<const T*> krow, vrow;
     for (int64_t task = begin; task < end; ++task) {
@@ -396,11 +443,7 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
         for (int64_t c = 0; c < D; ++c) qt[c * W + l] = qr[c] * scale;
       }
       qk<V>(qt.data(), D, krow.data(), n, s.data());
-      if (rpb) {
-        const T* rb = rpb + h * RV;
-        T* sp = s.data();
-        tile.for_window(g, tile.all, [&](int l, int64_t j, int64_t r) { sp[j * W + l] += rb[r]; });
-      }
+      if (rpb) add_bias<V>(g, tile, rpb + h * RV, h, bias, s.data());
       const auto ninf = V::set1(-std::numeric_limits<T>::infinity());
       auto mx = ninf;
       for (int64_t j = 0; j < n; ++j) {
@@ -448,6 +491,8 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
   const Tiling tl = make_tiling(g, W);
   at::parallel_for(0, g.B * H, 1, [&](int64_t begin, int64_t end) {
     Tile<V> tile;
+    BiasCache<V> bias;
+    BiasGrad<V> dbias;
     std::vector<T> qt(D * W), dot_(Dv * W), dqt(D * W), s, dp;
     std::vector<const T*> krow, vrow, qrow(W), dorow(W);
     std::vector<T*> dkrow, dvrow;
@@ -501,10 +546,7 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         }
         qk<V>(qt.data(), D, krow.data(), n, s.data());
         qk<V>(dot_.data(), Dv, vrow.data(), n, dp.data());
-        if (rb) {
-          T* sp = s.data();
-          tile.for_window(g, valid, [&](int l, int64_t j, int64_t r) { sp[j * W + l] += rb[r]; });
-        }
+        if (rb) add_bias<V>(g, tile, rb, h, bias, s.data());
         const auto lv = V::load(lse_), dv_ = V::load(di_), zero = V::zero();
         for (int64_t j = 0; j < n; ++j) {
           const uint32_t m = tile.mask[j] & valid;
@@ -513,9 +555,16 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
           V::store(s.data() + j * W, p);
           V::store(dp.data() + j * W, V::mul(p, V::sub(V::load(dp.data() + j * W), dv_)));
         }
-        if (drb) {
-          const T* dsp = dp.data();
-          tile.for_window(g, valid, [&](int l, int64_t j, int64_t r) { drb[r] += dsp[j * W + l]; });
+        if (drb) {  // dS summed per tile geometry; scattered into d(rpb) when the geometry changes
+          if (dbias.drb != drb || bias.sig != dbias.sig) {
+            dbias.flush(g);
+            dbias.sig = bias.sig;
+            dbias.tile = tile;
+            dbias.drb = drb;
+            dbias.acc.assign(n * W, T(0));
+          }
+          T* da = dbias.acc.data();
+          for (int64_t j = 0; j < nwin; ++j) V::store(da + j * W, V::add(V::load(da + j * W), V::load(dp.data() + j * W)));
         }
         std::fill(dqt.begin(), dqt.end(), T(0));
         pv<V>(dp.data(), krow.data(), n, D, dqt.data());
@@ -528,6 +577,7 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         rank_update<V>(s.data(), dvrow.data(), n, dorow.data(), Dv, T(1));
       }
     }
+    dbias.flush(g);
   });
 }
 
