@@ -85,6 +85,8 @@ Geometry make_geometry(const torch::Tensor& q, const torch::Tensor& v, at::IntAr
     TORCH_CHECK(ks[i] >= 1 && st[i] >= 1 && dil[i] >= 1 && ks[i] * dil[i] <= g.L[i], "gna_cpu: bad geometry");
     g.ax[i] = make_axis(g.L[i], ks[i], st[i], dil[i], causal[i] != 0);
   }
+  TORCH_CHECK(g.L[0] * g.L[1] * g.L[2] * g.H * std::max(g.D, g.Dv) < (int64_t(1) << 31),
+              "gna_cpu: one batch entry must hold < 2^31 elements (32-bit lane offsets)");
   return g;
 }
 
@@ -438,10 +440,14 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
         krow[nwin + e] = ak + ((b * E + e) * H + h) * D;
         vrow[nwin + e] = av + ((b * E + e) * H + h) * Dv;
       }
+      alignas(64) int32_t qoff[W], ooff[W];  // lane rows relative to the (batch, head) base
       for (int l = 0; l < W; ++l) {
-        const T* qr = q + ((b * N + tile.qi[l]) * H + h) * D;
-        for (int64_t c = 0; c < D; ++c) qt[c * W + l] = qr[c] * scale;
+        qoff[l] = static_cast<int32_t>(tile.qi[l] * H * D);
+        ooff[l] = static_cast<int32_t>(tile.qi[l] * H * Dv);
       }
+      const T* qb = q + b * N * H * D + h * D;
+      const auto sv = V::set1(scale);
+      for (int64_t c = 0; c < D; ++c) V::store(qt.data() + c * W, V::mul(V::gather(qb + c, qoff), sv));
       qk<V>(qt.data(), D, krow.data(), n, s.data());
       if (rpb) add_bias<V>(g, tile, rpb + h * RV, h, bias, s.data());
       const auto ninf = V::set1(-std::numeric_limits<T>::infinity());
@@ -467,12 +473,11 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
       alignas(64) T m_[W], l_[W];
       V::store(m_, mx);
       V::store(l_, sum);
+      const auto inv = V::div(V::set1(T(1)), sum);
+      T* ob = out + b * N * H * Dv + h * Dv;
+      for (int64_t c = 0; c < Dv; ++c) V::scatter(ob + c, ooff, tile.valid, V::mul(V::load(ot.data() + c * W), inv));
       for (int l = 0; l < W; ++l) {
-        if (!((tile.valid >> l) & 1u)) continue;
-        const T inv = T(1) / l_[l];
-        T* o = out + ((b * N + tile.qi[l]) * H + h) * Dv;
-        for (int64_t c = 0; c < Dv; ++c) o[c] = ot[c * W + l] * inv;
-        lse[(b * H + h) * N + tile.qi[l]] = m_[l] + std::log(l_[l]);
+        if ((tile.valid >> l) & 1u) lse[(b * H + h) * N + tile.qi[l]] = m_[l] + std::log(l_[l]);
       }
     }
   });
@@ -527,27 +532,31 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
           dkrow[nwin + e] = dak + er * D;
           dvrow[nwin + e] = dav + er * Dv;
         }
-        alignas(64) T lse_[W], di_[W];
+        alignas(64) T lse_[W];
+        alignas(64) int32_t qoff[W], ooff[W];
         for (int l = 0; l < W; ++l) {
           const int64_t row = (b * N + tile.qi[l]) * H + h;
-          const T* qr = q + row * D;
-          const T* gr = dout + row * Dv;
-          const T* orow = out + row * Dv;
-          qrow[l] = qr;
-          dorow[l] = gr;
-          for (int64_t c = 0; c < D; ++c) qt[c * W + l] = qr[c] * scale;
-          T di = 0;
-          for (int64_t c = 0; c < Dv; ++c) {
-            dot_[c * W + l] = gr[c];
-            di += gr[c] * orow[c];
-          }
-          di_[l] = di;
+          qrow[l] = q + row * D;
+          dorow[l] = dout + row * Dv;
+          qoff[l] = static_cast<int32_t>(tile.qi[l] * H * D);
+          ooff[l] = static_cast<int32_t>(tile.qi[l] * H * Dv);
           lse_[l] = lse[(b * H + h) * N + tile.qi[l]];
+        }
+        const T* qb = q + b * N * H * D + h * D;
+        const T* gb = dout + b * N * H * Dv + h * Dv;
+        const T* ob = out + b * N * H * Dv + h * Dv;
+        const auto sv = V::set1(scale);
+        for (int64_t c = 0; c < D; ++c) V::store(qt.data() + c * W, V::mul(V::gather(qb + c, qoff), sv));
+        auto di = V::zero();
+        for (int64_t c = 0; c < Dv; ++c) {
+          const auto gv = V::gather(gb + c, ooff);
+          V::store(dot_.data() + c * W, gv);
+          di = V::fmadd(gv, V::gather(ob + c, ooff), di);
         }
         qk<V>(qt.data(), D, krow.data(), n, s.data());
         qk<V>(dot_.data(), Dv, vrow.data(), n, dp.data());
         if (rb) add_bias<V>(g, tile, rb, h, bias, s.data());
-        const auto lv = V::load(lse_), dv_ = V::load(di_), zero = V::zero();
+        const auto lv = V::load(lse_), dv_ = di, zero = V::zero();
         for (int64_t j = 0; j < n; ++j) {
           const uint32_t m = tile.mask[j] & valid;
           auto p = V::exp(V::sub(V::load(s.data() + j * W), lv));
@@ -568,11 +577,8 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         }
         std::fill(dqt.begin(), dqt.end(), T(0));
         pv<V>(dp.data(), krow.data(), n, D, dqt.data());
-        for (int l = 0; l < W; ++l) {
-          if (!((valid >> l) & 1u)) continue;
-          T* o = dq + ((b * N + tile.qi[l]) * H + h) * D;
-          for (int64_t c = 0; c < D; ++c) o[c] = dqt[c * W + l] * scale;
-        }
+        T* dqb = dq + b * N * H * D + h * D;
+        for (int64_t c = 0; c < D; ++c) V::scatter(dqb + c, qoff, valid, V::mul(V::load(dqt.data() + c * W), sv));
         rank_update<V>(dp.data(), dkrow.data(), n, qrow.data(), D, scale);
         rank_update<V>(s.data(), dvrow.data(), n, dorow.data(), Dv, T(1));
       }

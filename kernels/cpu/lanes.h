@@ -44,6 +44,7 @@ struct VecG {
   VA_BINOP(add, a.v[i] + b.v[i])
   VA_BINOP(sub, a.v[i] - b.v[i])
   VA_BINOP(mul, a.v[i] * b.v[i])
+  VA_BINOP(div, a.v[i] / b.v[i])
   VA_BINOP(max, a.v[i] > b.v[i] ? a.v[i] : b.v[i])
 #undef VA_BINOP
   static inline R exp(const R& a) {
@@ -55,6 +56,15 @@ struct VecG {
     R r;
     for (int i = 0; i < W; ++i) r.v[i] = (m >> i) & 1u ? a.v[i] : b.v[i];
     return r;
+  }
+  static inline R gather(const T* base, const int32_t* idx) {  // lane i: base[idx[i]]
+    R r;
+    for (int i = 0; i < W; ++i) r.v[i] = base[idx[i]];
+    return r;
+  }
+  static inline void scatter(T* base, const int32_t* idx, uint32_t m, const R& a) {  // base[idx[i]] = a[i], bit i
+    for (int i = 0; i < W; ++i)
+      if ((m >> i) & 1u) base[idx[i]] = a.v[i];
   }
 };
 
@@ -72,11 +82,21 @@ struct VecF8 {
   static inline R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static inline R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static inline R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static inline R div(R a, R b) { return _mm256_div_ps(a, b); }
   static inline R exp(R a) { return exp256(a); }
   static inline R select(uint32_t m, R a, R b) {
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
     return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(on));
+  }
+  static inline R gather(const float* base, const int32_t* idx) {
+    return _mm256_i32gather_ps(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  }
+  static inline void scatter(float* base, const int32_t* idx, uint32_t m, R a) {
+    alignas(32) float t[8];
+    _mm256_store_ps(t, a);
+    for (int i = 0; i < 8; ++i)
+      if ((m >> i) & 1u) base[idx[i]] = t[i];
   }
 };
 #endif
@@ -113,8 +133,15 @@ struct VecF16 {
   static inline R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static inline R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static inline R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static inline R div(R a, R b) { return _mm512_div_ps(a, b); }
   static inline R exp(R a) { return exp512(a); }
   static inline R select(uint32_t m, R a, R b) { return _mm512_mask_blend_ps(static_cast<__mmask16>(m), b, a); }
+  static inline R gather(const float* base, const int32_t* idx) {
+    return _mm512_i32gather_ps(_mm512_loadu_si512(idx), base, 4);
+  }
+  static inline void scatter(float* base, const int32_t* idx, uint32_t m, R a) {
+    _mm512_mask_i32scatter_ps(base, static_cast<__mmask16>(m), _mm512_loadu_si512(idx), a, 4);
+  }
 };
 
 struct VecD8 {
@@ -130,6 +157,7 @@ struct VecD8 {
   static inline R sub(R a, R b) { return _mm512_sub_pd(a, b); }
   static inline R mul(R a, R b) { return _mm512_mul_pd(a, b); }
   static inline R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static inline R div(R a, R b) { return _mm512_div_pd(a, b); }
   static inline R exp(R a) {  // fp64 keeps libm's exp (the oracle sweeps ask for 1e-10)
     alignas(64) double t[8];
     _mm512_store_pd(t, a);
@@ -137,6 +165,13 @@ struct VecD8 {
     return _mm512_load_pd(t);
   }
   static inline R select(uint32_t m, R a, R b) { return _mm512_mask_blend_pd(static_cast<__mmask8>(m), b, a); }
+  static inline R gather(const double* base, const int32_t* idx) {
+    return _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), base, 8);
+  }
+  static inline void scatter(double* base, const int32_t* idx, uint32_t m, R a) {
+    _mm512_mask_i32scatter_pd(base, static_cast<__mmask8>(m), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)),
+                              a, 8);
+  }
 };
 #endif
 
