@@ -573,7 +573,8 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
             dbias.acc.assign(n * W, T(0));
           }
           T* da = dbias.acc.data();
-          for (int64_t j = 0; j < nwin; ++j) V::store(da + j * W, V::add(V::load(da + j * W), V::load(dp.data() + j * W)));
+          const T* dsp = dp.data();
+          for (int64_t j = 0; j < nwin; ++j) V::store(da + j * W, V::add(V::load(da + j * W), V::load(dsp + j * W)));
         }
         std::fill(dqt.begin(), dqt.end(), T(0));
         pv<V>(dp.data(), krow.data(), n, D, dqt.data());
@@ -620,11 +621,12 @@ std::tuple<torch::Tensor, torch::Tensor> gna_fwd(const torch::Tensor& q, const t
   auto out = torch::empty({g.B, g.L[0], g.L[1], g.L[2], g.H, g.Dv}, q.options());
   auto lse = torch::empty({g.B, g.H, g.L[0] * g.L[1] * g.L[2]}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gna_cpu_fwd", [&] {
-    fwd_kernel<typename Lanes<scalar_t>::type>(g, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                         rpb.has_value() ? rpb->data_ptr<scalar_t>() : nullptr,
-                         ak.has_value() ? ak->data_ptr<scalar_t>() : nullptr,
-                         av.has_value() ? av->data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
-                         out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    using Vec = typename Lanes<scalar_t>::type;
+    fwd_kernel<Vec>(g, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                    rpb.has_value() ? rpb->data_ptr<scalar_t>() : nullptr,
+                    ak.has_value() ? ak->data_ptr<scalar_t>() : nullptr,
+                    av.has_value() ? av->data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
+                    out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
   return {out, lse};
 }
@@ -646,15 +648,16 @@ std::vector<torch::Tensor> gna_bwd(const torch::Tensor& dout, const torch::Tenso
   torch::Tensor dak = ak.has_value() ? torch::zeros_like(*ak) : torch::Tensor();
   torch::Tensor dav = av.has_value() ? torch::zeros_like(*av) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gna_cpu_bwd", [&] {
-    bwd_kernel<typename Lanes<scalar_t>::type>(g, dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-                         v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                         rpb.has_value() ? rpb->data_ptr<scalar_t>() : nullptr,
-                         ak.has_value() ? ak->data_ptr<scalar_t>() : nullptr,
-                         av.has_value() ? av->data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
-                         dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
-                         rpb.has_value() ? drpb_part.data_ptr<scalar_t>() : nullptr,
-                         ak.has_value() ? dak.data_ptr<scalar_t>() : nullptr,
-                         av.has_value() ? dav.data_ptr<scalar_t>() : nullptr);
+    using Vec = typename Lanes<scalar_t>::type;
+    bwd_kernel<Vec>(g, dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                    v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                    rpb.has_value() ? rpb->data_ptr<scalar_t>() : nullptr,
+                    ak.has_value() ? ak->data_ptr<scalar_t>() : nullptr,
+                    av.has_value() ? av->data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(scale),
+                    dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+                    rpb.has_value() ? drpb_part.data_ptr<scalar_t>() : nullptr,
+                    ak.has_value() ? dak.data_ptr<scalar_t>() : nullptr,
+                    av.has_value() ? dav.data_ptr<scalar_t>() : nullptr);
   });
   torch::Tensor drpb = rpb.has_value() ? drpb_part.sum(0).view(rpb->sizes()) : q.new_empty({0});
   if (!ak.has_value()) {
