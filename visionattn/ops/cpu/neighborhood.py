@@ -57,6 +57,9 @@ def _check(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av
                 tuple(av.shape) != (b, ak.shape[1], heads, dv):
             raise ValueError(f'{name}: additional_keys/values must be [{b}, n, {heads}, {d}] / [{b}, n, {heads}, {dv}],'
                              f' got {list(ak.shape)} / {list(av.shape)}')
+    if math.prod(q.shape[1:5]) * max(q.shape[5], v.shape[5]) >= 2 ** 31:
+        raise ValueError(f'{name}: one batch entry must hold < 2^31 elements (the kernel\'s 32-bit lane offsets), got '
+                         f'query {tuple(q.shape)}, value {tuple(v.shape)}: split the spatial map or the heads')
     if not math.isfinite(scale):
         raise ValueError(f'{name}: scale must be finite, got {scale}')
 
