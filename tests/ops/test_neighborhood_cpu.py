@@ -86,6 +86,27 @@ def test_dispatch_and_public_api():
     assert neighborhood_attention(q, k, v, 3, backend='cpu').shape == q.shape
 
 
+@pytest.mark.parametrize('shape,ks,st,dil', [
+    ((28, 28), (7, 7), (1, 1), (2, 2)),  # picked with gradients before the kernel beat blocked there (0.96x)
+    ((24, 24), (8, 8), (4, 4), (1, 1)),
+    ((300,), (127,), (1,), (1,)),
+])
+def test_auto_ranks_cpu_above_blocked_with_gradients(shape, ks, st, dil):
+    q = torch.randn(2, *shape, 2, 8, requires_grad=True)
+    call = dict(query=q, key=q, value=q, kernel_size=ks, stride=st, dilation=dil, is_causal=(False,) * len(ks),
+                rpb=None, scale=None, additional_keys=None, additional_values=None)
+    with torch.no_grad():
+        assert get_backend('gna', 'auto', **call).__module__ == 'visionattn.ops.cpu.neighborhood'
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert get_backend('gna', 'auto', **call).__module__ == 'visionattn.ops.cpu.neighborhood'
+        torch.set_num_threads(8)  # 4 (batch, head) pairs: the backward's threads would idle
+        assert get_backend('gna', 'auto', **call).__module__ == 'visionattn.ops.blocked.neighborhood'
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_falls_back_when_unavailable(monkeypatch):
     q = torch.randn(1, 10, 10, 2, 8)
     monkeypatch.setattr(_ext, '_STATE', {'error': 'disabled by VISIONATTN_NO_CPU_KERNELS'})

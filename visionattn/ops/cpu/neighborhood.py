@@ -57,6 +57,9 @@ def _check(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av
                 tuple(av.shape) != (b, ak.shape[1], heads, dv):
             raise ValueError(f'{name}: additional_keys/values must be [{b}, n, {heads}, {d}] / [{b}, n, {heads}, {dv}],'
                              f' got {list(ak.shape)} / {list(av.shape)}')
+    if math.prod(q.shape[1:5]) * max(q.shape[5], v.shape[5]) >= 2 ** 31:
+        raise ValueError(f'{name}: one batch entry must hold < 2^31 elements (the kernel\'s 32-bit lane offsets), got '
+                         f'query {tuple(q.shape)}, value {tuple(v.shape)}: split the spatial map or the heads')
     if not math.isfinite(scale):
         raise ValueError(f'{name}: scale must be finite, got {scale}')
 
@@ -213,15 +216,13 @@ def _needs_grad(*xs) -> bool:
     return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
 
-def _cpu_priority(query, key=None, value=None, kernel_size=(0,), stride=(1,), rpb=None, additional_keys=None,
-                  additional_values=None, **kwargs) -> int:
-    # Measured side by side with `blocked` (tools/benchmark.py gna, 1 thread, under load): the forward is as fast or
-    # faster on every issue config (1.0-2.6x) at a fraction of the memory; forward+backward too, except 1-D with long
-    # windows (k127: 0.73x, blocked's SDPA tiles win), strided GNA (k8 s4: 0.90x, blocked's tiles share the window of
-    # a stride group) and when fewer (batch, head) pairs than threads leave the backward's threads idle.
+def _cpu_priority(query, key=None, value=None, rpb=None, additional_keys=None, additional_values=None,
+                  **kwargs) -> int:
+    # Measured side by side with `blocked` (1 thread, CPU time, under load; tiled kernel of kernels/cpu/gna.cpp): the
+    # forward is 2-4x faster on every issue config (56x56 k7, 28x28 k7 dil 2, 3-D k(3,7,7), 1-D 4096 k127, k8 s4,
+    # NAT with rpb) and forward+backward 1.9-4x, so strided and long 1-D windows rank above `blocked` too. The one
+    # loss left: the backward threads over (batch, head) (race-free dK/dV), so fewer pairs than threads idle them.
     if _needs_grad(query, key, value, rpb, additional_keys, additional_values):
-        if (query.dim() == 4 and kernel_size[0] > 32) or max(stride) > 1:
-            return 8
         if not torch.compiler.is_compiling() and query.shape[0] * query.shape[-2] < torch.get_num_threads():
             return 8
     return 12
