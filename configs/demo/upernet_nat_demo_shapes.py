@@ -44,5 +44,5 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-randomness = dict(seed=0)
+randomness = dict(seed=0, deterministic=True)
 env_cfg = dict(cudnn_benchmark=False)

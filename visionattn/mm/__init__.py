@@ -10,7 +10,7 @@ from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .backbone import FAMILY_TYPES, VisionAttnBackbone, family_backbones, load_checkpoint_file
 from .checkpoint import allow_mmengine_checkpoints
-from .hooks import KeepRateHook, SparsifinerPhaseHook
+from .hooks import KeepRateHook, RNGStateHook, SparsifinerPhaseHook
 from .optim import BackboneLrMultOptimWrapperConstructor
 
 _TYPES = dict(VisionAttnBackbone=VisionAttnBackbone, **family_backbones())
@@ -25,6 +25,7 @@ for _registry in _registries:
         _registry.register_module(name=_name, module=_cls, force=True)
 HOOKS.register_module(module=KeepRateHook, force=True)
 HOOKS.register_module(module=SparsifinerPhaseHook, force=True)
+HOOKS.register_module(module=RNGStateHook, force=True)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=BackboneLrMultOptimWrapperConstructor, force=True)
 try:  # registers SparsifinerClassifier in mmpretrain's MODELS
     from .sparsifiner import SparsifinerClassifier  # noqa: F401

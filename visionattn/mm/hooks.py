@@ -1,8 +1,97 @@
 """mmengine hooks for visionattn training recipes."""
+import random
+
+import numpy as np
+import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-__all__ = ['KeepRateHook', 'SparsifinerPhaseHook']
+__all__ = ['KeepRateHook', 'RNGStateHook', 'SparsifinerPhaseHook']
+
+
+def get_rng_state() -> dict:
+    """The generators training draws from (python ``random``, numpy's global one, torch's CPU and CUDA ones), as
+    tensors and plain data (loadable with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = dict(
+        python=(version, list(mt), gauss),
+        numpy=(kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``get_rng_state`` returned."""
+    version, mt, gauss = state['python']
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+class _RestoreAfterSkip:
+    """The train loop's data iterator, restoring the RNG state just before the first batch after the resume skip.
+
+    mmengine's ``IterBasedTrainLoop.run`` advances the data iterator by the resumed iteration count (running the
+    pipeline, which draws augmentations from the global generators) before the first new batch; the state saved with
+    the checkpoint is the one the uninterrupted run had right before fetching that batch.
+    """
+
+    def __init__(self, iterator, skip: int, state: dict):
+        self._iterator, self._skip, self._state = iterator, skip, state
+
+    def __next__(self):
+        if self._state is not None:
+            if self._skip == 0:
+                set_rng_state(self._state)
+                self._state = None
+            else:
+                self._skip -= 1
+        return next(self._iterator)
+
+    def __iter__(self):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self._iterator, name)
+
+
+class RNGStateHook(Hook):
+    """Bitwise resume: the RNG state goes into every checkpoint (``meta['rng_state']``) and comes back on resume.
+
+    Without it a resumed run draws other drop-path masks, dropouts and augmentations than the uninterrupted one
+    (mmengine seeds the generators once, at start-up). Saved after the iteration, restored right before the first
+    batch after the resume (``_RestoreAfterSkip``), so the resumed run equals the uninterrupted one bitwise on the CPU
+    with ``num_workers=0``. With data-loader worker processes the workers' own generators are not captured (they are
+    reseeded when the workers start), so augmentations after a resume may differ there. ``tools/train.py`` and
+    ``tools/demo.py`` register it on every runner (``visionattn.mm.runner.build_runner``).
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self):
+        self._resumed = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})['rng_state'] = get_rng_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._resumed = checkpoint.get('meta', {}).get('rng_state')
+        if self._resumed is None and runner._resume:
+            runner.logger.warning('RNGStateHook: the checkpoint has no RNG state; the resumed run is not bitwise')
+
+    def before_train(self, runner) -> None:
+        loop = runner.train_loop
+        if self._resumed is not None and runner._resume and hasattr(loop, 'dataloader_iterator'):
+            loop.dataloader_iterator = _RestoreAfterSkip(loop.dataloader_iterator, loop.iter, self._resumed)
+        elif self._resumed is not None and runner._resume:
+            set_rng_state(self._resumed)  # epoch-based loops build their iterator per epoch
+        self._resumed = None
 
 
 class KeepRateHook(Hook):

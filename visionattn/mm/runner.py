@@ -86,13 +86,18 @@ def _init_cpu_distributed(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """The toolbox's runner for a config from ``load_config``."""
+    """The toolbox's runner for a config from ``load_config``, with ``RNGStateHook`` (bitwise resume) registered."""
     from . import allow_mmengine_checkpoints
+    from .hooks import RNGStateHook
 
     allow_mmengine_checkpoints()
     _init_cpu_distributed(cfg)
     os.makedirs(cfg.work_dir, exist_ok=True)
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    if not any(isinstance(h, RNGStateHook) for h in runner.hooks):
+        runner.register_hook(RNGStateHook())
+    return runner

@@ -48,7 +48,7 @@ On the sparse attention kernel: each query row keeps its own set of keys, so the
 fused kernel reading the kept keys and values by index), ``cpu`` on CPU (a C kernel computing only the kept pairs,
 reading keys and values through the index), ``sparse`` (CSR SDDMM + ``embedding_bag``, any device), ``masked_sdpa``
 (dense SDPA with the mask). The predictor's two top-k selections (top-8 of the basis coefficients, top-K of the N
-keys) go through ``visionattn.ops.topk_indices`` (the exact sets of ``torch.topk``, 3.6x faster on CPU). Measured on
+keys) go through ``visionattn.ops.topk_indices`` (the exact sets of ``torch.topk``). Measured on
 this project's CPU (2-core AMD EPYC, AVX2, 1 thread on an isolated core; ``tools/benchmark.py sparsifiner``,
 benchmarks/sparsifiner_evit_cpu_2026-11-23.md) against DeiT-S with the same weights: the attention op at keep rate 0.25
 takes 0.64-0.69x (batch 1) / 0.72-0.74x (batch 32) of DeiT's dense SDPA, 1.2-1.3x at 0.5; the attention layer with its

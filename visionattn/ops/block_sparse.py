@@ -32,7 +32,7 @@ that the ``blocked`` and ``triton`` backends share and the backend registration:
 * ``dense``: CPU, ``F.scaled_dot_product_attention`` over all tokens with the block lists as an additive mask (no bias
   or key mask). ``auto`` prefers it to ``blocked`` where a cost model fitted to benchmarks/bsa_cpu_2026-11-22.md says
   dense SDPA is faster: small blocks listed densely, e.g. BiFormer's 14x14 stage at 224 (topk 16 of 49 blocks of 4
-  tokens: 3.5x faster than ``blocked``; BiFormer-T whole-model inference 1.19x faster).
+  tokens; BiFormer-T whole-model inference 1.19x faster, benchmarks/biformer_dense_stage3_cpu_2026-11-23.json).
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
 * ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
 """

@@ -193,7 +193,7 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
     ``scores.topk(k, dim=-1)`` returns, exactly (in an unspecified order, like ``sorted=False``).
 
     On CPU float32 a C kernel finds the ``k``-th largest value by an interpolated search over the floats' bit
-    patterns (3.6x ``torch.topk`` at 197 scores, k = 50); rows with a tie at the ``k``-th value or a NaN, where
+    patterns; rows with a tie at the ``k``-th value or a NaN, where
     torch's pick is its own implementation detail, are passed to ``torch.topk``, so the result never differs from it.
     Elsewhere (other devices and dtypes, TorchScript, no C compiler) this is ``torch.topk``.
     """
