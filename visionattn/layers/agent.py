@@ -18,9 +18,31 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, trunc_normal_
 from torch import Tensor
 
+from ..ops._dispatch import is_exporting
 from ..ops.agent import agent_attention, agent_grid_bias, resize_agent_axis
 
 __all__ = ['AgentAttention']
+
+
+def _pool_matrix(size: int, out: int, like: Tensor) -> Tensor:
+    """``[out, size]`` averaging matrix of adaptive average pooling along one axis: bin ``i`` averages
+    ``[floor(i * size / out), ceil((i + 1) * size / out))`` (PyTorch's rule)."""
+    i = torch.arange(out, device=like.device)
+    start = (i * size) // out
+    end = ((i + 1) * size + out - 1) // out
+    j = torch.arange(size, device=like.device)
+    mask = (j[None] >= start[:, None]) & (j[None] < end[:, None])
+    return mask.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size: Tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d``; while exporting, two averaging matmuls whose bins are computed from the runtime
+    size (the exporters otherwise bake in the kernel of the example size, so the graph rejects other sizes)."""
+    if not is_exporting():
+        return F.adaptive_avg_pool2d(x, output_size)
+    ph = _pool_matrix(x.shape[-2], output_size[0], x)
+    pw = _pool_matrix(x.shape[-1], output_size[1], x)
+    return ph @ x @ pw.transpose(0, 1)
 
 
 @register_notrace_module  # reason: biases resized from the input grid size (cached), which FX cannot trace
@@ -154,7 +176,7 @@ class AgentAttention(nn.Module):
         P = self.num_prefix_tokens
         h, d = self.num_heads, C // self.num_heads
         grid_q = q[:, P:].transpose(1, 2).reshape(B, C, H, W)
-        agents = F.adaptive_avg_pool2d(grid_q, self.agent_shape).reshape(B, h, d, -1).transpose(-2, -1)
+        agents = adaptive_avg_pool2d(grid_q, self.agent_shape).reshape(B, h, d, -1).transpose(-2, -1)
         agent_bias, query_bias = self.get_biases((H, W))
         x = agent_attention(
             q.reshape(B, N, h, d).transpose(1, 2),

@@ -96,7 +96,12 @@ class BiLevelRoutingAttention(nn.Module):
             backend=self.backend,
         )
         out = self.proj(out + self._lepe(v))
-        if legacy_pad:
+        if legacy_pad and is_exporting():
+            # crop by gathering rows and columns: a slice's contiguity would be decided at the example size and
+            # asserted at run time (so that other sizes fail), a gather has none to decide
+            out = out.index_select(1, torch.arange(H, device=out.device))
+            out = out.index_select(2, torch.arange(W, device=out.device))
+        elif legacy_pad:
             out = out[:, :H, :W].contiguous()
         return out
 
