@@ -135,6 +135,21 @@ def test_resources_table_is_current():
                        'differ:\n' + '\n'.join(stale[:10]))
 
 
+def test_committed_table_fits_sm86():
+    # every committed row within its target's limit, and every row of sm_86 / sm_89 / sm_120 (the smallest limit of
+    # the supported GPUs, RTX 30xx/40xx/50xx, A10, L4, L40) within sm_86's
+    with open(triton_resources.TABLE) as f:
+        rows = [ln.split('|')[1:-1] for ln in triton_resources.table_rows_of(f.read())]
+    assert len(rows) > 100 and all(len(r) == 11 for r in rows)
+    small = {f'sm_{a}' for a in (86, 89, 120)}
+    for r in rows:
+        arch, shared, limit = r[4].strip(), int(r[7]), int(r[8])
+        assert shared <= limit, r
+        assert arch not in small or shared <= cc.SMEM_LIMIT[86], r
+    assert {r[4].strip() for r in rows} >= {'sm_80', 'sm_86', 'sm_89', 'sm_90'}
+    assert {int(r[3]) for r in rows} >= {16, 24, 32, 64, 128}
+
+
 @pytest.mark.slow
 def test_compile_matrix_full():
     _assert_ok(_compiled(cc.cases()))
