@@ -42,8 +42,9 @@ def test_check_strict_exit_code(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_check_quick_cpu(tmp_path):
-    """The whole ``--quick`` run on CPU: ~21 min measured on the 2-core dev machine at load average 10-13 (7 sessions;
-    before the models section compared at one size only); the 10-minute target is for a quiet machine."""
+    """The whole ``--quick`` run on CPU: 249 s measured on the 2-core dev machine at load average 1-8, 85 s of it the
+    first build of the C++ CPU kernels (ops 11 s, models 80 s, timings 70 s); ~21 min earlier at load 10-13. The
+    10-minute target is for a quiet machine."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, '-m', 'visionattn.check', '--quick', '--device', 'cpu', '--strict', '--out',
                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=1800)
