@@ -43,6 +43,8 @@ def rows(results) -> List[Dict[str, object]]:
 def render(table_rows: List[Dict[str, object]]) -> str:
     import torch
     import triton
+
+    from visionattn.ops.triton import _compile_check as cc
     lines = [
         '# Triton kernel resources per GPU target',
         '',
@@ -51,7 +53,9 @@ def render(table_rows: List[Dict[str, object]]) -> str:
         'Registers and spills as the CUDA driver reports them (spills: local memory incl. stack frame / 4 bytes, '
         "Triton's n_spills), shared memory per block against the target's opt-in limit, tensor-core instructions "
         'counted in the PTX (`mma.sync`, `wgmma.mma_async`, `tcgen05.mma`). Config: BLOCK_M x BLOCK_N (x BLOCK_K), '
-        'warps, pipeline stages, as the launch wrappers choose them for the target.',
+        'warps, pipeline stages, as the launch wrappers choose them for the target; an autotuned forward has one '
+        'row per config its shared-memory pruning keeps for the target (any of them may win there). Spill budget: '
+        f'{cc.SPILL_BUDGET} per kernel ({cc.SPILL_BUDGET_FP32_D128} for fp32 at head dim >= 128).',
         '',
     ]
     errors = [r for r in table_rows if 'error' in r]

@@ -16,6 +16,7 @@ training step of nat_tiny, biformer_tiny and transnext_micro (batch 32 on CUDA, 
 
 Needs only torch and timm (triton, natten optional). Exit code 1 when a check fails and ``--strict`` is given.
 Examples: ``python -m visionattn.check --quick --out check_out``; ``python -m visionattn.check --only ops --limit 3``.
+On a GPU machine, first: ``bash tools/gpu_check.sh`` (``--quick --strict`` with a time budget, then ``pytest -m gpu``).
 """
 import argparse
 import datetime
@@ -40,6 +41,17 @@ OPS = ('gna', 'block_sparse_attention', 'topk_attention')
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
 
+_DEADLINE = [math.inf]  # perf_counter() after which the remaining cases are skipped (--budget-s)
+
+
+def _over_budget() -> bool:
+    return time.perf_counter() > _DEADLINE[0]
+
+
+def _budget_row(**row) -> Dict[str, Any]:
+    return dict(row, status='skipped', reason='time budget (--budget-s) spent')
+
+
 def _tol_ok(err: float, ref_err: float, dtype: torch.dtype) -> Dict[str, Any]:
     if dtype == torch.float64:
         bound = 1e-10
@@ -59,9 +71,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable, device, reps: int) -> float:
+def _time(fn: Callable, device, reps: int, slow_s: float = 1.) -> float:
+    """Median ms of ``reps`` calls after a warm-up call; a call slower than ``slow_s`` (e.g. eager FlexAttention on
+    CPU) is timed once more instead."""
+    t = time.perf_counter()
     fn()
     _sync(device)
+    if time.perf_counter() - t > slow_s:
+        reps = 1
     times = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -147,6 +164,12 @@ def _unsupported(op: str, backend: str, call: Dict[str, Any]) -> Optional[str]:
     return b.unsupported(**probe) if b.unsupported is not None else None
 
 
+# --quick: backends checked on the first case of each op only, by device type. On CUDA ``flex`` is torch.compile'd:
+# each new shape and dtype is a fresh inductor compile (tens of seconds on a cold cache), which alone would spend the
+# 5-minute budget; its first case still covers forward and gradients in every dtype.
+_QUICK_FIRST_CASE_ONLY = {'cuda': ('flex',)}
+
+
 def check_ops(device, quick: bool, limit: Optional[int], log) -> List[Dict[str, Any]]:
     import visionattn.ops  # noqa: F401  (registers every backend)
 
@@ -154,7 +177,11 @@ def check_ops(device, quick: bool, limit: Optional[int], log) -> List[Dict[str, 
     dtypes = [torch.float32, torch.float16, torch.bfloat16] if device.type == 'cuda' else [torch.float32, torch.float64]
     rows = []
     for op in OPS:
-        for case in _op_cases(op, quick)[:limit]:
+        for i, case in enumerate(_op_cases(op, quick)[:limit]):
+            if _over_budget():
+                rows.append(_budget_row(section='ops', op=op, case=case['name'], backend='*', dtype='*',
+                                        device=device.type))
+                continue
             for dtype in dtypes:
                 call64, ins64 = _op_inputs(op, case, device, torch.float64)
                 ins64 = [x.requires_grad_() for x in ins64]
@@ -163,6 +190,8 @@ def check_ops(device, quick: bool, limit: Optional[int], log) -> List[Dict[str, 
                 ref_grads = torch.autograd.grad(ref, ins64, go.to(ref.dtype))
                 low_err = None
                 for backend in list_backends(op):
+                    if quick and i and backend in _QUICK_FIRST_CASE_ONLY.get(device.type, ()):
+                        continue
                     row = dict(section='ops', op=op, case=case['name'], backend=backend, dtype=str(dtype)[6:],
                                device=device.type)
                     call, ins = _op_inputs(op, case, device, dtype)
@@ -232,6 +261,9 @@ def check_models(device, quick: bool, limit: Optional[int], log) -> List[Dict[st
     amp = device.type == 'cuda'
     sizes = [(224, 224), (192, 256)]
     for name in names[:limit]:
+        if _over_budget():
+            rows.append(_budget_row(section='models', model=name, size='*', device=device.type, autocast='-'))
+            continue
         for size in sizes:
             row = dict(section='models', model=name, size=f'{size[0]}x{size[1]}', device=device.type,
                        autocast='bf16' if amp else 'off')
@@ -323,6 +355,9 @@ def _bench_backends(op, call, run, device, reps, dense_fn, flex_ok=True):
             if backend == 'dense_sdpa':
                 out[backend] = _time(dense_fn, device, reps)
                 continue
+            if backend == 'flex' and not flex_ok:
+                out[backend] = 'n/a: --quick times flex on the first config of each op only'
+                continue
             reason = _unsupported(op, backend, call)
             if reason:
                 out[backend] = f'n/a: {reason[:120]}'
@@ -341,7 +376,10 @@ def check_bench(device, quick: bool, limit: Optional[int], log) -> List[Dict[str
     g = torch.Generator().manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g).to(device, dtype)
     gna = [c for c in GNA_CONFIGS if not quick or c[0] in QUICK_GNA]
-    for name, b, shape, heads, d, ks, st, dil, rpb in gna[:limit]:
+    for i, (name, b, shape, heads, d, ks, st, dil, rpb) in enumerate(gna[:limit]):
+        if _over_budget():
+            rows.append(_budget_row(section='bench', op='gna', config=name, batch=b, mode='fwd'))
+            continue
         b = 1 if quick else b
         n = len(shape)
         q = mk(b, *shape, heads, d)
@@ -352,12 +390,15 @@ def check_bench(device, quick: bool, limit: Optional[int], log) -> List[Dict[str
         qd = q.reshape(b, -1, heads, d).transpose(1, 2)
         with torch.no_grad():
             times = _bench_backends('gna', call, lambda be, c=call: _run_op('gna', be, c), device, reps,
-                                    lambda qd=qd: F.scaled_dot_product_attention(qd, qd, qd))
+                                    lambda qd=qd: F.scaled_dot_product_attention(qd, qd, qd), not (quick and i))
         rows.append(dict(section='bench', op='gna', config=name, batch=b, mode='fwd', dtype=str(dtype)[6:],
                          times_ms=times, status='pass'))
         log(rows[-1])
     bsa = [c for c in BSA_CONFIGS if not quick or c[0] in QUICK_BSA]
-    for name, b, s, t, heads, d, topk in bsa[:limit]:
+    for i, (name, b, s, t, heads, d, topk) in enumerate(bsa[:limit]):
+        if _over_budget():
+            rows.append(_budget_row(section='bench', op='block_sparse_attention', config=name, batch=b, mode='fwd'))
+            continue
         b = 1 if quick else b
         nb = s * s
         q = mk(b, nb, t * t, heads, d)
@@ -367,7 +408,7 @@ def check_bench(device, quick: bool, limit: Optional[int], log) -> List[Dict[str
         with torch.no_grad():
             times = _bench_backends('block_sparse_attention', call,
                                     lambda be, c=call: _run_op('block_sparse_attention', be, c), device, reps,
-                                    lambda qd=qd: F.scaled_dot_product_attention(qd, qd, qd))
+                                    lambda qd=qd: F.scaled_dot_product_attention(qd, qd, qd), not (quick and i))
         rows.append(dict(section='bench', op='block_sparse_attention', config=name, batch=b, mode='fwd',
                          dtype=str(dtype)[6:], times_ms=times, status='pass'))
         log(rows[-1])
@@ -375,6 +416,9 @@ def check_bench(device, quick: bool, limit: Optional[int], log) -> List[Dict[str
     batch = 32 if device.type == 'cuda' else (1 if quick else 2)
     for name in ['nat_tiny', 'biformer_tiny', 'transnext_micro'][:limit]:
         row = dict(section='bench', op='train_step', config=name, batch=batch, mode='fwd+bwd+sgd')
+        if _over_budget():
+            rows.append(_budget_row(**row))
+            continue
         try:
             model = timm.create_model(name, pretrained=False).to(device).train()
             opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -483,12 +527,15 @@ def write_report(out_dir: str, env: Dict[str, Any], rows: List[Dict[str, Any]], 
 
 
 def run_checks(device: str = 'auto', quick: bool = False, only: Optional[List[str]] = None,
-               limit: Optional[int] = None, out: str = 'check_out', verbose: bool = True) -> Dict[str, Any]:
-    """Run the checks; return the report (and write it to ``out``)."""
+               limit: Optional[int] = None, out: str = 'check_out', verbose: bool = True,
+               budget_s: Optional[float] = None) -> Dict[str, Any]:
+    """Run the checks; return the report (and write it to ``out``). With ``budget_s``, the cases not started within
+    that many seconds are reported as skipped (the report is always written)."""
     dev = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else
                        ('cpu' if device == 'auto' else device))
     sections = only or ['ops', 'models', 'bench']
     t0 = time.perf_counter()
+    _DEADLINE[0] = t0 + budget_s if budget_s else math.inf
 
     def log(r):
         if verbose:
@@ -497,9 +544,13 @@ def run_checks(device: str = 'auto', quick: bool = False, only: Optional[List[st
                   r.get('error', ''), flush=True)
     rows: List[Dict[str, Any]] = []
     fns = dict(ops=check_ops, models=check_models, bench=check_bench)
+    section_s = {}
     for s in sections:
+        t = time.perf_counter()
         rows += fns[s](dev, quick, limit, log)
+        section_s[s] = round(time.perf_counter() - t, 1)
     env = environment(dev)
+    env['section_seconds'] = section_s  # the ops section's first CPU run includes building the C++ kernels
     seconds = time.perf_counter() - t0
     paths = write_report(out, env, rows, seconds)
     return dict(environment=env, results=rows, paths=paths, seconds=seconds,
@@ -515,8 +566,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--out', default='check_out', help='folder of check.json and check.md')
     p.add_argument('--strict', action='store_true', help='exit code 1 when any check fails')
     p.add_argument('--quiet', action='store_true')
+    p.add_argument('--budget-s', type=float, default=None,
+                   help='skip (and report as skipped) the cases not started within this many seconds')
     a = p.parse_args(argv)
-    rep = run_checks(a.device, a.quick, a.only, a.limit, a.out, not a.quiet)
+    rep = run_checks(a.device, a.quick, a.only, a.limit, a.out, not a.quiet, a.budget_s)
     print(f'{rep["n_failed"]} failed of {len(rep["results"])} checks in {rep["seconds"]:.0f} s; report: '
           f'{rep["paths"]["markdown"]}')
     return 1 if a.strict and rep['n_failed'] else 0

@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver as _driver
+from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
 from ._target import SMEM_LIMIT, shared_memory_limit
@@ -117,7 +118,8 @@ def _resources(compiled, arch: int) -> KernelResources:
 @contextlib.contextmanager
 def compile_only(arch: int, warp_size: int = 32) -> Iterator[List[KernelResources]]:
     """Within the block, Triton compiles for ``GPUTarget('cuda', arch, warp_size)`` and launches nothing; yields the
-    list that receives the resources of every kernel the block "launched"."""
+    list that receives the resources of every kernel the block "launched" (an autotuned kernel: one record per
+    config its pruning keeps for ``arch``)."""
     target = GPUTarget('cuda', arch, warp_size)
     records: List[KernelResources] = []
     run = JITFunction.run
@@ -128,12 +130,24 @@ def compile_only(arch: int, warp_size: int = 32) -> Iterator[List[KernelResource
         records.append(_resources(compiled, arch))
         return compiled
 
+    def tuned_run(self, *args, **kwargs):
+        # every config the shared-memory pruning keeps for this target (any of them may win the benchmark there)
+        self.nargs = dict(zip(self.arg_names, args))
+        try:
+            configs = self.prune_configs(kwargs)
+        finally:
+            self.nargs = None
+        return [self.fn.run(*args, **kwargs, **c.all_kwargs()) for c in configs][-1]
+
     _driver.set_active(_CompileOnlyDriver(target))
     JITFunction.run = compile_run
+    tuned = Autotuner.run
+    Autotuner.run = tuned_run
     try:
         yield records
     finally:
         JITFunction.run = run
+        Autotuner.run = tuned
         _driver._active = prev
 
 
@@ -166,18 +180,26 @@ class Case:
         return f'{self.kernel}-{self.feature}-{self.dtype}-d{self.head_dim}-sm{self.arch}'
 
 
-DEFAULT_TIER_ARCHS = (80, 86, 90)  # mma.sync with the largest and the smallest shared memory, wgmma
 _FEATURE_CASE = dict(dtype='float16', head_dim=32, arch=86)
 
 
 def cases(archs: Optional[Tuple[int, ...]] = None, head_dims: Tuple[int, ...] = HEAD_DIMS, subset: bool = False
           ) -> List[Case]:
     """The full matrix: every kernel x dtype x head dim x arch on the base case, plus each feature once per kernel x
-    dtype x arch (at head dim 32). ``subset`` (the default test tier, a few minutes on 2 cores): every kernel x dtype
-    on sm_80/86/90 at head dim 64, and every feature once (fp16, head dim 32, sm_86)."""
+    dtype x arch (at head dim 32). ``subset`` (the default test tier, about 40 cases, a few minutes on 2 cores): every
+    kernel x dtype on sm_86 and sm_90 at head dim 64 and each kernel in fp16 on sm_80; every feature once (fp16, head
+    dim 32, sm_86); fp32 at head dim 128 on sm_86 per kernel (the most shared memory per row on the smallest limit),
+    GNA at head dims 24 (TransNeXt, bf16) and 16; one kernel on each other target the installed Triton knows (GNA on
+    sm_89, top-k on sm_100, block-sparse on sm_120, whose limit is sm_86's)."""
     if subset:
-        out = [Case(k, 'base', dt, 64, a) for k in KERNELS for dt in DTYPES for a in DEFAULT_TIER_ARCHS]
-        return out + [Case(k, f, **_FEATURE_CASE) for k in KERNELS for f in FEATURES[k][1:]]
+        out = [Case(k, 'base', dt, 64, a) for k in KERNELS for dt in DTYPES for a in (86, 90)]
+        out += [Case(k, 'base', 'float16', 64, 80) for k in KERNELS]
+        out += [Case(k, f, **_FEATURE_CASE) for k in KERNELS for f in FEATURES[k][1:]]
+        out += [Case(k, 'base', 'float32', 128, 86) for k in KERNELS]
+        out += [Case('gna', 'base', 'bfloat16', 24, 86), Case('gna', 'base', 'float16', 16, 86)]
+        known = archs or known_archs()
+        return out + [Case(k, 'base', 'bfloat16', 32, a) for k, a in (('gna', 89), ('topk', 100), ('block_sparse', 120))
+                      if a in known]
     archs = archs or known_archs()
     out = []
     for kernel in KERNELS:

@@ -7,12 +7,14 @@ log-sum-exp, accumulates dQ in registers and adds dK/dV (and the per-slot bias g
 atomics, so duplicate indices and blocks listed by many query blocks need no inverse index.
 The PyTorch reference of these kernels is the ``blocked`` backend next to them (same math, same fp32 accumulation).
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ._autotune import interpreting, smem_autotune
 
 __all__ = ['block_sparse_fwd_triton', 'block_sparse_bwd_triton']
 
@@ -173,29 +175,55 @@ def _smem_estimate(bm: int, bn: int, bd: int, bdv: int, stages: int, itemsize: i
     return stages * bn * (bd + bdv) * itemsize + (2 if backward else 1) * max(bm, bn) * max(bd, bdv) * 4
 
 
-def _blocks(q: Tensor, v: Tensor, Tk: int, backward: bool = False) -> Tuple[int, int, int, int, int, int]:
-    """BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages for the current target: the largest tiles whose
-    shared memory fits its per-block limit (fewer pipeline stages first, which leaves the results unchanged)."""
-    from ._target import shared_memory_limit
-    Tq, D, Dv = q.shape[2], q.shape[-1], v.shape[-1]
-    block_m = max(16, min(64, triton.next_power_of_2(Tq)))
+def _block_m(Tq: int) -> int:
+    return max(16, min(64, triton.next_power_of_2(Tq)))
+
+
+def _config_candidates(bm: int, Tk: int, bd: int, bdv: int, itemsize: int, backward: bool, limit: int
+                       ) -> List[Tuple[int, int, int, int]]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` that fit ``limit`` bytes of shared memory: first the fixed
+    choice, the largest tiles that fit (fewer pipeline stages first, which leaves the results unchanged); then, for
+    the fp16/bf16 forward, the other key chunks and depths autotune may prefer (same BLOCK_M: it sets the grid)."""
     # the backward holds more [BLOCK_M, BLOCK_N] / [BLOCK_N, D] tiles (and fp32 the forward's FMA products): BLOCK_N
     # 32 keeps them in registers
-    block_n = max(16, min(32 if backward or q.dtype == torch.float32 else 64, triton.next_power_of_2(Tk)))
-    bd, bdv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
-    limit, itemsize = shared_memory_limit(), q.element_size()
+    block_n = max(16, min(32 if backward or itemsize == 4 else 64, triton.next_power_of_2(Tk)))
+    block_m = bm
     if backward and itemsize == 4 and max(bd, bdv) >= 128:
         block_m = min(block_m, 32)  # fp32 dQ and dK/dV products at head dim 128 spill with 64 rows
     candidates = [(block_m, block_n, 3), (block_m, block_n, 2), (block_m, min(block_n, 32), 2),
                   (min(block_m, 32), min(block_n, 32), 2), (min(block_m, 32), min(block_n, 32), 1),
                   (min(block_m, 32), 16, 1), (16, 16, 1)]
-    for bm, bn, stages in candidates:
-        if _smem_estimate(bm, bn, bd, bdv, stages, itemsize, backward) <= limit:
-            break
+    fits = lambda m, n, s: _smem_estimate(m, n, bd, bdv, s, itemsize, backward) <= limit
+    first = next((c for c in candidates if fits(*c)), candidates[-1])
+    out = [first]
+    if not backward and itemsize == 2 and first[0] == bm:
+        out += [(bm, n, s) for n in (32, 64) for s in (2, 3)
+                if (bm, n, s) != first and n <= max(16, triton.next_power_of_2(Tk)) and fits(bm, n, s)]
     # 8 warps (fewer registers per thread) for the forward at >= 256 bytes per row (fp32 at head dim >= 64, any dtype
     # at 128), the backward at >= 128 bytes
     warps = 8 if max(bd, bdv) * itemsize >= (128 if backward else 256) else 4
+    return [(m, n, warps, s) for m, n, s in out]
+
+
+def _blocks(q: Tensor, v: Tensor, Tk: int, backward: bool = False) -> Tuple[int, int, int, int, int, int]:
+    """BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages fixed for the current target: the first of
+    ``_config_candidates``."""
+    from ._target import shared_memory_limit
+    bd, bdv = max(16, triton.next_power_of_2(q.shape[-1])), max(16, triton.next_power_of_2(v.shape[-1]))
+    bm, bn, warps, stages = _config_candidates(_block_m(q.shape[2]), Tk, bd, bdv, q.element_size(), backward,
+                                               shared_memory_limit())[0]
     return bm, bn, bd, bdv, warps, stages
+
+
+def _fwd_candidates(args, limit: int) -> List[Tuple[int, int, int]]:
+    return [(n, w, s) for m, n, w, s in _config_candidates(
+        args['BLOCK_M'], args['Tk'], args['BLOCK_D'], args['BLOCK_DV'], args['Q'].element_size(), False, limit)
+        if m == args['BLOCK_M']]
+
+
+# the forward autotuned over the configs that fit the target (_autotune.py says why the backward is not)
+_bsa_fwd_tuned = smem_autotune(
+    _bsa_fwd_kernel, ['BLOCK_M', 'BLOCK_D', 'BLOCK_DV', 'HAS_BIAS', 'HAS_KB', 'Tk'], _fwd_candidates)
 
 
 def block_sparse_fwd_triton(
@@ -209,13 +237,15 @@ def block_sparse_fwd_triton(
     bm, bn, bd, bdv, warps, stages = _blocks(q, v, Tk)
     kb_strides = kbias.stride() if kbias is not None else (0, 0, 0)
     grid = (triton.cdiv(Tq, bm), Nq, B * H)
-    _bsa_fwd_kernel[grid](
+    # autotuned unless interpreted or the fixed config had to shrink BLOCK_M below the grid's
+    tuned = not interpreting() and bm == _block_m(Tq)
+    config = {} if tuned else dict(BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    (_bsa_fwd_tuned if tuned else _bsa_fwd_kernel)[grid](
         q, k, v, idx, bias if bias is not None else q, kbias if kbias is not None else q, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *idx.stride(), *kb_strides,
         H, Nq, Tq, Tk, idx.shape[-1], scale,
-        D=D, DV=Dv, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv,
-        HAS_BIAS=bias is not None, HAS_KB=kbias is not None, IEEE=q.dtype == torch.float32,
-        num_warps=warps, num_stages=stages,
+        D=D, DV=Dv, BLOCK_M=bm, BLOCK_D=bd, BLOCK_DV=bdv,
+        HAS_BIAS=bias is not None, HAS_KB=kbias is not None, IEEE=q.dtype == torch.float32, **config,
     )
     return out, lse
 

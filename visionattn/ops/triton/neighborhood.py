@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autotune import interpreting, smem_autotune
+
 __all__ = ['gna_triton', 'gna_triton_unsupported']
 
 
@@ -295,25 +297,46 @@ def _launch_geometry(shape3, dil, tile):
     return ntiles, nt, ntiles * dil[0] * dil[1] * dil[2]
 
 
+def _config_candidates(block_m: int, block_d: int, itemsize: int, backward: bool, limit: int
+                       ) -> List[Tuple[int, int, int]]:
+    """``(BLOCK_N, num_warps, num_stages)`` that fit ``limit`` bytes of shared memory (upper estimate: ``stages``
+    buffered K/V chunks plus the layout-conversion scratch, checked against the compiled kernels by
+    tests/ops/test_triton_compile.py). First the fixed choice, the largest that fits (fewer stages first, which leaves
+    results unchanged); then, for the fp16/bf16 forward at head dim <= 64, the 64-key chunks autotune may prefer."""
+    warps = 8 if block_d * itemsize >= 256 else 4  # 8 warps for fp32 at head dim >= 64, any dtype at 128
+    if itemsize == 4 and block_d >= 128:  # fp32 at 128 spills with 32 keys (the forward with Triton 3.6: 178)
+        fixed = [(16, 2), (16, 1)]
+    else:
+        fixed = [(32, 3), (32, 2), (16, 2), (16, 1)]
+    fits = lambda bn, s: s * bn * 2 * block_d * itemsize + (2 if backward else 1) * block_m * block_d * 4 <= limit
+    out = [next(((bn, s) for bn, s in fixed if fits(bn, s)), fixed[-1])]
+    if not backward and itemsize == 2 and block_d <= 64:
+        out += [c for c in ((64, 2), (64, 3)) if fits(*c)]
+    return [(bn, warps, s) for bn, s in out]
+
+
 def _launch_config(tile, head_dim: int, itemsize: int, block_n: Optional[int], backward: bool
                    ) -> Tuple[int, int, int]:
-    """BLOCK_N, num_warps and num_stages for the current target: the largest whose shared memory (upper estimate:
-    ``stages`` buffered K/V chunks plus the layout-conversion scratch, checked against the compiled kernels by
-    tests/ops/test_triton_compile.py) fits its per-block limit; fewer stages first, which leaves results unchanged.
-    An explicit ``block_n`` is kept."""
+    """The fixed BLOCK_N, num_warps and num_stages for the current target (the first of ``_config_candidates``); an
+    explicit ``block_n`` is kept, with the most stages that fit."""
     from ._target import shared_memory_limit
     limit = shared_memory_limit()
     bm, bd = tile[0] * tile[1] * tile[2], max(16, triton.next_power_of_2(head_dim))
-    if block_n is not None:
-        candidates = [(block_n, 3), (block_n, 2), (block_n, 1)]
-    elif backward and itemsize == 4 and bd >= 128:  # the fp32 backward at 128 spills with 32 keys or 3 stages
-        candidates = [(16, 2), (16, 1)]
-    else:
-        candidates = [(32, 3), (32, 2), (16, 2), (16, 1)]
-    for bn, stages in candidates:
-        if stages * bn * 2 * bd * itemsize + (2 if backward else 1) * bm * bd * 4 <= limit:
+    if block_n is None:
+        return _config_candidates(bm, bd, itemsize, backward, limit)[0]
+    for stages in (3, 2, 1):
+        if stages * block_n * 2 * bd * itemsize + (2 if backward else 1) * bm * bd * 4 <= limit:
             break
-    return bn, 8 if bd * itemsize >= 256 else 4, stages  # 8 warps for fp32 at head dim >= 64, any dtype at 128
+    return block_n, 8 if bd * itemsize >= 256 else 4, stages
+
+
+def _fwd_candidates(args, limit: int) -> List[Tuple[int, int, int]]:
+    return _config_candidates(args['BLOCK_M'], args['BLOCK_D'], args['Q'].element_size(), False, limit)
+
+
+# the forward autotuned over the configs that fit the target (_autotune.py says why the backward is not)
+_gna_fwd_tuned = smem_autotune(
+    _gna_fwd_kernel, ['BLOCK_M', 'BLOCK_D', 'KT', 'KH', 'KW', 'HAS_RPB', 'HAS_EXTRA'], _fwd_candidates)
 
 
 def _extra_strides(x: Optional[torch.Tensor]) -> Tuple[int, int, int]:
@@ -349,12 +372,16 @@ def _gna_triton_forward(q, k, v, kernel_size, stride, dilation, is_causal, rpb, 
     ak = ak.contiguous() if ak is not None else None
     av = av.contiguous() if av is not None else None
     n_extra = ak.shape[1] if ak is not None else 0
+    tuned = block_n is None and not interpreting()
     block_n, warps, stages = _launch_config(tile, head_dim, q.element_size(), block_n, backward=False)
     args, kwargs = _common_args(q3, k3, v3, ak, av, ks, st, dil, causal, tile, n_heads, shape3, head_dim, n_extra,
                                 nts, ntiles, scale, rpb is not None, block_n)
-    kwargs.update(num_warps=warps, num_stages=stages)
+    if tuned:
+        del kwargs['BLOCK_N']
+    else:
+        kwargs.update(num_warps=warps, num_stages=stages)
     dummy = out
-    _gna_fwd_kernel[(grid0, b * n_heads)](
+    (_gna_fwd_tuned if tuned else _gna_fwd_kernel)[(grid0, b * n_heads)](
         q3, k3, v3, out, lse, rpb3 if rpb3 is not None else dummy, ak if ak is not None else dummy,
         av if av is not None else dummy, *args, **kwargs)
     return out.reshape(q.shape), lse.reshape(q.shape[:-1])
