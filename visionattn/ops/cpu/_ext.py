@@ -2,11 +2,13 @@
 
 The sources register their ops with ``TORCH_LIBRARY_FRAGMENT(visionattn_cpu, ...)`` (``torch.ops.visionattn_cpu.*``),
 are compiled by ``torch.utils.cpp_extension.load`` with ``-O3 -march=native -fopenmp`` (without ``-march`` when the
-compiler refuses it) and cached in torch's extension folder (``$TORCH_EXTENSIONS_DIR``), rebuilt when a source
-changes. OpenMP makes ``at::parallel_for`` run on torch's own thread pool. Without a C++ compiler, with
+compiler refuses it) and cached in torch's extension folder (``$TORCH_EXTENSIONS_DIR``) under a name keyed by the
+source folder, the sources' contents and the flags, so that two checkouts or versions never rebuild over each other.
+OpenMP makes ``at::parallel_for`` run on torch's own thread pool. Without a C++ compiler, with
 ``VISIONATTN_NO_CPU_KERNELS=1`` or when the build fails, ``load()`` is False, ``unavailable_reason()`` says why (the
 build error is logged once) and the pure-PyTorch backends take over.
 """
+import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +31,14 @@ def _flag_sets() -> List[List[str]]:
     return [base + ['-march=native'], base]
 
 
+def _build_name(src, flags: List[str]) -> str:
+    h = hashlib.sha1(f'{src}|{" ".join(flags)}'.encode())
+    for path in sorted(src.iterdir()):
+        if path.suffix in ('.c', '.cpp', '.h'):
+            h.update(path.name.encode() + path.read_bytes())
+    return f'{_NAME}_{h.hexdigest()[:12]}'
+
+
 def _build() -> None:
     import torch
     from torch.utils import cpp_extension
@@ -43,7 +53,7 @@ def _build() -> None:
     for flags in _flag_sets():
         try:
             cpp_extension.load(
-                name=_NAME + ('' if '-march=native' in flags else '_generic'), sources=sources,
+                name=_build_name(src, flags), sources=sources,
                 extra_cflags=flags, extra_ldflags=['-fopenmp'], extra_include_paths=[str(src)],
                 is_python_module=False, verbose=False)
             break
