@@ -107,3 +107,24 @@ def test_cli(tmp_path):
          '--out', str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.exists() and r.stdout.count('max abs diff') == 3
+
+
+@pytest.mark.parametrize('cfg', [(8, 16, 2, 2, 0, 1, 1, 1, False), (8, 8, 3, 1, 1, 1, 1, 1, False),
+                                 (8, 8, 3, 2, 1, 2, 2, 2, True)], ids=['litv2_dtm', 'pad1', 'groups_mask_dil2'])
+def test_deform_conv2d_decomposition(cfg):
+    """The opset-18 translation of torchvision's deform_conv2d (LITv2) is torchvision's result, offsets out of the
+    map included."""
+    torchvision = pytest.importorskip('torchvision')  # noqa: F841 - registers torch.ops.torchvision
+    from visionattn.export import _deform_conv2d_decomposition
+    c, o, k, s, p, d, g, og, use_mask = cfg
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c, 9, 11, generator=gen, dtype=torch.float64)
+    weight = torch.randn(o, c // g, k, k, generator=gen, dtype=torch.float64)
+    ho, wo = (9 + 2 * p - d * (k - 1) - 1) // s + 1, (11 + 2 * p - d * (k - 1) - 1) // s + 1
+    offset = torch.randn(2, 2 * og * k * k, ho, wo, generator=gen, dtype=torch.float64) * 3
+    mask = torch.rand(2, og * k * k, ho, wo, generator=gen, dtype=torch.float64) if use_mask else \
+        torch.zeros(2, 1, dtype=torch.float64)
+    bias = torch.randn(o, generator=gen, dtype=torch.float64)
+    args = (x, weight, offset, mask, bias, s, s, p, p, d, d, g, og, use_mask)
+    ref = torch.ops.torchvision.deform_conv2d(*args)
+    torch.testing.assert_close(_deform_conv2d_decomposition(*args), ref, rtol=0, atol=1e-12)
