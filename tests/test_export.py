@@ -20,7 +20,8 @@ needs_ort = pytest.mark.skipif(not _HAS_ORT and not os.environ.get('CI'),
 # the smallest variant of each family; those verified to export dynamically run in the default tier, the others
 # (and every other model) under slow
 # verified (ONNX / torch.export classification, dynamic H and W): default tier; features_only under slow
-VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny'], 'torch-export': ['va_convit_tiny'], 'features': []}
+VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny', 'evit_deit_tiny_patch16_224', 'litv2_small'],
+            'torch-export': ['va_convit_tiny', 'ravlt_tiny'], 'features': ['evit_deit_tiny_patch16_224']}
 SMALLEST = [
     'agent_deit_tiny', 'agent_pvt_tiny', 'agent_swin_tiny', 'agent_cswin_tiny', 'biformer_tiny', 'dinat_mini',
     'nat_mini', 'evit_deit_tiny_patch16_224', 'litv2_small', 'ravlt_tiny', 'sparsifiner_deit_small_patch16_224',

@@ -366,7 +366,10 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         n = h * w
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q = (F.normalize(q, dim=-1) + self.query_embedding) * F.softplus(self.temperature) * math.log(n)
+        # exporting: log(n) of the symbolic token count (math.log would bake the example size into the graph)
+        log_n = torch.full((), n, dtype=torch.float64, device=x.device).log().to(x.dtype) if is_exporting() else \
+            math.log(n)
+        q = (F.normalize(q, dim=-1) + self.query_embedding) * F.softplus(self.temperature) * log_n
         bias = self.cpb(h, w, x.device).reshape(n, self.num_heads, n).transpose(0, 1).to(q.dtype)
         x = F.scaled_dot_product_attention(
             q, F.normalize(k, dim=-1), v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0., scale=1.)
