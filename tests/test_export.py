@@ -20,8 +20,8 @@ needs_ort = pytest.mark.skipif(not _HAS_ORT and not os.environ.get('CI'),
 # the smallest variant of each family; those verified to export dynamically run in the default tier, the others
 # (and every other model) under slow
 # verified (ONNX / torch.export classification, dynamic H and W): default tier; features_only under slow
-VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny', 'agent_deit_tiny'], 'torch-export': ['va_convit_tiny'],
-            'features': []}
+VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny', 'evit_deit_tiny_patch16_224', 'litv2_small', 'agent_deit_tiny'],
+            'torch-export': ['va_convit_tiny', 'ravlt_tiny'], 'features': ['evit_deit_tiny_patch16_224']}
 SMALLEST = [
     'agent_deit_tiny', 'agent_pvt_tiny', 'agent_swin_tiny', 'agent_cswin_tiny', 'biformer_tiny', 'dinat_mini',
     'nat_mini', 'evit_deit_tiny_patch16_224', 'litv2_small', 'ravlt_tiny', 'sparsifiner_deit_small_patch16_224',
@@ -73,7 +73,7 @@ def test_torch_export_features_only(name):
 
 def test_fixed_size_refuses_dynamic():
     with pytest.raises(ValueError, match='torch.unique'):
-        export('transnext_micro', 'onnx', dynamic=True)
+        export('transnext_micro', 'onnx', dynamic=True, pos_bias='extrapolate')
 
 
 def test_bad_arguments():
@@ -108,3 +108,24 @@ def test_cli(tmp_path):
          '--out', str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.exists() and r.stdout.count('max abs diff') == 3
+
+
+@pytest.mark.parametrize('cfg', [(8, 16, 2, 2, 0, 1, 1, 1, False), (8, 8, 3, 1, 1, 1, 1, 1, False),
+                                 (8, 8, 3, 2, 1, 2, 2, 2, True)], ids=['litv2_dtm', 'pad1', 'groups_mask_dil2'])
+def test_deform_conv2d_decomposition(cfg):
+    """The opset-18 translation of torchvision's deform_conv2d (LITv2) is torchvision's result, offsets out of the
+    map included."""
+    torchvision = pytest.importorskip('torchvision')  # noqa: F841 - registers torch.ops.torchvision
+    from visionattn.export import _deform_conv2d_decomposition
+    c, o, k, s, p, d, g, og, use_mask = cfg
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c, 9, 11, generator=gen, dtype=torch.float64)
+    weight = torch.randn(o, c // g, k, k, generator=gen, dtype=torch.float64)
+    ho, wo = (9 + 2 * p - d * (k - 1) - 1) // s + 1, (11 + 2 * p - d * (k - 1) - 1) // s + 1
+    offset = torch.randn(2, 2 * og * k * k, ho, wo, generator=gen, dtype=torch.float64) * 3
+    mask = torch.rand(2, og * k * k, ho, wo, generator=gen, dtype=torch.float64) if use_mask else \
+        torch.zeros(2, 1, dtype=torch.float64)
+    bias = torch.randn(o, generator=gen, dtype=torch.float64)
+    args = (x, weight, offset, mask, bias, s, s, p, p, d, d, g, og, use_mask)
+    ref = torch.ops.torchvision.deform_conv2d(*args)
+    torch.testing.assert_close(_deform_conv2d_decomposition(*args), ref, rtol=0, atol=1e-12)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .ops import force_backend
@@ -26,16 +27,24 @@ __all__ = ['export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError'
 
 _FORMATS = ('onnx', 'torch-export')
 
-# families whose graph cannot be dynamic in H and W, and why (export them with ``dynamic=False``)
-FIXED_SIZE = {
-    'transnext': 'the CPB tables come from torch.unique over pooled coordinate offsets, whose length is a '
-                 'data-dependent function of the map size: the graph is exported for one size (dynamic=False)',
-}
+# families whose graph cannot be dynamic in H and W, and why (export them with ``dynamic=False``); none at present
+FIXED_SIZE: Dict[str, str] = {}
+# a model option that fixes the size: TransNeXt's ``pos_bias='extrapolate'`` rebuilds its CPB tables for each size
+_EXTRAPOLATE_REASON = (
+    "pos_bias='extrapolate' rebuilds the CPB tables per size from torch.unique over pooled coordinate offsets, "
+    "whose length is a data-dependent function of the map size: export it for one size (dynamic=False), or use the "
+    "default pos_bias='interpolate' (dynamic)")
 
 
 def fixed_size_reason(name: str) -> Optional[str]:
     """Why model ``name`` exports for a fixed size only, or None when it exports with dynamic H and W."""
     return next((r for f, r in FIXED_SIZE.items() if name.startswith(f)), None)
+
+
+def _model_fixed_size_reason(model: nn.Module) -> Optional[str]:
+    if any(getattr(getattr(m, 'pos_cfg', None), 'mode', None) == 'extrapolate' for m in model.modules()):
+        return _EXTRAPOLATE_REASON
+    return None
 
 
 @contextlib.contextmanager
@@ -49,12 +58,48 @@ def _topk_indices_decomposition(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k, dim=-1, sorted=False)[1]
 
 
-def _decompositions() -> Dict[Any, Callable]:
+
+def _deform_conv2d_decomposition(
+        x: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor,
+        stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int, n_weight_grps: int,
+        n_offset_grps: int, use_mask: bool) -> torch.Tensor:
+    """``torchvision::deform_conv2d`` (LITv2's DTM) in standard ops: the bilinear samples at every kernel tap by
+    ``grid_sample`` (zero outside the map, as torchvision), then the kernel as a 1x1 convolution over the taps. ONNX
+    ``DeformConv`` needs opset 19; this runs at any opset."""
+    b, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = offset.shape[-2:]
+    k = kh * kw
+    dev, dt = x.device, x.dtype
+    ky = (torch.arange(kh, device=dev, dtype=dt) * dil_h).repeat_interleave(kw)
+    kx = (torch.arange(kw, device=dev, dtype=dt) * dil_w).repeat(kh)
+    oy = torch.arange(ho, device=dev, dtype=dt) * stride_h - pad_h
+    ox = torch.arange(wo, device=dev, dtype=dt) * stride_w - pad_w
+    off = offset.view(b, n_offset_grps, k, 2, ho, wo)
+    py = off[:, :, :, 0] + ky.view(1, 1, k, 1, 1) + oy.view(1, 1, 1, ho, 1)
+    px = off[:, :, :, 1] + kx.view(1, 1, k, 1, 1) + ox.view(1, 1, 1, 1, wo)
+    # pixel coordinates to grid_sample's align_corners=False convention (exact for a one-pixel map too)
+    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), -1)  # [B, G, K, Ho, Wo, 2]
+    cg = c // n_offset_grps
+    xs = x.reshape(b * n_offset_grps, cg, h, w)
+    cols = F.grid_sample(xs, grid.reshape(b * n_offset_grps, k * ho, wo, 2), mode='bilinear', padding_mode='zeros',
+                         align_corners=False)
+    cols = cols.view(b, n_offset_grps, cg, k, ho, wo)
+    if use_mask:
+        cols = cols * mask.view(b, n_offset_grps, 1, k, ho, wo)
+    cols = cols.reshape(b, c * k, ho, wo)
+    return F.conv2d(cols, weight.reshape(o, c // n_weight_grps * k, 1, 1), bias, groups=n_weight_grps)
+
+
+def _decompositions(onnx_opset: Optional[int] = None) -> Dict[Any, Callable]:
     """Decompositions of the custom ops that survive ``export_mode`` (not dispatched through a backend): each the op's
-    own result in standard torch ops, so the graph has no custom op left."""
+    own result in standard torch ops, so the graph has no custom op left. ``torchvision::deform_conv2d`` is kept for
+    torch.export (torchvision's kernel) and for ONNX opset >= 19 (``DeformConv``, run by onnxruntime on CPU)."""
     table = {}
     if hasattr(torch.ops.visionattn, 'topk_indices'):
         table[torch.ops.visionattn.topk_indices.default] = _topk_indices_decomposition
+    if onnx_opset is not None and onnx_opset < 19 and hasattr(torch.ops.torchvision, 'deform_conv2d'):
+        table[torch.ops.torchvision.deform_conv2d.default] = _deform_conv2d_decomposition
     return table
 
 
@@ -80,7 +125,7 @@ def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
-def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
+def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onnx_opset: Optional[int] = None):
     try:
         ep = _torch_export(model, x, shapes, strict)
     except Exception as e:  # a bound the architecture needs (e.g. a minimum size): export over that range
@@ -94,7 +139,7 @@ def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
         ep = _torch_export(model, x, shapes, strict)
         ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
     table = torch.export.default_decompositions()
-    table.update(_decompositions())
+    table.update(_decompositions(onnx_opset))
     return ep.run_decompositions(table)
 
 
@@ -217,6 +262,8 @@ def export(
     if dynamic and isinstance(model_or_name, str) and fixed_size_reason(model_or_name):
         raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {fixed_size_reason(model_or_name)}')
     model = _build(model_or_name, features_only, pretrained, checkpoint, **model_kwargs)
+    if dynamic and _model_fixed_size_reason(model):
+        raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {_model_fixed_size_reason(model)}')
     wrapped = _Tupled(model)
     x = torch.randn(batch_size, 3, *img_size)
     shapes = _dynamic_shapes(dynamic)
@@ -226,7 +273,7 @@ def export(
             if format == 'onnx':
                 if out is None:
                     out = os.path.join(tempfile.mkdtemp(prefix='visionattn_onnx_'), f'{name}.onnx')
-                ep = _export_program(wrapped, x, shapes, strict)
+                ep = _export_program(wrapped, x, shapes, strict, onnx_opset=opset)
                 prog = torch.onnx.export(ep, (x,), out, dynamo=True, opset_version=opset, external_data=False,
                                          optimize=True, verbose=False)
                 if prog is None:

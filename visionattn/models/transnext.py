@@ -46,6 +46,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from visionattn.layers import drop_path_rates
 from visionattn.ops import aggregated_attention
+from visionattn.ops._dispatch import is_exporting
 
 from ._base import StagedModel
 from ._convert import strip_prefix, unwrap_state_dict
@@ -120,6 +121,12 @@ def _cpb_tables(
 
     Cached per sizes and device in eager mode; built from constants under torch.compile.
     """
+    if is_exporting():  # the training grid's tables (constants): computed outside the trace, then lifted
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+        with unset_fake_temporarily(), disable_proxy_modes_tracing():
+            tables = _cpb_tables_cached(tuple(query_size), tuple(key_size), tuple(pretrain_size), 'cpu')
+        return tuple(t.to(device) for t in tables)
     if not torch.compiler.is_compiling():
         return _cpb_tables_cached(tuple(query_size), tuple(key_size), tuple(pretrain_size), str(device))
     axes = []
@@ -189,7 +196,10 @@ class CpbMlp(nn.Module):
     def forward(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         cfg = self.pos_cfg
         ph, pw = cfg.pool_size(h, w)
-        if cfg.mode == 'extrapolate' or (h, w) == cfg.train_size:
+        # exporting (dynamic H and W): always the resize path, whose tables are constants of the training grid (at
+        # the training size the bilinear resize is the identity, so the numbers are those of the direct path)
+        exact = cfg.mode == 'extrapolate' or (not is_exporting() and (h, w) == cfg.train_size)
+        if exact:
             qs, ks = (h, w), (ph, pw)
         else:
             qs, ks = cfg.train_size, cfg.pool_size(*cfg.train_size)
@@ -197,7 +207,7 @@ class CpbMlp(nn.Module):
         table = self.cpb_fc2(self.cpb_act(self.cpb_fc1(coords.to(self.cpb_fc1.weight.dtype))))  # [U, heads]
         heads = table.shape[-1]
         bias = table.transpose(0, 1)[:, index]  # [heads, Hq, Wq, Hk, Wk]
-        if qs != (h, w):
+        if not exact:
             # the mm backbones' bilinear resize: over the key grid, then over the query grid
             tq = qs[0] * qs[1]
             bias = F.interpolate(bias.reshape(heads, tq, ks[0], ks[1]), (ph, pw), mode='bilinear')
@@ -354,7 +364,10 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         n = h * w
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q = (F.normalize(q, dim=-1) + self.query_embedding) * F.softplus(self.temperature) * math.log(n)
+        # exporting: log(n) of the symbolic token count (math.log would bake the example size into the graph)
+        log_n = torch.full((), n, dtype=torch.float64, device=x.device).log().to(x.dtype) if is_exporting() else \
+            math.log(n)
+        q = (F.normalize(q, dim=-1) + self.query_embedding) * F.softplus(self.temperature) * log_n
         bias = self.cpb(h, w, x.device).reshape(n, self.num_heads, n).transpose(0, 1).to(q.dtype)
         x = F.scaled_dot_product_attention(
             q, F.normalize(k, dim=-1), v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0., scale=1.)
