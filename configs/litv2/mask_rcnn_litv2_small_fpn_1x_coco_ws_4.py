@@ -3,24 +3,7 @@
 # checkpoints were trained with: at HEAD models/mask_rcnn_fpn.py is gone)
 # remaining differences: mmdet 3.x config form only; apex O1 -> torch AMP with a dynamic loss scale; the official
 # B configs' gradient checkpointing (use_checkpoint) is a memory setting, left off
-_base_ = [
-    '../_base_/models/mask_rcnn_visionattn_fpn.py', '../_base_/datasets/coco_instance.py',
-    '../_base_/default_runtime_det.py', '../_base_/schedules/schedule_1x_adamw.py'
-]
+_base_ = './mask_rcnn_litv2_small_fpn_1x_coco.py'
 # LITv2-S Mask R-CNN 1x, COCO: 44.7 box AP, 40.7 mask AP (LITv2 README (ziplab/LITv2))
-# HiLo window 4 in stage 3; AdamW lr 2e-4 wd 1e-4, no decay on norms only (the official custom_keys)
-model = dict(
-    backbone=dict(
-        arch='litv2_small',
-        local_ws=(0, 0, 4, 1),  # HiLo window 4 in stage 3 (official *_ws_4)
-        drop_path_rate=0.2, out_norms='mmdet',
-        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_s.pth')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
-# 8 GPUs x 2 images (samples_per_gpu 2); apex O1 mixed precision (DistOptimizerHook use_fp16=True, dynamic loss
-# scale), fp32 on CPU (see visionattn.mm.runner.load_config)
-train_dataloader = dict(batch_size=2)
-optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
-    optimizer=dict(lr=2e-4, weight_decay=1e-4),
-    paramwise_cfg=dict(_delete_=True, custom_keys={'norm': dict(decay_mult=0.)}))
+# HiLo window 4 in stage 3 (the official *_ws_4 configs)
+model = dict(backbone=dict(local_ws=(0, 0, 4, 1)))
