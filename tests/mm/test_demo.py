@@ -16,9 +16,9 @@ require('visionattn.mm')
 from .configs import ROOT  # noqa: E402
 
 CLASSES = ('background', 'circle', 'square', 'triangle')
-# the README's demo sentence: "... with N thread(s) ...: M mIoU (background a, circle b, square c, triangle d)"
+# the README's demo sentence: "... with N thread(s) ...: M mIoU (background a, circle b, square c, triangle d[;)]"
 README_RE = re.compile(
-    r'(\d+) threads?\b.*?([\d.]+) mIoU \(background ([\d.]+), circle ([\d.]+), square ([\d.]+), triangle ([\d.]+)\)',
+    r'(\d+) threads?\b.*?([\d.]+) mIoU \(background ([\d.]+), circle ([\d.]+), square ([\d.]+), triangle ([\d.]+)[;)]',
     re.S)
 
 
