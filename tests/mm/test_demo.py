@@ -17,9 +17,9 @@ from .configs import ROOT  # noqa: E402
 
 CLASSES = ('background', 'circle', 'square', 'triangle')
 # the README's demo sentence: "... with N thread(s) ...: M mIoU (background a, circle b, square c, triangle d[;)]"
-README_RE = re.compile(
-    r'(\d+) threads?\b.*?([\d.]+) mIoU \(background ([\d.]+), circle ([\d.]+), square ([\d.]+), triangle ([\d.]+)[;)]',
-    re.S)
+README_RE = re.compile(  # any whitespace (a wrapped line) between the words
+    r'(\d+) threads?\b.*?([\d.]+) mIoU \(background ([\d.]+), circle ([\d.]+), square ([\d.]+), triangle ([\d.]+)[;)]'
+    .replace(' ', r'\s+'), re.S)
 
 
 def readme_promise():
