@@ -1,7 +1,8 @@
 """Generate the bundled demo dataset ``demo_data/shapes`` (deterministic; the output is committed).
 
-Each 64x64 RGB image shows one shape (circle, square or triangle) of random colour, size and position on a
-textured background; its annotation PNG holds the class index per pixel (0 background, 1 circle, 2 square,
+Each 64x64 RGB image shows one shape (circle, axis-aligned square, or triangle pointing up or down) of random size
+(radius 22-36% of the image), position (wholly inside) and colour (contrasting with the background) on a textured
+background; its annotation PNG holds the class index per pixel (0 background, 1 circle, 2 square,
 3 triangle). Layout follows mmseg's custom datasets: ``img_dir/{train,val}/*.png``, ``ann_dir/{train,val}/*.png``;
 ``annotations/instances_{train,val}.json`` hold the same shapes as COCO instances (one per image, its mask as
 uncompressed RLE) for the mmdet configs.
@@ -26,18 +27,22 @@ def make_sample(rng: np.random.Generator, size: int = 64):
     img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     mask = Image.new('L', (size, size), 0)
     cls = int(rng.integers(1, len(CLASSES)))
-    r = rng.uniform(0.14, 0.3) * size
-    cx, cy = rng.uniform(r, size - r, 2)
-    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    # large enough for the corners to span a few tokens after a stride-4 stem, wholly inside the image
+    r = rng.uniform(0.22, 0.36) * size
+    cx, cy = rng.uniform(r + 1, size - r - 1, 2)
+    color = rng.integers(0, 256, 3)
+    while np.abs(color - base).mean() < 60:  # contrast with the background: the shape, not its colour, is the task
+        color = rng.integers(0, 256, 3)
+    color = tuple(int(c) for c in color)
     if cls == 1:
         box = [cx - r, cy - r, cx + r, cy + r]
         shapes = [('ellipse', box)]
     elif cls == 2:
-        a = rng.uniform(0, np.pi / 2)
+        a = np.pi / 4  # axis-aligned: edges along the rows and columns (the triangle's slope by 30 degrees)
         pts = [(cx + r * np.cos(a + k * np.pi / 2), cy + r * np.sin(a + k * np.pi / 2)) for k in range(4)]
         shapes = [('polygon', pts)]
     else:
-        a = rng.uniform(0, 2 * np.pi)
+        a = -np.pi / 2 + np.pi * rng.integers(0, 2)  # upright or upside down (with the flips: also on its side)
         pts = [(cx + r * np.cos(a + k * 2 * np.pi / 3), cy + r * np.sin(a + k * 2 * np.pi / 3)) for k in range(3)]
         shapes = [('polygon', pts)]
     for draw, fill in ((ImageDraw.Draw(img), color), (ImageDraw.Draw(mask), cls)):
@@ -72,7 +77,7 @@ def coco_instances(mask_dir: str, image_prefix: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), '..', 'demo_data', 'shapes'))
-    parser.add_argument('--train', type=int, default=240)
+    parser.add_argument('--train', type=int, default=480)
     parser.add_argument('--val', type=int, default=60)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
