@@ -13,7 +13,7 @@ $(STAMP): setup.py tools/install.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py
+	OMP_NUM_THREADS=1 $(PY) tools/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
