@@ -447,7 +447,7 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
       }
       const T* qb = q + b * N * H * D + h * D;
       const auto sv = V::set1(scale);
-      for (int64_t c = 0; c < D; ++c) V::store(qt.data() + c * W, V::mul(V::gather(qb + c, qoff), sv));
+      to_lanes<V>(qb, qoff, D, sv, qt.data());
       qk<V>(qt.data(), D, krow.data(), n, s.data());
       if (rpb) add_bias<V>(g, tile, rpb + h * RV, h, bias, s.data());
       const auto ninf = V::set1(-std::numeric_limits<T>::infinity());
@@ -475,7 +475,7 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
       V::store(l_, sum);
       const auto inv = V::div(V::set1(T(1)), sum);
       T* ob = out + b * N * H * Dv + h * Dv;
-      for (int64_t c = 0; c < Dv; ++c) V::scatter(ob + c, ooff, tile.valid, V::mul(V::load(ot.data() + c * W), inv));
+      from_lanes<V>(ot.data(), inv, Dv, ob, ooff, tile.valid);
       for (int l = 0; l < W; ++l) {
         if ((tile.valid >> l) & 1u) lse[(b * H + h) * N + tile.qi[l]] = m_[l] + std::log(l_[l]);
       }
@@ -498,7 +498,7 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
     Tile<V> tile;
     BiasCache<V> bias;
     BiasGrad<V> dbias;
-    std::vector<T> qt(D * W), dot_(Dv * W), dqt(D * W), s, dp;
+    std::vector<T> qt(D * W), dot_(Dv * W), ot(Dv * W), dqt(D * W), s, dp;
     std::vector<const T*> krow, vrow, qrow(W), dorow(W);
     std::vector<T*> dkrow, dvrow;
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -546,13 +546,12 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         const T* gb = dout + b * N * H * Dv + h * Dv;
         const T* ob = out + b * N * H * Dv + h * Dv;
         const auto sv = V::set1(scale);
-        for (int64_t c = 0; c < D; ++c) V::store(qt.data() + c * W, V::mul(V::gather(qb + c, qoff), sv));
+        const auto one = V::set1(T(1));
+        to_lanes<V>(qb, qoff, D, sv, qt.data());
+        to_lanes<V>(gb, ooff, Dv, one, dot_.data());
+        to_lanes<V>(ob, ooff, Dv, one, ot.data());
         auto di = V::zero();
-        for (int64_t c = 0; c < Dv; ++c) {
-          const auto gv = V::gather(gb + c, ooff);
-          V::store(dot_.data() + c * W, gv);
-          di = V::fmadd(gv, V::gather(ob + c, ooff), di);
-        }
+        for (int64_t c = 0; c < Dv; ++c) di = V::fmadd(V::load(dot_.data() + c * W), V::load(ot.data() + c * W), di);
         qk<V>(qt.data(), D, krow.data(), n, s.data());
         qk<V>(dot_.data(), Dv, vrow.data(), n, dp.data());
         if (rb) add_bias<V>(g, tile, rb, h, bias, s.data());
@@ -579,7 +578,7 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         std::fill(dqt.begin(), dqt.end(), T(0));
         pv<V>(dp.data(), krow.data(), n, D, dqt.data());
         T* dqb = dq + b * N * H * D + h * D;
-        for (int64_t c = 0; c < D; ++c) V::scatter(dqb + c, qoff, valid, V::mul(V::load(dqt.data() + c * W), sv));
+        from_lanes<V>(dqt.data(), sv, D, dqb, qoff, valid);
         rank_update<V>(dp.data(), dkrow.data(), n, qrow.data(), D, scale);
         rank_update<V>(s.data(), dvrow.data(), n, dorow.data(), Dv, T(1));
       }

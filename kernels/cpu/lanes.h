@@ -173,6 +173,76 @@ struct VecD8 {
                               a, 8);
   }
 };
+
+// 16x16 transpose in registers: r[i][j] -> r[j][i].
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+#endif
+
+// Packing of W rows (base + off[lane], C entries each) into lanes and back: dst[c * W + lane] = row[lane][c] * scale,
+// and row[lane][c] = src[c * W + lane] * mul[lane] for the lanes in `valid`. Gathers/scatters by default; AVX-512
+// fp32 transposes 16x16 blocks in registers (contiguous row loads and stores instead of per-element gathers).
+template <class V>
+inline void to_lanes(const typename V::T* base, const int32_t* off, int64_t C, typename V::R scale,
+                     typename V::T* dst) {
+  for (int64_t c = 0; c < C; ++c) V::store(dst + c * V::W, V::mul(V::gather(base + c, off), scale));
+}
+
+template <class V>
+inline void from_lanes(const typename V::T* src, typename V::R mul, int64_t C, typename V::T* base,
+                       const int32_t* off, uint32_t valid) {
+  for (int64_t c = 0; c < C; ++c) V::scatter(base + c, off, valid, V::mul(V::load(src + c * V::W), mul));
+}
+
+#ifdef __AVX512F__
+template <>
+inline void to_lanes<VecF16>(const float* base, const int32_t* off, int64_t C, __m512 scale, float* dst) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    __m512 r[16];
+    for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_ps(base + off[l] + c);
+    transpose16(r);
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (c + i) * 16, _mm512_mul_ps(r[i], scale));
+  }
+  for (; c < C; ++c) VecF16::store(dst + c * 16, _mm512_mul_ps(VecF16::gather(base + c, off), scale));
+}
+
+template <>
+inline void from_lanes<VecF16>(const float* src, __m512 mul, int64_t C, float* base, const int32_t* off,
+                               uint32_t valid) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(_mm512_loadu_ps(src + (c + i) * 16), mul);
+    transpose16(r);
+    for (int l = 0; l < 16; ++l)
+      if ((valid >> l) & 1u) _mm512_storeu_ps(base + off[l] + c, r[l]);
+  }
+  for (; c < C; ++c) VecF16::scatter(base + c, off, valid, _mm512_mul_ps(VecF16::load(src + c * 16), mul));
+}
 #endif
 
 }  // namespace visionattn_cpu
