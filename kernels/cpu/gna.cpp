@@ -225,6 +225,36 @@ void pv(const typename V::T* p, const typename V::T* const* rows, int64_t n, int
   }
 }
 
+// dst[j][c + i * W + x] += alpha * sum_lane coef[j * W + lane] * src[lane][c + i * W + x], j < NJ, i < NC: NJ x NC
+// accumulators, each source row chunk loaded once per lane for NJ keys.
+template <class V, int NJ, int NC>
+inline void rank_n(const typename V::T* coef, typename V::T* const* dst, const typename V::T* const* src, int64_t c,
+                   typename V::R av) {
+  constexpr int W = V::W;
+  typename V::R acc[NJ][NC];
+  for (int j = 0; j < NJ; ++j)
+    for (int i = 0; i < NC; ++i) acc[j][i] = V::zero();
+  for (int q = 0; q < W; ++q) {
+    typename V::R sv[NC];
+    for (int i = 0; i < NC; ++i) sv[i] = V::load(src[q] + c + i * W);
+    for (int j = 0; j < NJ; ++j) {
+      const auto cf = V::set1(coef[j * W + q]);
+      for (int i = 0; i < NC; ++i) acc[j][i] = V::fmadd(cf, sv[i], acc[j][i]);
+    }
+  }
+  for (int j = 0; j < NJ; ++j)
+    for (int i = 0; i < NC; ++i) V::store(dst[j] + c + i * W, V::fmadd(acc[j][i], av, V::load(dst[j] + c + i * W)));
+}
+
+template <class V, int NJ>
+inline void rank_cols(const typename V::T* coef, typename V::T* const* dst, const typename V::T* const* src,
+                      int64_t Cv, typename V::R av) {
+  constexpr int W = V::W;
+  int64_t c = 0;
+  for (; c + 2 * W <= Cv; c += 2 * W) rank_n<V, NJ, 2>(coef, dst, src, c, av);
+  if (c < Cv) rank_n<V, NJ, 1>(coef, dst, src, c, av);
+}
+
 // dst[j][c] += alpha * sum_lane coef[j * W + lane] * src[lane][c] for j < n, c < C (dK, dV of the tile's keys).
 template <class V>
 void rank_update(const typename V::T* coef, typename V::T* const* dst, int64_t n, const typename V::T* const* src,
@@ -233,29 +263,14 @@ void rank_update(const typename V::T* coef, typename V::T* const* dst, int64_t n
   constexpr int W = V::W;
   const int64_t Cv = C - C % W;
   const auto av = V::set1(alpha);
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    for (int64_t c = 0; c < Cv; c += W) {
-      typename V::R a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
-      const T* cf = coef + j * W;
-      for (int q = 0; q < W; ++q) {
-        const auto sv = V::load(src[q] + c);
-        a0 = V::fmadd(V::set1(cf[q]), sv, a0);
-        a1 = V::fmadd(V::set1(cf[W + q]), sv, a1);
-        a2 = V::fmadd(V::set1(cf[2 * W + q]), sv, a2);
-        a3 = V::fmadd(V::set1(cf[3 * W + q]), sv, a3);
-      }
-      V::store(dst[j] + c, V::fmadd(a0, av, V::load(dst[j] + c)));
-      V::store(dst[j + 1] + c, V::fmadd(a1, av, V::load(dst[j + 1] + c)));
-      V::store(dst[j + 2] + c, V::fmadd(a2, av, V::load(dst[j + 2] + c)));
-      V::store(dst[j + 3] + c, V::fmadd(a3, av, V::load(dst[j + 3] + c)));
-    }
-  }
-  for (; j < n; ++j) {
-    for (int64_t c = 0; c < Cv; c += W) {
-      typename V::R a0 = V::zero();
-      for (int q = 0; q < W; ++q) a0 = V::fmadd(V::set1(coef[j * W + q]), V::load(src[q] + c), a0);
-      V::store(dst[j] + c, V::fmadd(a0, av, V::load(dst[j] + c)));
+  if (Cv > 0) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) rank_cols<V, 4>(coef + j * W, dst + j, src, Cv, av);
+    switch (n - j) {
+      case 3: rank_cols<V, 3>(coef + j * W, dst + j, src, Cv, av); break;
+      case 2: rank_cols<V, 2>(coef + j * W, dst + j, src, Cv, av); break;
+      case 1: rank_cols<V, 1>(coef + j * W, dst + j, src, Cv, av); break;
+      default: break;
     }
   }
   if (Cv < C) {
