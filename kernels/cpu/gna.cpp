@@ -20,6 +20,7 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "lanes.h"
@@ -382,6 +383,32 @@ struct Tile {
   }
 };
 
+// The tiles of a call, built once and shared by every (batch, head) when their index lists stay small (64 MiB at
+// most; VISIONATTN_GNA_TILE_BYTES overrides the bound, for tests); else each thread builds its tile per task.
+inline int64_t max_tile_bytes() {
+  const char* env = std::getenv("VISIONATTN_GNA_TILE_BYTES");
+  return env && *env ? std::atoll(env) : int64_t(64) << 20;
+}
+
+template <class V>
+struct TileSet {
+  std::vector<Tile<V>> tiles;
+  TileSet(const Geometry& g, const Tiling& tl) {
+    int64_t per = g.K[0] + g.E;  // bound of one tile's keys: k0 x (k + TA + s) per axis
+    per *= (g.K[1] + tl.TA1 + g.S[1]) * (g.K[2] + tl.TA2 + g.S[2]);
+    if (tl.ntiles * per * int64_t(sizeof(int64_t) + sizeof(uint32_t)) > max_tile_bytes()) return;
+    tiles.resize(tl.ntiles);
+    at::parallel_for(0, tl.ntiles, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) tiles[t].build(g, tl, t);
+    });
+  }
+  const Tile<V>& get(const Geometry& g, const Tiling& tl, int64_t t, Tile<V>& scratch) const {
+    if (!tiles.empty()) return tiles[t];
+    scratch.build(g, tl, t);
+    return scratch;
+  }
+};
+
 // rpb of a tile as a [key][lane] block, rebuilt only when the tile geometry or the head changes.
 template <class V>
 struct BiasCache {
@@ -433,14 +460,15 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
   const int64_t RV = g.R[0] * g.R[1] * g.R[2];
   const Tiling tl = make_tiling(g, W);
   const int64_t tasks = g.B * H * tl.ntiles;
+  const TileSet<V> tset(g, tl);
   at::parallel_for(0, tasks, 4, [&](int64_t begin, int64_t end) {
-    Tile<V> tile;
+    Tile<V> scratch;
     BiasCache<V> bias;
     std::vector<T> qt(D * W), ot(Dv * W), s;
     std::vector<const T*> krow, vrow;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task % tl.ntiles, bh = task / tl.ntiles, h = bh % H, b = bh / H;
-      tile.build(g, tl, t);
+      const Tile<V>& tile = tset.get(g, tl, t, scratch);
       const int64_t n = tile.n, nwin = tile.nwin;
       krow.resize(n);
       vrow.resize(n);
@@ -509,8 +537,9 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
   const int64_t N = g.L[0] * g.L[1] * g.L[2];
   const int64_t RV = g.R[0] * g.R[1] * g.R[2];
   const Tiling tl = make_tiling(g, W);
+  const TileSet<V> tset(g, tl);
   at::parallel_for(0, g.B * H, 1, [&](int64_t begin, int64_t end) {
-    Tile<V> tile;
+    Tile<V> scratch;
     BiasCache<V> bias;
     BiasGrad<V> dbias;
     std::vector<T> qt(D * W), dot_(Dv * W), ot(Dv * W), dqt(D * W), s, dp;
@@ -525,7 +554,7 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
       const T* rb = rpb ? rpb + h * RV : nullptr;
       T* drb = drpb ? drpb + (b * H + h) * RV : nullptr;
       for (int64_t t = 0; t < tl.ntiles; ++t) {
-        tile.build(g, tl, t);
+        const Tile<V>& tile = tset.get(g, tl, t, scratch);
         const int64_t n = tile.n, nwin = tile.nwin;
         const uint32_t valid = tile.valid;
         krow.resize(n);
