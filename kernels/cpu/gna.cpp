@@ -123,21 +123,31 @@ AxisTiles make_tiles(const Axis& a, int64_t length, int64_t TA) {
   return t;
 }
 
-// Keys covered by T consecutive queries of one group (kernel k, stride s): queries of a stride group share a window.
-inline double union_width(int64_t T, int64_t k, int64_t s) { return double(k + s * ((T + s - 1) / s - 1)); }
+// Keys (per lane) of all tiles of one axis summed: the union width of each tile's windows.
+int64_t union_sum(const AxisTiles& t) {
+  int64_t sum = 0;
+  for (int64_t i = 0; i < t.size(); ++i) {
+    int64_t lo = INT64_MAX, hi = 0;
+    for (int64_t l = i * t.TA; l < (i + 1) * t.TA; ++l) {
+      lo = std::min(lo, t.start[l]);
+      hi = std::max(hi, t.start[l] + t.cnt[l]);
+    }
+    sum += hi - lo;
+  }
+  return sum;
+}
 
-// Lanes along axis 1 (the rest along axis 2) minimizing the union of the tile's windows per useful query.
+// Lanes along axis 1 (the rest along axis 2) minimizing the work of the call: a tile's keys are the product of its
+// axis-1 and axis-2 union widths, so the total is the product of the two axes' sums (partial tiles, clamped windows
+// at the borders and stride groups included); ties go to fewer tiles.
 int64_t choose_ta1(const Geometry& g, int64_t W) {
   if (g.L[1] == 1) return 1;
-  const int64_t lg1 = (g.L[1] + g.ax[1].dilation - 1) / g.ax[1].dilation;
-  const int64_t lg2 = (g.L[2] + g.ax[2].dilation - 1) / g.ax[2].dilation;
   int64_t best = 1;
   double best_cost = 1e300;
   for (int64_t ta1 = 1; ta1 <= W; ta1 *= 2) {
-    const int64_t ta2 = W / ta1;
-    const double used = double(std::min(ta1, lg1) * std::min(ta2, lg2));
-    const double cost = union_width(ta1, g.K[1], g.S[1]) * union_width(ta2, g.K[2], g.S[2]) / used;
-    if (cost < best_cost - 1e-9) {
+    const AxisTiles t1 = make_tiles(g.ax[1], g.L[1], ta1), t2 = make_tiles(g.ax[2], g.L[2], W / ta1);
+    const double cost = double(union_sum(t1)) * double(union_sum(t2)) + 1e-3 * double(t1.size() * t2.size());
+    if (cost < best_cost) {
       best_cost = cost;
       best = ta1;
     }
