@@ -60,6 +60,27 @@ def test_cpu_fp32_and_gradients(shape, ks, st, dil, causal, dim, extra):
         torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize('tile_bytes', ['', '0'])  # '': tiles built once per call; '0': per task (the memory bound)
+@pytest.mark.parametrize('shape,ks,st,dil,causal', [
+    ((28, 28), (7, 7), (1, 1), (2, 2), (False, False)),  # dilation groups of 14: partial tiles
+    ((19, 23), (5, 7), (2, 3), (3, 1), (False, True)),
+    ((150,), (37,), (1,), (2,), (False,)),
+])
+@pytest.mark.parametrize('dim', [32, 20])  # 32: two 16x16 lane transposes, 20: one plus the gathered tail
+def test_cpu_lane_transposes_and_tile_reuse(tile_bytes, shape, ks, st, dil, causal, dim, monkeypatch):
+    monkeypatch.setenv('VISIONATTN_GNA_TILE_BYTES', tile_bytes)
+    inputs = _inputs(shape, ks, torch.float32, dim=dim, dim_v=dim, rpb=len(shape) == 2, n_extra=2 * (dim == 20))
+    exact = [x.double().requires_grad_(True) if x is not None else None for x in inputs]
+    xs = [x.requires_grad_(True) if x is not None else None for x in inputs]
+    ref = gna_reference(*exact[:3], ks, st, dil, causal, exact[3], None, *exact[4:])
+    out = gna_cpu(*xs[:3], ks, st, dil, causal, xs[3], None, *xs[4:])
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
+    grad = torch.randn_like(ref)
+    for a, b in zip(_grads(gna_cpu, xs, ks, st, dil, causal, None, grad.float()),
+                    _grads(gna_reference, exact, ks, st, dil, causal, None, grad)):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_cpu_low_precision_computed_in_fp32(dtype):
     shape, ks, st, dil, causal = (12, 11), (5, 4), (2, 1), (1, 2), (False, False)

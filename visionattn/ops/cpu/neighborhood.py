@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .._args import per_axis
+from .._custom_op import custom_op
 from .._dispatch import counting_ops
 from . import _ext
 
@@ -35,10 +37,9 @@ def _check(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av
             raise ValueError(f'{name}: {tname} has dtype {t.dtype}, expected {q.dtype} (fp32 or fp64)')
         if not t.is_contiguous():
             raise ValueError(f'{name}: {tname} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}')
-    for arg, vals in (('kernel_size', kernel_size), ('stride', stride), ('dilation', dilation),
-                      ('is_causal', is_causal)):
-        if len(vals) != 3:
-            raise ValueError(f'{name}: {arg} must have 3 entries, got {list(vals)}')
+    kernel_size, stride, dilation = (per_axis(x, 3, f'{name}: {arg}') for x, arg in (
+        (kernel_size, 'kernel_size'), (stride, 'stride'), (dilation, 'dilation')))
+    per_axis(is_causal, 3, f'{name}: is_causal', kind=bool)
     for i in range(3):
         ks, st, dil, size = kernel_size[i], stride[i], dilation[i], q.shape[1 + i]
         if ks < 1 or st < 1 or dil < 1 or st > ks or ks * dil > size:
@@ -69,8 +70,7 @@ def _ensure_built() -> None:
         raise RuntimeError(_ext.unavailable_reason())
 
 
-@torch.library.custom_op('visionattn::gna_cpu_fwd', mutates_args=(), device_types='cpu')
-def gna_cpu_fwd(
+def _fwd(
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
@@ -92,15 +92,14 @@ def gna_cpu_fwd(
         additional_values)
 
 
-@gna_cpu_fwd.register_fake
-def _(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values):
+def _fwd_fake(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+              additional_values):
     b, heads = query.shape[0], query.shape[4]
     out = query.new_empty(query.shape[:-1] + (value.shape[-1],))
     return out, query.new_empty((b, heads, math.prod(query.shape[1:4])))
 
 
-@torch.library.custom_op('visionattn::gna_cpu_bwd', mutates_args=(), device_types='cpu')
-def gna_cpu_bwd(
+def _bwd(
         grad_out: torch.Tensor,
         query: torch.Tensor,
         key: torch.Tensor,
@@ -131,31 +130,18 @@ def gna_cpu_bwd(
         additional_keys, additional_values))
 
 
-@gna_cpu_bwd.register_fake
-def _(grad_out, query, key, value, out, lse, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-      additional_values):
+def _bwd_fake(grad_out, query, key, value, out, lse, kernel_size, stride, dilation, is_causal, rpb, scale,
+              additional_keys, additional_values):
     xs = [query, key, value, rpb, additional_keys, additional_values]
     return [query.new_empty(0) if x is None else torch.empty_like(x) for x in xs]
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, ks, st, dil, causal, rpb, scale, ak, av = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, rpb, ak, av)
-    ctx.args = (ks, st, dil, causal, scale)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, rpb, ak, av = ctx.saved_tensors
-    ks, st, dil, causal, scale = ctx.args
-    dq, dk, dv, drpb, dak, dav = gna_cpu_bwd(
-        grad_out.contiguous(), q, k, v, out, lse, ks, st, dil, causal, rpb, scale, ak, av)
-    return (dq, dk, dv, None, None, None, None, drpb if rpb is not None else None, None,
-            dak if ak is not None else None, dav if av is not None else None)
-
-
-gna_cpu_fwd.register_autograd(_backward, setup_context=_setup_context)
+# the backward op gets (grad_out, q, k, v, out, lse, the rest of the forward's arguments)
+gna_cpu_fwd = custom_op(
+    'visionattn::gna_cpu_fwd', _fwd, _fwd_fake, backward=_bwd, backward_name='visionattn::gna_cpu_bwd',
+    backward_fake=_bwd_fake, backward_inputs=lambda inputs, output: (*inputs[:3], *output, *inputs[3:]),
+    grad_inputs=('query', 'key', 'value', 'rpb', 'additional_keys', 'additional_values'))
+gna_cpu_bwd = torch.ops.visionattn.gna_cpu_bwd
 
 
 def gna_cpu(
