@@ -11,7 +11,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .._args import per_axis
 from .._custom_op import custom_op
 from .._dispatch import counting_ops
 from . import _ext
@@ -37,9 +36,10 @@ def _check(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av
             raise ValueError(f'{name}: {tname} has dtype {t.dtype}, expected {q.dtype} (fp32 or fp64)')
         if not t.is_contiguous():
             raise ValueError(f'{name}: {tname} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}')
-    kernel_size, stride, dilation = (per_axis(x, 3, f'{name}: {arg}') for x, arg in (
-        (kernel_size, 'kernel_size'), (stride, 'stride'), (dilation, 'dilation')))
-    per_axis(is_causal, 3, f'{name}: is_causal', kind=bool)
+    for arg, vals in (('kernel_size', kernel_size), ('stride', stride), ('dilation', dilation),
+                      ('is_causal', is_causal)):
+        if len(vals) != 3:  # the op schema makes them int lists
+            raise ValueError(f'{name}: {arg} must have 3 entries, got {list(vals)}')
     for i in range(3):
         ks, st, dil, size = kernel_size[i], stride[i], dilation[i], q.shape[1 + i]
         if ks < 1 or st < 1 or dil < 1 or st > ks or ks * dil > size:
