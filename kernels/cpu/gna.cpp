@@ -63,13 +63,44 @@ Axis make_axis(int64_t length, int64_t k, int64_t s, int64_t d, bool causal) {
   return a;
 }
 
+// Where a query/key/value element lies: b * sb + token * st + head * D + c. Heads and channels are dense, the tokens
+// of one batch entry share one stride (so q, k and v may be views of one qkv projection, [..., 3, heads, D]).
+struct Layout {
+  int64_t sb = 0, st = 0;
+};
+
+Layout layout_of(const torch::Tensor& t, const char* name) {
+  const int64_t H = t.size(4), D = t.size(5);
+  TORCH_CHECK((D == 1 || t.stride(5) == 1) && (H == 1 || t.stride(4) == D),
+              "gna_cpu: ", name, ": heads and channels must be dense");
+  Layout l;
+  l.sb = t.stride(0);
+  l.st = -1;
+  int64_t inner = 1;
+  for (int i = 3; i >= 1; --i) {
+    if (t.size(i) > 1) {
+      TORCH_CHECK(t.stride(i) % inner == 0 && (l.st < 0 || t.stride(i) == l.st * inner),
+                  "gna_cpu: ", name, ": the spatial axes must share one token stride");
+      l.st = t.stride(i) / inner;
+    }
+    inner *= t.size(i);
+  }
+  if (l.st < 0) l.st = H * D;
+  TORCH_CHECK(l.st >= H * D, "gna_cpu: ", name, ": tokens overlap");
+  TORCH_CHECK(inner * l.st < (int64_t(1) << 31), "gna_cpu: one batch entry must span < 2^31 elements (32-bit lane "
+              "offsets)");
+  return l;
+}
+
 struct Geometry {
   int64_t B, L[3], H, D, Dv, E, R[3], K[3], S[3];
   Axis ax[3];
+  Layout lq, lk, lv;
 };
 
-Geometry make_geometry(const torch::Tensor& q, const torch::Tensor& v, at::IntArrayRef ks, at::IntArrayRef st,
-                       at::IntArrayRef dil, at::IntArrayRef causal, const c10::optional<torch::Tensor>& ak) {
+Geometry make_geometry(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, at::IntArrayRef ks,
+                       at::IntArrayRef st, at::IntArrayRef dil, at::IntArrayRef causal,
+                       const c10::optional<torch::Tensor>& ak) {
   TORCH_CHECK(q.dim() == 6 && ks.size() == 3 && st.size() == 3 && dil.size() == 3 && causal.size() == 3,
               "gna_cpu: expects canonical 3-D layout");
   Geometry g;
@@ -88,6 +119,9 @@ Geometry make_geometry(const torch::Tensor& q, const torch::Tensor& v, at::IntAr
   }
   TORCH_CHECK(g.L[0] * g.L[1] * g.L[2] * g.H * std::max(g.D, g.Dv) < (int64_t(1) << 31),
               "gna_cpu: one batch entry must hold < 2^31 elements (32-bit lane offsets)");
+  g.lq = layout_of(q, "query");
+  g.lk = layout_of(k, "key");
+  g.lv = layout_of(v, "value");
   return g;
 }
 
@@ -483,11 +517,11 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
       krow.resize(n);
       vrow.resize(n);
       s.resize(n * W);
-      const T* kb = k + b * N * H * D + h * D;
-      const T* vb = v + b * N * H * Dv + h * Dv;
+      const T* kb = k + b * g.lk.sb + h * D;
+      const T* vb = v + b * g.lv.sb + h * Dv;
       for (int64_t j = 0; j < nwin; ++j) {
-        krow[j] = kb + tile.tok[j] * H * D;
-        vrow[j] = vb + tile.tok[j] * H * Dv;
+        krow[j] = kb + tile.tok[j] * g.lk.st;
+        vrow[j] = vb + tile.tok[j] * g.lv.st;
       }
       for (int64_t e = 0; e < E; ++e) {
         krow[nwin + e] = ak + ((b * E + e) * H + h) * D;
@@ -495,10 +529,10 @@ void fwd_kernel(const Geometry& g, const typename V::T* q, const typename V::T* 
       }
       alignas(64) int32_t qoff[W], ooff[W];  // lane rows relative to the (batch, head) base
       for (int l = 0; l < W; ++l) {
-        qoff[l] = static_cast<int32_t>(tile.qi[l] * H * D);
+        qoff[l] = static_cast<int32_t>(tile.qi[l] * g.lq.st);
         ooff[l] = static_cast<int32_t>(tile.qi[l] * H * Dv);
       }
-      const T* qb = q + b * N * H * D + h * D;
+      const T* qb = q + b * g.lq.sb + h * D;
       const auto sv = V::set1(scale);
       to_lanes<V>(qb, qoff, D, sv, qt.data());
       qk<V>(qt.data(), D, krow.data(), n, s.data());
@@ -557,8 +591,8 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
     std::vector<T*> dkrow, dvrow;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t h = bh % H, b = bh / H;
-      const T* kb = k + b * N * H * D + h * D;
-      const T* vb = v + b * N * H * Dv + h * Dv;
+      const T* kb = k + b * g.lk.sb + h * D;
+      const T* vb = v + b * g.lv.sb + h * Dv;
       T* dkb = dk + b * N * H * D + h * D;
       T* dvb = dv + b * N * H * Dv + h * Dv;
       const T* rb = rpb ? rpb + h * RV : nullptr;
@@ -574,8 +608,8 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         s.resize(n * W);
         dp.resize(n * W);
         for (int64_t j = 0; j < nwin; ++j) {
-          krow[j] = kb + tile.tok[j] * H * D;
-          vrow[j] = vb + tile.tok[j] * H * Dv;
+          krow[j] = kb + tile.tok[j] * g.lk.st;
+          vrow[j] = vb + tile.tok[j] * g.lv.st;
           dkrow[j] = dkb + tile.tok[j] * H * D;
           dvrow[j] = dvb + tile.tok[j] * H * Dv;
         }
@@ -587,16 +621,17 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
           dvrow[nwin + e] = dav + er * Dv;
         }
         alignas(64) T lse_[W];
-        alignas(64) int32_t qoff[W], ooff[W];
+        alignas(64) int32_t qoff[W], dqoff[W], ooff[W];
         for (int l = 0; l < W; ++l) {
           const int64_t row = (b * N + tile.qi[l]) * H + h;
-          qrow[l] = q + row * D;
+          qrow[l] = q + b * g.lq.sb + tile.qi[l] * g.lq.st + h * D;
           dorow[l] = dout + row * Dv;
-          qoff[l] = static_cast<int32_t>(tile.qi[l] * H * D);
+          qoff[l] = static_cast<int32_t>(tile.qi[l] * g.lq.st);
+          dqoff[l] = static_cast<int32_t>(tile.qi[l] * H * D);
           ooff[l] = static_cast<int32_t>(tile.qi[l] * H * Dv);
           lse_[l] = lse[(b * H + h) * N + tile.qi[l]];
         }
-        const T* qb = q + b * N * H * D + h * D;
+        const T* qb = q + b * g.lq.sb + h * D;
         const T* gb = dout + b * N * H * Dv + h * Dv;
         const T* ob = out + b * N * H * Dv + h * Dv;
         const auto sv = V::set1(scale);
@@ -632,7 +667,7 @@ void bwd_kernel(const Geometry& g, const typename V::T* dout, const typename V::
         std::fill(dqt.begin(), dqt.end(), T(0));
         pv<V>(dp.data(), krow.data(), n, D, dqt.data());
         T* dqb = dq + b * N * H * D + h * D;
-        from_lanes<V>(dqt.data(), sv, D, dqb, qoff, valid);
+        from_lanes<V>(dqt.data(), sv, D, dqb, dqoff, valid);
         rank_update<V>(dp.data(), dkrow.data(), n, qrow.data(), D, scale);
         rank_update<V>(s.data(), dvrow.data(), n, dorow.data(), Dv, T(1));
       }
@@ -667,10 +702,10 @@ std::tuple<torch::Tensor, torch::Tensor> gna_fwd(const torch::Tensor& q, const t
                                                  const c10::optional<torch::Tensor>& rpb, double scale,
                                                  const c10::optional<torch::Tensor>& ak,
                                                  const c10::optional<torch::Tensor>& av) {
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "gna_cpu: inputs must be contiguous");
+  // q, k, v: any token stride (layout_of); everything else contiguous
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "gna_cpu: dtypes differ");
   TORCH_CHECK(q.sizes() == k.sizes() && v.dim() == 6, "gna_cpu: shapes");
-  Geometry g = make_geometry(q, v, ks, st, dil, causal, ak);
+  Geometry g = make_geometry(q, k, v, ks, st, dil, causal, ak);
   auto out = torch::empty({g.B, g.L[0], g.L[1], g.L[2], g.H, g.Dv}, q.options());
   auto lse = torch::empty({g.B, g.H, g.L[0] * g.L[1] * g.L[2]}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gna_cpu_fwd", [&] {
@@ -689,13 +724,12 @@ std::vector<torch::Tensor> gna_bwd(const torch::Tensor& dout, const torch::Tenso
                                    at::IntArrayRef ks, at::IntArrayRef st, at::IntArrayRef dil,
                                    at::IntArrayRef causal, const c10::optional<torch::Tensor>& rpb, double scale,
                                    const c10::optional<torch::Tensor>& ak, const c10::optional<torch::Tensor>& av) {
-  TORCH_CHECK(dout.is_contiguous() && q.is_contiguous() && k.is_contiguous() && v.is_contiguous() &&
-                  out.is_contiguous() && lse.is_contiguous(),
-              "gna_cpu: inputs must be contiguous");
-  Geometry g = make_geometry(q, v, ks, st, dil, causal, ak);
-  auto dq = torch::empty_like(q);
-  auto dk = torch::zeros_like(k);
-  auto dv = torch::zeros_like(v);
+  TORCH_CHECK(dout.is_contiguous() && out.is_contiguous() && lse.is_contiguous(),
+              "gna_cpu: grad_out, out and lse must be contiguous");
+  Geometry g = make_geometry(q, k, v, ks, st, dil, causal, ak);
+  auto dq = torch::empty(q.sizes(), q.options());  // contiguous whatever the inputs' strides
+  auto dk = torch::zeros(k.sizes(), k.options());
+  auto dv = torch::zeros(v.sizes(), v.options());
   const int64_t RV = g.R[0] * g.R[1] * g.R[2];
   torch::Tensor drpb_part = rpb.has_value() ? torch::zeros({g.B, g.H, RV}, q.options()) : torch::Tensor();
   torch::Tensor dak = ak.has_value() ? torch::zeros_like(*ak) : torch::Tensor();

@@ -9,7 +9,7 @@ from tests.ops.test_neighborhood_blocked import _config, _inputs
 from visionattn.ops import na1d, na2d, neighborhood_attention
 from visionattn.ops._dispatch import get_backend
 from visionattn.ops.cpu import _ext
-from visionattn.ops.cpu.neighborhood import gna_cpu, gna_cpu_bwd, gna_cpu_fwd, gna_cpu_unsupported
+from visionattn.ops.cpu.neighborhood import _token_strided, gna_cpu, gna_cpu_bwd, gna_cpu_fwd, gna_cpu_unsupported
 from visionattn.ops.reference import gna_reference
 
 pytestmark = pytest.mark.skipif(not _ext.load(), reason=f'fused CPU kernels unavailable: {_ext.unavailable_reason()}')
@@ -79,6 +79,28 @@ def test_cpu_lane_transposes_and_tile_reuse(tile_bytes, shape, ks, st, dil, caus
     for a, b in zip(_grads(gna_cpu, xs, ks, st, dil, causal, None, grad.float()),
                     _grads(gna_reference, exact, ks, st, dil, causal, None, grad)):
         torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('shape,ks,dil', [
+    ((9, 11), (3, 5), (2, 1)), ((40,), (9,), (3,)), ((4, 5, 6), (2, 3, 3), (1, 1, 2))])
+def test_cpu_reads_qkv_views_in_place(shape, ks, dil):
+    n = len(shape)
+    qkv = torch.randn(2, *shape, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    rpb = torch.randn(2, *(2 * k - 1 for k in ks), dtype=torch.float64, requires_grad=True)
+    args = (ks, (1,) * n, dil, (False,) * n)
+    q, k, v = qkv.unbind(-3)
+    assert not q.is_contiguous() and _token_strided(q.reshape(2, *(1,) * (3 - n), *shape, 2, 8))
+    out = gna_cpu(q, k, v, *args, rpb, 0.3)
+    ref = gna_reference(*(x.detach().requires_grad_(True) for x in (q, k, v)), *args, rpb.detach(), 0.3)
+    assert (out - ref).abs().max().item() < 1e-10
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (qkv, rpb), grad)
+    want = torch.autograd.grad(gna_reference(*qkv.unbind(-3), *args, rpb, 0.3), (qkv, rpb), grad)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() < 1e-10
+    perm = qkv.detach().permute(0, *range(1, n + 1), n + 2, n + 3, n + 1)[..., 0]  # heads/channels not dense: copied
+    out = gna_cpu(perm, perm, perm, *args, None, 0.3)
+    assert (out - gna_reference(perm, perm, perm, *args, None, 0.3)).abs().max().item() < 1e-10
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])

@@ -1,9 +1,10 @@
 """Backend ``cpu`` of GNA: the fused C++ kernels of ``kernels/cpu/gna.cpp`` as custom ops with autograd.
 
 ``visionattn::gna_cpu_fwd`` / ``visionattn::gna_cpu_bwd`` take the canonical 3-D layout ``[B, L0, L1, L2, heads, D]``
-(1-D and 2-D calls get leading axes of length 1 with kernel size 1), contiguous fp32 or fp64 tensors; they validate
-every argument and raise ValueError before anything reaches the kernel. ``gna_cpu`` is the backend: it canonicalizes
-the layout, makes inputs contiguous and computes fp16/bf16 inputs in fp32. Semantics: NATTEN's GNA plus rpb and
+(1-D and 2-D calls get leading axes of length 1 with kernel size 1), fp32 or fp64 tensors, contiguous or, for
+query/key/value, token-strided (views of one qkv projection are read in place); they validate every argument and raise
+ValueError before anything reaches the kernel. ``gna_cpu`` is the backend: it canonicalizes the layout, makes inputs
+the kernel cannot read in place contiguous and computes fp16/bf16 inputs in fp32. Semantics: NATTEN's GNA plus rpb and
 additional keys/values, exactly as ``visionattn.ops.reference.gna_reference``.
 """
 import math
@@ -20,6 +21,25 @@ __all__ = ['gna_cpu', 'gna_cpu_unsupported']
 _DTYPES = (torch.float32, torch.float64)
 
 
+_STRIDED = dict.fromkeys(('query', 'key', 'value'), ' or token-strided (dense heads and channels)')
+
+
+def _token_strided(t: torch.Tensor) -> bool:
+    """Whether the kernel reads ``t`` [B, L0, L1, L2, heads, D] in place: heads and channels dense, all tokens at one
+    stride (spatial axes of size 1 aside), e.g. q/k/v unbound from one qkv projection (mirrors ``layout_of``)."""
+    h, d = t.shape[4], t.shape[5]
+    if (d > 1 and t.stride(5) != 1) or (h > 1 and t.stride(4) != d):
+        return False
+    st, inner = None, 1
+    for i in (3, 2, 1):
+        if t.shape[i] > 1:
+            if t.stride(i) % inner or (st is not None and t.stride(i) != st * inner):
+                return False
+            st = t.stride(i) // inner
+        inner *= t.shape[i]
+    return st is None or st >= h * d
+
+
 def _check(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av, name: str) -> None:
     """Everything the kernel relies on; ValueError naming the problem."""
     if q.dim() != 6:
@@ -34,8 +54,9 @@ def _check(q, k, v, kernel_size, stride, dilation, is_causal, rpb, scale, ak, av
             raise ValueError(f'{name}: {tname} is on {t.device}, the kernel needs CPU tensors')
         if t.dtype != q.dtype or q.dtype not in _DTYPES:
             raise ValueError(f'{name}: {tname} has dtype {t.dtype}, expected {q.dtype} (fp32 or fp64)')
-        if not t.is_contiguous():
-            raise ValueError(f'{name}: {tname} must be contiguous, got strides {t.stride()} for shape {tuple(t.shape)}')
+        if not (t.is_contiguous() or (tname in _STRIDED and t.dim() == 6 and _token_strided(t))):
+            raise ValueError(f'{name}: {tname} must be contiguous{_STRIDED.get(tname, "")}, got strides {t.stride()} '
+                             f'for shape {tuple(t.shape)}')
     for arg, vals in (('kernel_size', kernel_size), ('stride', stride), ('dilation', dilation),
                       ('is_causal', is_causal)):
         if len(vals) != 3:  # the op schema makes them int lists
@@ -133,7 +154,7 @@ def _bwd(
 def _bwd_fake(grad_out, query, key, value, out, lse, kernel_size, stride, dilation, is_causal, rpb, scale,
               additional_keys, additional_values):
     xs = [query, key, value, rpb, additional_keys, additional_values]
-    return [query.new_empty(0) if x is None else torch.empty_like(x) for x in xs]
+    return [query.new_empty(0) if x is None else x.new_empty(x.shape) for x in xs]  # contiguous, as the kernel's
 
 
 # the backward op gets (grad_out, q, k, v, out, lse, the rest of the forward's arguments)
@@ -170,12 +191,15 @@ def gna_cpu(
     dtype = query.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
-    def prep(x, shape):
-        return None if x is None else x.to(work).reshape(shape).contiguous()
+    def prep(x, shape, strided=False):
+        if x is None:
+            return None
+        x = x.to(work).reshape(shape)
+        return x if strided and _token_strided(x) else x.contiguous()
 
-    q = prep(query, (b,) + spatial + (heads, dim))
-    k = prep(key, (b,) + spatial + (heads, key.shape[-1]))
-    v = prep(value, (b,) + spatial + (heads, value.shape[-1]))
+    q = prep(query, (b,) + spatial + (heads, dim), True)  # views of one qkv projection are read in place
+    k = prep(key, (b,) + spatial + (heads, key.shape[-1]), True)
+    v = prep(value, (b,) + spatial + (heads, value.shape[-1]), True)
     r = prep(rpb, (rpb.shape[0],) + (1,) * pad + tuple(rpb.shape[1:])) if rpb is not None else None
     ak = prep(additional_keys, additional_keys.shape) if additional_keys is not None else None
     av = prep(additional_values, additional_values.shape) if additional_values is not None else None
