@@ -228,10 +228,11 @@ def _needs_grad(*xs) -> bool:
 
 def _cpu_priority(query, key=None, value=None, rpb=None, additional_keys=None, additional_values=None,
                   **kwargs) -> int:
-    # Measured side by side with `blocked` (1 thread, CPU time, under load; tiled kernel of kernels/cpu/gna.cpp): the
-    # forward is 2-4x faster on every issue config (56x56 k7, 28x28 k7 dil 2, 3-D k(3,7,7), 1-D 4096 k127, k8 s4,
-    # NAT with rpb) and forward+backward 1.9-4x, so strided and long 1-D windows rank above `blocked` too. The one
-    # loss left: the backward threads over (batch, head) (race-free dK/dV), so fewer pairs than threads idle them.
+    # Measured side by side with `blocked` (1 thread, under load; benchmarks/gna_cpu_misses_1thread_2026-12-02.md):
+    # the forward is 2.4-5x faster on every issue config (56x56 k7, 28x28 k7 dil 2, 3-D k(3,7,7), 1-D 4096 k127,
+    # k8 s4, NAT with rpb) and forward+backward 2.2-4.1x (28x28 dil 2 with gradients included: 2.7x), so dilated,
+    # strided and long 1-D windows rank above `blocked` too. The one loss left: the backward threads over
+    # (batch, head) (race-free dK/dV), so fewer pairs than threads idle them.
     if _needs_grad(query, key, value, rpb, additional_keys, additional_values):
         if not torch.compiler.is_compiling() and query.shape[0] * query.shape[-2] < torch.get_num_threads():
             return 8
