@@ -20,6 +20,19 @@ def _grads(fn, xs, ks, st, dil, causal, scale, grad):
     return torch.autograd.grad(fn(*xs[:3], ks, st, dil, causal, xs[3], scale, *xs[4:]), present, grad)
 
 
+def _assert_fp32_matches(inputs, ks, st, dil, causal):
+    """fp32 forward and every gradient within 1e-4 of the fp64 reference."""
+    exact = [x.double().requires_grad_(True) if x is not None else None for x in inputs]
+    xs = [x.requires_grad_(True) if x is not None else None for x in inputs]
+    ref = gna_reference(*exact[:3], ks, st, dil, causal, exact[3], None, *exact[4:])
+    out = gna_cpu(*xs[:3], ks, st, dil, causal, xs[3], None, *xs[4:])
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
+    grad = torch.randn_like(ref)
+    for a, b in zip(_grads(gna_cpu, xs, ks, st, dil, causal, None, grad.float()),
+                    _grads(gna_reference, exact, ks, st, dil, causal, None, grad)):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize('na_dim', [1, 2, 3])
 def test_cpu_matches_reference_random_fp64(na_dim):
     rng = random.Random(20 + na_dim)
@@ -49,15 +62,7 @@ def test_cpu_matches_reference_random_fp64(na_dim):
 @pytest.mark.parametrize('extra', [0, 2])
 def test_cpu_fp32_and_gradients(shape, ks, st, dil, causal, dim, extra):
     inputs = _inputs(shape, ks, torch.float32, dim=dim, dim_v=dim, n_extra=extra)
-    exact = [x.double().requires_grad_(True) if x is not None else None for x in inputs]
-    xs = [x.requires_grad_(True) if x is not None else None for x in inputs]
-    ref = gna_reference(*exact[:3], ks, st, dil, causal, exact[3], None, *exact[4:])
-    out = gna_cpu(*xs[:3], ks, st, dil, causal, xs[3], None, *xs[4:])
-    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
-    grad = torch.randn_like(ref)
-    for a, b in zip(_grads(gna_cpu, xs, ks, st, dil, causal, None, grad.float()),
-                    _grads(gna_reference, exact, ks, st, dil, causal, None, grad)):
-        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+    _assert_fp32_matches(inputs, ks, st, dil, causal)
 
 
 @pytest.mark.parametrize('tile_bytes', ['', '0'])  # '': tiles built once per call; '0': per task (the memory bound)
@@ -70,15 +75,7 @@ def test_cpu_fp32_and_gradients(shape, ks, st, dil, causal, dim, extra):
 def test_cpu_lane_transposes_and_tile_reuse(tile_bytes, shape, ks, st, dil, causal, dim, monkeypatch):
     monkeypatch.setenv('VISIONATTN_GNA_TILE_BYTES', tile_bytes)
     inputs = _inputs(shape, ks, torch.float32, dim=dim, dim_v=dim, rpb=len(shape) == 2, n_extra=2 * (dim == 20))
-    exact = [x.double().requires_grad_(True) if x is not None else None for x in inputs]
-    xs = [x.requires_grad_(True) if x is not None else None for x in inputs]
-    ref = gna_reference(*exact[:3], ks, st, dil, causal, exact[3], None, *exact[4:])
-    out = gna_cpu(*xs[:3], ks, st, dil, causal, xs[3], None, *xs[4:])
-    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
-    grad = torch.randn_like(ref)
-    for a, b in zip(_grads(gna_cpu, xs, ks, st, dil, causal, None, grad.float()),
-                    _grads(gna_reference, exact, ks, st, dil, causal, None, grad)):
-        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+    _assert_fp32_matches(inputs, ks, st, dil, causal)
 
 
 @pytest.mark.parametrize('shape,ks,dil', [
