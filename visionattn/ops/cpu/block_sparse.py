@@ -17,6 +17,11 @@ from . import _ext
 
 __all__ = ['block_sparse_cpu', 'block_sparse_cpu_unsupported']
 
+# key-block size (tokens) from which the kernels take their GEMM path (strided BLAS GEMMs per query block and listed
+# block) over the row path (one query row against row pointers); negative: the GEMM path everywhere with the portable
+# GEMM loop instead of the BLAS (tests). Measured in benchmarks/bsa_fused_cpu_gemm_2026-12-02.md.
+GEMM_MIN_TOKENS = 16
+
 
 def _check(q, k, v, idx, bias, key_mask, scale, name: str) -> None:
     if q.dim() != 5 or k.dim() != 5 or v.dim() != 5:
@@ -62,7 +67,7 @@ def bsa_cpu_fwd(
     """Fused forward: ``(out [B, Nq, Tq, heads, Dv], lse [B, heads, Nq, Tq])``."""
     _check(query, key, value, index, bias, key_mask, scale, 'bsa_cpu_fwd')
     _ensure_built()
-    return torch.ops.visionattn_cpu.bsa_fwd(query, key, value, index, bias, key_mask, scale)
+    return torch.ops.visionattn_cpu.bsa_fwd(query, key, value, index, bias, key_mask, scale, GEMM_MIN_TOKENS)
 
 
 @bsa_cpu_fwd.register_fake
@@ -85,7 +90,8 @@ def bsa_cpu_bwd(
             raise ValueError(f'bsa_cpu_bwd: {tname} must be a contiguous CPU {query.dtype} tensor of shape '
                              f'{list(shape)}, got {t.dtype} {list(t.shape)} (contiguous: {t.is_contiguous()})')
     _ensure_built()
-    return list(torch.ops.visionattn_cpu.bsa_bwd(grad_out, query, key, value, out, lse, index, bias, key_mask, scale))
+    return list(torch.ops.visionattn_cpu.bsa_bwd(
+        grad_out, query, key, value, out, lse, index, bias, key_mask, scale, GEMM_MIN_TOKENS))
 
 
 @bsa_cpu_bwd.register_fake
