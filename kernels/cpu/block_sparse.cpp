@@ -33,7 +33,7 @@ struct BsaShape {
 
 // Rows per chunk of the GEMM path: the logits of a chunk (rows x topk * Tk) stay within ~512 KiB (fp32).
 inline int64_t gemm_rows(const BsaShape& s) {
-  return std::min(s.Tq, std::max<int64_t>(8, (int64_t(1) << 17) / (s.K * s.Tk)));
+  return std::min(s.Tq, std::max<int64_t>(8, (int64_t(1) << 17) / std::max<int64_t>(1, s.K * s.Tk)));
 }
 
 // Row stride of the GEMM path's buffers: topk * Tk rounded up to 16 (aligned rows for the BLAS).
@@ -286,7 +286,6 @@ void bsa_bwd_kernel(const BsaShape& s, const T* dout, const T* q, const T* k, co
   });
 }
 
-
 // Logits of rows r0 .. r0 + rr of query block (b, h, n) against every listed block: sc[rr][K * Tk] (scaled, slot
 // bias added, masked keys -inf).
 template <typename T>
@@ -296,7 +295,7 @@ void gemm_logits(const BsaShape& s, bool blas, const T* q, const T* k, const int
   const T* qp = q + (((b * s.Nq + n) * s.Tq + r0) * H + h) * D;
   for (int64_t j = 0; j < s.K; ++j) {
     const int64_t m = li[j];
-    // column-major: S^T[Tk x rr] (ld W) = K_m[D x Tk]^T Q^T[D x rr]
+    // column-major: S^T[Tk x rr] (ld L) = K_m[D x Tk]^T Q^T[D x rr]
     gemm<T>(blas, true, false, s.Tk, rr, D, scale, k + ((b * s.Nk + m) * s.Tk * H + h) * D, H * D, qp, H * D, T(0),
             sc + j * s.Tk, L);
     const T bj = bl ? bl[j] : T(0);
