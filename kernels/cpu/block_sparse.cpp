@@ -128,7 +128,10 @@ void zero_masked(const BsaShape& s, const int64_t* li, const uint8_t* kmask, int
   }
 }
 
-// BLAS that torch links (Fortran interface, LP64). Weak: where torch exports none, the portable loop below runs.
+// BLAS that torch links (Fortran interface, LP64). Weak (ELF): where torch exports none, the portable loop below
+// runs; elsewhere (no weak undefined symbols, e.g. Mach-O) the portable loop always.
+#if defined(__linux__) && defined(__GNUC__)
+#define VISIONATTN_WEAK_BLAS 1
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
             const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
@@ -137,6 +140,7 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
 }
+#endif
 
 // Column-major C[m x n] = alpha * op(A) op(B) + beta * C (BLAS semantics: beta = 0 never reads C).
 template <typename T>
@@ -162,6 +166,7 @@ void gemm_portable(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, c
 template <typename T>
 void gemm(bool blas, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+#ifdef VISIONATTN_WEAK_BLAS
   const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';
   const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
   const int ilda = static_cast<int>(lda), ildb = static_cast<int>(ldb), ildc = static_cast<int>(ldc);
@@ -170,6 +175,7 @@ void gemm(bool blas, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
   } else {
     if (blas && dgemm_) return dgemm_(&cta, &ctb, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
   }
+#endif
   gemm_portable<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
