@@ -60,6 +60,10 @@ BSA_SHAPES = {
     'in224_s3': (4, 14, 14, 256, 8, 7, 16),   # stage 3: 49 regions of 2x2, topk 16
     'ade512_s2': (1, 64, 64, 128, 4, 8, 4),   # ADE20K 512 crop, stage 2: 64 regions of 8x8, topk 4
     'ade512_s3': (1, 32, 32, 256, 8, 8, 16),  # stage 3: 64 regions of 4x4, topk 16
+    # BiFormer-S classification model at 512 (n_win 7: maps padded to 133, 70, 35; regions of 19x19, 10x10, 5x5)
+    'bif512_s1': (1, 128, 128, 64, 2, 7, 1),
+    'bif512_s2': (1, 64, 64, 128, 4, 7, 4),
+    'bif512_s3': (1, 32, 32, 256, 8, 7, 16),
     'tiny': (1, 8, 8, 16, 2, 2, 2),           # smoke test only, not in the default set
 }
 DEFAULT_SHAPES = ['in224_56_topk1', 'in224_56_topk4', 'in224_56_topk16', 'ade512_s1', 'coco_s1', 'in224_s2',

@@ -6,7 +6,9 @@ numbers are medians of ``--repeat`` runs after ``--warmup`` runs, with the sprea
 ``eager`` (the default ops, best available backend), ``reference`` (every visionattn op on its oracle backend,
 ``visionattn.ops.force_backend``), ``compile`` (``torch.compile`` of the eager model), ``nocpu`` (eager without the
 fused C++ CPU kernels, backend ``cpu``). Peak memory is the CUDA
-allocator peak on GPU and the growth of the process's peak RSS on CPU (coarse: it only grows). Writes the JSON
+allocator peak on GPU and, on CPU, the peak of live tensor bytes during one call after the warmup (torch.profiler's
+memory timeline, ``bench_utils.peak_alloc_mib``; the process's peak RSS only grows, so in one process it credited the
+first large configuration with the growth of all: BiFormer-S 512 ``eager`` 426 MiB vs ``nocpu`` 104). Writes the JSON
 report, a Markdown table, and a PNG (latency vs input size per model; accuracy vs throughput from model_zoo's paper
 figures).
 
@@ -35,9 +37,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 if __package__:
-    from .bench_utils import machine_info, maxrss_mib, sync, write_report
+    from .bench_utils import machine_info, peak_alloc_mib, sync, write_report
 else:  # imported from the tools folder (python tools/benchmark.py)
-    from bench_utils import machine_info, maxrss_mib, sync, write_report
+    from bench_utils import machine_info, peak_alloc_mib, sync, write_report
 
 
 def add_models_parser(sub):
@@ -263,7 +265,6 @@ def run_models(args) -> dict:
         if c['backend'] == 'compile':
             model = torch.compile(model)
         x = torch.randn(c['batch'], 3, *c['size'], device=device)
-        rss0 = maxrss_mib()
         if device == 'cuda':
             torch.cuda.reset_peak_memory_stats()
         fn = _step_fn(model, x, c['mode'], getattr(torch, c['dtype']), device, args.features)
@@ -275,7 +276,12 @@ def run_models(args) -> dict:
             err = None
         except (RuntimeError, ValueError) as e:  # e.g. out of memory, a size the model rejects
             err = f'{type(e).__name__}: {str(e)[:200]}'
-        peak = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else maxrss_mib() - rss0)
+        peak = 0.
+        if device == 'cuda':
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        elif err is None:
+            with _backend(c['backend']):
+                peak = peak_alloc_mib(fn)
         runners[len(results)] = fn
         results.append(dict(c, error=err, times=[], peak_mem_mib=round(peak, 1)))
         gc.collect()

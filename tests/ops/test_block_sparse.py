@@ -118,16 +118,18 @@ def test_dense_backend_choice():
         idx = torch.zeros(B, 1, n_win ** 2, topk, dtype=torch.long)
         return get_backend('block_sparse_attention', query=q, key=q, value=q, block_index=idx, **kw).__name__
 
-    # the fused CPU kernels (backend cpu) take small key blocks (<= 16 tokens) where they are built
+    # the fused CPU kernels (backend cpu) take every shape where they are built, but where dense SDPA is much faster
     small = 'block_sparse_cpu' if cpu_ext.load() else '_block_sparse_blocked'
-    # BiFormer at 224: the 14x14 stage (topk 16 of 49 blocks of 4 tokens) runs dense, the 56x56 one blocked
+    # BiFormer at 224: the 14x14 stage (topk 16 of 49 blocks of 4 tokens) runs dense, the 56x56 one cpu (or blocked)
     assert pick(4, 14, 7, 16) == 'block_sparse_dense'
-    assert pick(4, 56, 7, 4) == pick(4, 56, 7, 16) == '_block_sparse_blocked'
+    assert pick(4, 56, 7, 4) == pick(4, 56, 7, 16) == small
     assert pick(4, 28, 7, 4) == small
+    # BiFormer at 512, 32x32 stage padded to 35x35 (topk 16 of 49 blocks of 25): dense beats blocked, not cpu
+    assert pick(2, 35, 7, 16) == ('block_sparse_cpu' if cpu_ext.load() else 'block_sparse_dense')
     # never with a bias or key mask, nor when the mask would be too large
     assert pick(4, 14, 7, 16, bias=torch.zeros(4, 1, 49, 16)) == small
     assert pick(4, 14, 7, 16, key_mask=torch.ones(4, 49, 4, dtype=torch.bool)) == small
-    assert pick(64, 56, 7, 49) == '_block_sparse_blocked'
+    assert pick(64, 56, 7, 49) == small
     q = torch.zeros(1, 4, 4, 1, 8)
     with pytest.raises(BackendUnavailable, match='bias and key_mask'):
         block_sparse_attention(q, q, q, torch.zeros(1, 1, 4, 2, dtype=torch.long), bias=torch.zeros(1, 1, 4, 2),

@@ -6,6 +6,7 @@ import torch
 from tests.ops.test_block_sparse import _inputs
 from visionattn.ops.block_sparse import block_sparse_attention, block_sparse_attention_reference
 from visionattn.ops.cpu import _ext
+from visionattn.ops.cpu import block_sparse as cpu_bsa
 from visionattn.ops.cpu.block_sparse import block_sparse_cpu_unsupported, bsa_cpu_bwd, bsa_cpu_fwd
 
 pytestmark = pytest.mark.skipif(not _ext.load(), reason=f'fused CPU kernels unavailable: {_ext.unavailable_reason()}')
@@ -19,11 +20,17 @@ def _run(backend, leaves, idx, key_mask, extras, grad=None):
     return [out] + list(torch.autograd.grad(out, xs, grad))
 
 
+# GEMM_MIN_TOKENS: the row path, the GEMM path through the BLAS, the GEMM path with the portable GEMM loop
+PATHS = {'rows': 10 ** 9, 'gemm': 1, 'gemm_portable': -1}
+
+
+@pytest.mark.parametrize('path', list(PATHS))
 @pytest.mark.parametrize('dtype,atol', [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize('Hi', [1, 3])
 @pytest.mark.parametrize('extras', [False, True])
 @pytest.mark.parametrize('D', [8, 6])  # 8: the SIMD paths, 6: the portable tails
-def test_cpu_matches_reference(dtype, atol, Hi, extras, D):
+def test_cpu_matches_reference(path, dtype, atol, Hi, extras, D, monkeypatch):
+    monkeypatch.setattr(cpu_bsa, 'GEMM_MIN_TOKENS', PATHS[path])
     q, k, v, idx, bias, key_mask = _inputs(Hi=Hi, D=D, Dv=D, dtype=dtype)
     if extras:
         key_mask[1, idx[1, 0, 2]] = False  # an all-masked query block: zero output, zero gradients
@@ -35,6 +42,23 @@ def test_cpu_matches_reference(dtype, atol, Hi, extras, D):
         torch.testing.assert_close(a.double(), b, rtol=0, atol=atol)
     if extras:
         assert got[0][1, 2, :, 0].abs().max() == 0
+
+
+@pytest.mark.parametrize('dtype,atol', [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_cpu_gemm_path_large_blocks(dtype, atol):
+    """The default rule's GEMM path on blocks of >= 16 tokens: odd sizes (buffer rows padded to 16 in the kernel),
+    rows split in two chunks (topk * Tk * Tq above the per-thread logits budget), duplicates, bias, key mask."""
+    q, k, v, idx, bias, key_mask = _inputs(B=1, Nq=2, Tq=100, H=2, D=16, Nk=5, Tk=477, Dv=8, topk=3, Hi=2, dtype=dtype)
+    assert 16 <= k.shape[2] and 3 * 477 * 100 > 2 ** 17
+    key_mask[0, 1] = False  # a block with every key masked
+    idx[0, 1, 1] = 1  # query block 1 of head 1 sees only masked keys
+    leaves = [q, k, v, bias]
+    got = _run('cpu', leaves, idx, key_mask, True)
+    want = _run('reference', [x.double() for x in leaves], idx, key_mask, True)
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=atol)
+    assert got[0][0, 1, :, 1].abs().max() == 0
 
 
 def test_duplicates_count_twice_and_low_precision():

@@ -21,8 +21,10 @@ that the ``blocked`` and ``triton`` backends share and the backend registration:
 
 * ``triton``: fused forward and backward reading key blocks through the index list; CUDA tensors only (or any
   tensor with ``TRITON_INTERPRET=1``); fp32 / fp16 / bf16.
-* ``cpu``: fused C++ forward and backward (``kernels/cpu/block_sparse.cpp``), reading K/V through the index list;
-  ``auto`` prefers it to ``blocked`` for key blocks of <= 16 tokens, where it was measured faster.
+* ``cpu``: fused C++ forward and backward (``kernels/cpu/block_sparse.cpp``), reading K/V through the index list
+  (strided BLAS GEMMs per query block and listed block for key blocks of >= 16 tokens, a row kernel below);
+  ``auto`` prefers it to ``blocked`` everywhere (measured faster on every BiFormer shape) and to ``dense`` except
+  where dense's cost-model gain over ``blocked`` exceeds 3 (small blocks listed densely).
 * ``blocked``: pure PyTorch, memory-aware: loops over chunks of query blocks (and, when one query block's slots do not
   fit, over steps of ``topk`` slots with an online softmax); each step gathers its routed key/value blocks straight
   from the inputs (one ``index_select`` of whole rows when the heads share the list) under a budget of a quarter of
@@ -42,6 +44,7 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+from ._args import block_sparse_shapes, check_index_range
 from ._custom_op import custom_op
 from ._dispatch import get_backend, register_backend, triton_unsupported
 from .blocked import block_sparse as _blocked
@@ -61,17 +64,7 @@ def _check_inputs(
         key_mask: Optional[Tensor],
         check_index: bool = True,
 ) -> None:
-    if query.ndim != 5 or key.ndim != 5 or value.ndim != 5:
-        raise ValueError(
-            f'block_sparse_attention expects query/key/value of shape [B, n_blocks, block_tokens, heads, head_dim], '
-            f'got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}')
-    B, Nq, Tq, H, D = query.shape
-    Bk, Nk, Tk, Hk, Dk = key.shape
-    if (Bk, Hk, Dk) != (B, H, D) or value.shape[:4] != key.shape[:4]:
-        raise ValueError(
-            f'block_sparse_attention: key must be [B={B}, Nk, Tk, heads={H}, head_dim={D}] and value '
-            f'[B, Nk, Tk, heads, Dv] with the same Nk, Tk; got query {tuple(query.shape)}, key {tuple(key.shape)}, '
-            f'value {tuple(value.shape)}')
+    B, Nq, Tq, H, D, Nk, Tk, _ = block_sparse_shapes(query, key, value, 'block_sparse_attention')
     if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
         raise ValueError(
             f'block_sparse_attention: query/key/value must share one floating dtype, got {query.dtype}, {key.dtype}, '
@@ -96,11 +89,8 @@ def _check_inputs(
             raise ValueError(
                 f'block_sparse_attention: key_mask must be a bool tensor [B={B}, Nk={Nk}, Tk={Tk}], '
                 f'got {key_mask.dtype} {tuple(key_mask.shape)}')
-    if check_index and block_index.numel() and not torch.compiler.is_compiling():
-        lo, hi = int(block_index.min()), int(block_index.max())
-        if lo < 0 or hi >= Nk:
-            raise ValueError(
-                f'block_sparse_attention: block_index values must lie in [0, Nk={Nk}), got min {lo}, max {hi}')
+    if check_index and not torch.compiler.is_compiling():
+        check_index_range(block_index, Nk, 'block_sparse_attention')
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..reference.block_sparse import key_bias
 
 __all__ = [
     'accumulation_dtype', 'blocked_forward', 'blocked_backward', 'blocked_fused_forward', 'blocked_fused_backward',
-    'block_sparse_dense', 'block_sparse_gather', 'dense_priority', 'dense_unsupported']
+    'block_sparse_dense', 'block_sparse_gather', 'dense_gain', 'dense_priority', 'dense_unsupported']
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -314,6 +314,11 @@ def dense_unsupported(query: Tensor, bias=None, key_mask=None, **kwargs) -> Opti
     return None
 
 
+def dense_gain(key: Tensor, block_index: Tensor) -> float:
+    """How many times faster dense SDPA is than ``blocked`` on CPU by the cost model of :func:`dense_priority`."""
+    return block_index.shape[-1] / key.shape[1] * 13. * (key.shape[2] / 4.) ** -0.6
+
+
 def dense_priority(query: Tensor, key: Tensor, block_index: Tensor, **kwargs) -> int:
     """Above ``blocked`` where dense SDPA over all tokens is the faster one on CPU. Cost model fitted to
     benchmarks/bsa_cpu_2026-11-22.md (BiFormer's shapes, fp32, 1 thread): per computed pair ``blocked`` costs
@@ -323,6 +328,5 @@ def dense_priority(query: Tensor, key: Tensor, block_index: Tensor, **kwargs) ->
     B, Nq, Tq, H, _ = query.shape
     Nk, Tk = key.shape[1], key.shape[2]
     mask_bytes = B * block_index.shape[1] * Nq * Tq * Nk * Tk * query.element_size()
-    gain = block_index.shape[-1] / Nk * 13. * (Tk / 4.) ** -0.6
-    return 25 if gain > 1. and mask_bytes <= _DENSE_MAX_MASK_BYTES else 5
+    return 25 if dense_gain(key, block_index) > 1. and mask_bytes <= _DENSE_MAX_MASK_BYTES else 5
 

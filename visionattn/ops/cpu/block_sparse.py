@@ -12,20 +12,20 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._args import block_sparse_shapes, check_index_range
 from .._dispatch import counting_ops
 from . import _ext
 
 __all__ = ['block_sparse_cpu', 'block_sparse_cpu_unsupported']
 
+# key-block size (tokens) from which the kernels take their GEMM path (strided BLAS GEMMs per query block and listed
+# block) over the row path (one query row against row pointers); negative: the GEMM path everywhere with the portable
+# GEMM loop instead of the BLAS (tests). Measured in benchmarks/bsa_fused_cpu_gemm_2026-12-02.md.
+GEMM_MIN_TOKENS = 16
+
 
 def _check(q, k, v, idx, bias, key_mask, scale, name: str) -> None:
-    if q.dim() != 5 or k.dim() != 5 or v.dim() != 5:
-        raise ValueError(f'{name}: query/key/value must be [B, n_blocks, block_tokens, heads, D], got '
-                         f'{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}')
-    B, Nq, Tq, H, D = q.shape
-    _, Nk, Tk, _, _ = k.shape
-    if (k.shape[0], k.shape[3], k.shape[4]) != (B, H, D) or v.shape[:4] != k.shape[:4]:
-        raise ValueError(f'{name}: shapes differ: query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}')
+    B, Nq, Tq, H, D, Nk, Tk, _ = block_sparse_shapes(q, k, v, name)
     if q.dtype not in (torch.float32, torch.float64):
         raise ValueError(f'{name}: dtype {q.dtype} not supported (fp32, fp64)')
     for tname, t, dtype in (('query', q, q.dtype), ('key', k, q.dtype), ('value', v, q.dtype),
@@ -44,9 +44,7 @@ def _check(q, k, v, idx, bias, key_mask, scale, name: str) -> None:
         raise ValueError(f'{name}: bias must have the index shape {tuple(idx.shape)}, got {tuple(bias.shape)}')
     if key_mask is not None and tuple(key_mask.shape) != (B, Nk, Tk):
         raise ValueError(f'{name}: key_mask must be [B={B}, Nk={Nk}, Tk={Tk}], got {tuple(key_mask.shape)}')
-    lo, hi = int(idx.min()), int(idx.max())
-    if lo < 0 or hi >= Nk:
-        raise ValueError(f'{name}: index values must lie in [0, Nk={Nk}), got min {lo}, max {hi}')
+    check_index_range(idx, Nk, name, what='index')
 
 
 def _ensure_built() -> None:
@@ -62,7 +60,7 @@ def bsa_cpu_fwd(
     """Fused forward: ``(out [B, Nq, Tq, heads, Dv], lse [B, heads, Nq, Tq])``."""
     _check(query, key, value, index, bias, key_mask, scale, 'bsa_cpu_fwd')
     _ensure_built()
-    return torch.ops.visionattn_cpu.bsa_fwd(query, key, value, index, bias, key_mask, scale)
+    return torch.ops.visionattn_cpu.bsa_fwd(query, key, value, index, bias, key_mask, scale, GEMM_MIN_TOKENS)
 
 
 @bsa_cpu_fwd.register_fake
@@ -85,7 +83,8 @@ def bsa_cpu_bwd(
             raise ValueError(f'bsa_cpu_bwd: {tname} must be a contiguous CPU {query.dtype} tensor of shape '
                              f'{list(shape)}, got {t.dtype} {list(t.shape)} (contiguous: {t.is_contiguous()})')
     _ensure_built()
-    return list(torch.ops.visionattn_cpu.bsa_bwd(grad_out, query, key, value, out, lse, index, bias, key_mask, scale))
+    return list(torch.ops.visionattn_cpu.bsa_bwd(
+        grad_out, query, key, value, out, lse, index, bias, key_mask, scale, GEMM_MIN_TOKENS))
 
 
 @bsa_cpu_bwd.register_fake
@@ -144,12 +143,20 @@ def block_sparse_cpu_unsupported(query: Tensor, **kwargs) -> Optional[str]:
     return _ext.unavailable_reason()
 
 
-def _cpu_priority(query: Tensor, key: Optional[Tensor] = None, **kwargs) -> int:
-    # Measured side by side (BiFormer's stages, B4, head dim 32, 1 thread, under load): above `blocked` for key blocks
-    # of <= 16 tokens (28x28 stage, 16 tokens: fwd 1.36x, fwd+bwd 2.1x; 14x14, 4 tokens: 2.2x / 3.6x; 7x7: 2x),
-    # below it for larger blocks, where blocked's per-block GEMMs win (64 tokens: 0.76x / 0.67x). `dense` keeps its
-    # own rule (25) for small blocks listed densely (14x14 at 224: dense 1.8x faster than cpu in the forward).
-    return 22 if key is None or key.shape[2] <= 16 else 15
+# dense's cost-model gain over ``blocked`` (``dense_gain``) above which dense SDPA also beats the fused kernels: they
+# run 1.5-4x ``blocked`` on the GEMM path and 3-7x on the row path (benchmarks/bsa_fused_cpu_gemm_2026-12-02.md)
+_DENSE_GAIN_OVER_CPU = 3.
+
+
+def _cpu_priority(query: Tensor, key: Optional[Tensor] = None, block_index: Optional[Tensor] = None, **kwargs) -> int:
+    # Measured side by side (benchmarks/bsa_fused_cpu_gemm_2026-12-02.md, BiFormer's stages, 1 thread): faster than
+    # `blocked` on every shape, and than `dense` unless dense's gain is large: above `dense` (25), except for small
+    # blocks listed densely (BiFormer's 14x14 stage at 224, topk 16 of 49 blocks of 4 tokens: gain 4.2, dense 1.2x
+    # faster in the forward, even in the backward), where it stays just below it (still above `blocked`, 20).
+    if key is None or block_index is None:
+        return 26
+    from ..blocked.block_sparse import dense_gain
+    return 22 if dense_gain(key, block_index) > _DENSE_GAIN_OVER_CPU else 26
 
 
 def _register() -> None:
