@@ -2,9 +2,10 @@
 row kernel everywhere; ``gemm``: the GEMM path everywhere) and the default rule (``cpu``: GEMM path for key blocks of
 >= ``GEMM_MIN_TOKENS`` tokens), forward and forward+backward, fp32, median of ``--repeat`` interleaved runs.
 
-    OMP_NUM_THREADS=1 taskset -c 1 python tools/benchmark_bsa_cpu_paths.py --shapes in224_56_topk4,bif512_s1
+    OMP_NUM_THREADS=1 taskset -c 1 python tools/benchmark.py bsa-paths --shapes in224_56_topk4,bif512_s1
+
+Prints a Markdown table (the op-level table of ``benchmarks/bsa_fused_cpu_gemm_2026-12-02.md``).
 """
-import argparse
 import os
 import statistics
 import sys
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_bsa import BSA_SHAPES, _bsa_inputs  # noqa: E402
+if __package__:  # imported as tools.benchmark_bsa_paths
+    from .benchmark_bsa import BSA_SHAPES, _bsa_inputs
+else:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmark_bsa import BSA_SHAPES, _bsa_inputs  # noqa: E402
 
 
 def _call(variant: str, q, k, v, idx, scale: float, train: bool) -> None:
@@ -35,12 +39,15 @@ def _call(variant: str, q, k, v, idx, scale: float, train: bool) -> None:
         cpu_bsa.GEMM_MIN_TOKENS = saved
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_bsa_paths_parser(sub) -> None:
+    p = sub.add_parser('bsa-paths', help=__doc__.splitlines()[0], description=__doc__.splitlines()[0])
     p.add_argument('--shapes', required=True, help=f'comma list of {list(BSA_SHAPES)}')
-    p.add_argument('--variants', default='blocked,rows,gemm,cpu')
+    p.add_argument('--variants', default='blocked,rows,gemm,cpu',
+                   help='comma list: blocked, dense, rows, gemm, cpu (the first is the ratios\' numerator)')
     p.add_argument('--repeat', type=int, default=3)
-    args = p.parse_args()
+
+
+def run_bsa_paths(args) -> None:
     torch.set_num_threads(1)
     variants = args.variants.split(',')
     print(f'load average {os.getloadavg()}, torch {torch.__version__}, 1 thread; ratios: {variants[0]} / x')
@@ -63,7 +70,3 @@ def main() -> None:
             print(f"| {name} | {k.shape[2]} tok, topk {idx.shape[-1]} | {'fwd+bwd' if train else 'fwd'} | " +
                   ' | '.join(f'{m:.1f} ms' for m in med.values()) + ' | ' +
                   ' | '.join(f'{base / med[x]:.2f}x' for x in variants[1:]) + ' |', flush=True)
-
-
-if __name__ == '__main__':
-    main()
