@@ -559,6 +559,10 @@ class NATIsotropic(ModelApi):
 
     forward_head = StagedModel.forward_head
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here, not inherited: FX autowraps this module's ``check_image_input`` only in the root forward's
+        return self.forward_head(self.forward_features(x))
+
 
 def _split_hf_key(k: str, v: torch.Tensor, out: dict, pending: dict) -> None:
     """Map one Hugging Face ``transformers`` Nat/Dinat key; q/k/v wait in ``pending`` to be fused."""
