@@ -5,9 +5,11 @@ a stem, ``stages`` (each with a ``grad_checkpointing`` flag), an optional final 
 linear ``head``. ``TokenModel``: the DeiT/ViT scaffold (class token, absolute position embedding, ``blocks``,
 ``norm``, ``head``) of EViT, Sparsifiner, Agent-DeiT and ConViT.
 
-A subclass builds its modules in ``__init__`` and sets ``num_classes``, ``in_chans``, ``global_pool``,
-``num_features``, ``grad_checkpointing``, ``head_drop`` and ``head``; it overrides the hooks (``_stem``, ``_norm``,
-``_out_norm``...) where it differs, and keeps only what is its own.
+Both build on ``ModelApi`` (the classifier, ``forward_intermediates`` and ``prune_intermediate_layers`` written
+once over a trunk of stages or blocks), which NAT's isotropic model uses directly. A subclass builds its modules in
+``__init__`` and sets ``num_classes``, ``in_chans``, ``global_pool``, ``num_features``, ``grad_checkpointing``,
+``head_drop`` and ``head``; it overrides the hooks (``_stem``, ``_norm``, ``_out_norm``, ``_intermediates``...) where
+it differs, and keeps only what is its own.
 """
 import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -22,7 +24,8 @@ from visionattn.layers import check_image_input
 
 from ._convert import resample_pos_embed
 
-__all__ = ['StagedModel', 'TokenModel', 'StageNorms', 'init_weights', 'out_norm_stages', 'feature_take_indices']
+__all__ = [
+    'ModelApi', 'StagedModel', 'TokenModel', 'StageNorms', 'init_weights', 'out_norm_stages', 'feature_take_indices']
 
 # FX autowraps notrace functions only in the root forward's module and in the modules of the submodules it has
 # called: wrap the ones the bases call (before any family module) whatever module defines the model's forward
@@ -32,7 +35,9 @@ torch.fx.wrap('resample_pos_embed')
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+        allowed = ' or '.join(repr(c) for c in choices) if len(choices) <= 2 else \
+            'one of ' + ', '.join(repr(c) for c in choices)
+        raise ValueError(f'{name} must be {allowed}, got {value!r}')
 
 
 OutNormsArg = Union[bool, str, Sequence[int]]
@@ -93,7 +98,105 @@ class StageNorms(nn.ModuleDict):
             del self[k]
 
 
-class StagedModel(nn.Module):
+class ModelApi(nn.Module):
+    """The timm model API that hierarchical and token models share, over a trunk (``_trunk()``: the stages or the
+    blocks): the classifier, ``forward_intermediates``, ``prune_intermediate_layers`` and ``forward``.
+
+    Hooks: ``_intermediates`` (the walk over the trunk), ``_norm`` (the final norm), ``_prune_trunk`` and
+    ``_prune_head``. Class attributes: ``global_pools`` and ``output_fmts`` (the accepted values).
+    """
+    _init_weights = staticmethod(init_weights)
+    global_pools: Tuple[str, ...] = ('avg', '')
+    output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            _check_choice('global_pool', global_pool, self.global_pools)
+            self.global_pool = global_pool
+        w = next(self.parameters())
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
+
+    def _trunk(self) -> nn.Module:
+        """The stages or blocks that ``forward_intermediates`` indexes."""
+        return self.blocks
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm on the trunk's output."""
+        return self.norm(x)
+
+    def _intermediates(
+            self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool, norm: bool,
+            output_fmt: str) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The images through the trunk (up to ``max_index`` if ``stop_early``): its output before the final norm, and
+        the ``take_indices`` intermediates in ``output_fmt``."""
+        raise NotImplementedError
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the selected intermediates: stage maps of a hierarchical model, block
+        outputs of a token model (the family's ``_intermediates`` says how they are taken).
+
+        Args:
+            x: Input images ``[B, C, H, W]``.
+            indices: Take the last n stages (blocks) if int, all if None, the listed indices if a sequence.
+            norm: Apply the final norm to the intermediates (hierarchical models: to the last stage's map; a stage
+                with an output norm of its own uses that).
+            stop_early: Stop after the last stage (block) needed.
+            output_fmt: One of ``output_fmts``.
+            intermediates_only: Return only the intermediates.
+
+        Returns:
+            ``(features, intermediates)`` or only the intermediates.
+        """
+        _check_choice('output_fmt', output_fmt, self.output_fmts)
+        take_indices, max_index = feature_take_indices(len(self._trunk()), indices)
+        x, intermediates = self._intermediates(x, take_indices, max_index, stop_early, norm, output_fmt)
+        if intermediates_only:
+            return intermediates
+        return self._norm(x), intermediates
+
+    def _prune_trunk(self, max_index: int, take_indices: List[int]) -> bool:
+        """Drop the trunk after ``max_index`` (and what belongs to it); True if the head must go too."""
+        self.blocks = self.blocks[:max_index + 1]
+        return False
+
+    def _prune_head(self) -> None:
+        self.reset_classifier(0, '')
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages or blocks (and optionally norm and head) not needed for ``indices``; returns the kept
+        indices."""
+        take_indices, max_index = feature_take_indices(len(self._trunk()), indices)
+        prune_head = self._prune_trunk(max_index, take_indices) or prune_head
+        if prune_norm and isinstance(getattr(self, 'norm', None), nn.Module):
+            self.norm = nn.Identity()
+        if prune_head:
+            self._prune_head()
+        return take_indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class StagedModel(ModelApi):
     """The timm model API of a hierarchical backbone.
 
     Class attributes: ``stem_name`` (the stem module, also the ``group_matcher`` stem), ``stage_fmt`` (the layout of
@@ -101,11 +204,8 @@ class StagedModel(nn.Module):
     ``global_pools`` (accepted pooling) and the ``group_matcher`` patterns ``group_stem``, ``group_downsample`` and
     ``group_tail`` (the modules after the last block).
     """
-    _init_weights = staticmethod(init_weights)
     stem_name: str = 'patch_embed'
     stage_fmt: str = 'NCHW'
-    output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
-    global_pools: Tuple[str, ...] = ('avg', '')
     group_stem: Optional[str] = None
     group_downsample: str = r'^stages\.(\d+)\.downsample'
     group_tail: Tuple[str, ...] = (r'^norm',)
@@ -131,26 +231,12 @@ class StagedModel(nn.Module):
         for s in self.stages:
             s.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            _check_choice('global_pool', global_pool, self.global_pools)
-            self.global_pool = global_pool
-        w = next(self.parameters())
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
+    def _trunk(self) -> nn.Module:
+        return self.stages
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Checked input images to the first stage's input."""
         return getattr(self, self.stem_name)(check_image_input(x, self.in_chans))
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        """The final norm on a last-stage map (in ``stage_fmt``)."""
-        return self.norm(x)
 
     def _out_norm(self, i: int) -> Optional[nn.Module]:
         """The per-stage output norm of stage ``i`` (``out_norms``, a ``StageNorms``), if the model has one."""
@@ -163,33 +249,15 @@ class StagedModel(nn.Module):
         if out_norms is not None:
             out_norms.prune(lambda i: i <= max_index)
 
-    def _prune_head(self) -> None:
-        self.reset_classifier(0, '')
+    def _prune_trunk(self, max_index: int, take_indices: List[int]) -> bool:
+        self.stages = self.stages[:max_index + 1]
+        self._prune_out_norms(max_index, take_indices)
+        return False
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected stage maps.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n stages if int, all if None, the listed stage indices if a sequence.
-            norm: Apply the final norm to the last stage's map (a stage with an output norm of its own uses that).
-            stop_early: Stop after the last stage needed.
-            output_fmt: One of ``output_fmts``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        _check_choice('output_fmt', output_fmt, self.output_fmts)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+    def _intermediates(
+            self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool, norm: bool,
+            output_fmt: str) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The stage maps: a stage's output norm if it has one, else the final norm on the last map if ``norm``."""
         last_idx = len(self.stages) - 1
         x = self._stem(x)
         stages = self.stages if not stop_early and not torch.jit.is_scripting() else self.stages[:max_index + 1]
@@ -205,25 +273,7 @@ class StagedModel(nn.Module):
                 if self.stage_fmt != output_fmt:
                     y = y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y.permute(0, 2, 3, 1)
                 intermediates.append(y.contiguous() if output_fmt == 'NCHW' else y)
-        if intermediates_only:
-            return intermediates
-        return self._norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        self._prune_out_norms(max_index, take_indices)
-        if prune_norm and isinstance(getattr(self, 'norm', None), nn.Module):
-            self.norm = nn.Identity()
-        if prune_head:
-            self._prune_head()
-        return take_indices
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self._stem(x)
@@ -237,19 +287,16 @@ class StagedModel(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-class TokenModel(nn.Module):
+class TokenModel(ModelApi):
     """The DeiT/ViT scaffold: ``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks``, ``norm`` and ``head``, with
     ``global_pool`` over ``global_pools`` (``'token'``: the class token, ``'avg'``: the patch tokens' mean).
 
     As timm's ``VisionTransformer`` for its ``deit.py`` subclasses, the families build their own embedding and blocks
     (they differ in both) and inherit the rest of the timm API.
     """
-    _init_weights = staticmethod(init_weights)
     global_pools: Tuple[str, ...] = ('', 'avg', 'token')
+    output_fmts: Tuple[str, ...] = ('NCHW', 'NLC')
     pos_interpolation: str = 'bicubic'
 
     @torch.jit.ignore
@@ -266,21 +313,6 @@ class TokenModel(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in self.global_pools:
-                raise ValueError(
-                    f"global_pool must be one of {', '.join(repr(p) for p in self.global_pools)}, got {global_pool!r}")
-            self.global_pool = global_pool
-        w = next(self.parameters())
-        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
 
     def _patches(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Checked images to patch tokens ``[B, H'*W', C]`` and the grid ``(H', W')``."""
@@ -302,6 +334,10 @@ class TokenModel(nn.Module):
             return checkpoint(blk, x, feat_size, use_reentrant=False)
         return blk(x, feat_size)
 
+    def _num_prefix(self, i: int) -> int:
+        """Prefix (class) tokens in the output of block ``i``."""
+        return self.num_prefix_tokens
+
     @staticmethod
     def _token_map(y: torch.Tensor, feat_size: Tuple[int, int], output_fmt: str) -> torch.Tensor:
         """Patch tokens ``[B, H*W, C]`` as an NCHW map, or as they are for ``'NLC'``."""
@@ -309,20 +345,19 @@ class TokenModel(nn.Module):
             return y
         return y.reshape(y.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2).contiguous()
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+    def _intermediates(
+            self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool, norm: bool,
+            output_fmt: str) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The selected blocks' patch tokens (the prefix tokens stripped): NCHW maps or NLC."""
+        x, feat_size = self._embed(x)
+        intermediates = []
+        last = max_index if stop_early else len(self.blocks) - 1
+        for i in range(last + 1):
+            x = self._block(i, x, feat_size)
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                intermediates.append(self._token_map(y[:, self._num_prefix(i):], feat_size, output_fmt))
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, feat_size = self._embed(x)
@@ -337,6 +372,3 @@ class TokenModel(nn.Module):
             x = x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -57,8 +57,7 @@ from timm.layers import (
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs
 from timm.models.swin_transformer import PatchMerging
 from torch.utils.checkpoint import checkpoint
 
@@ -68,6 +67,7 @@ from visionattn.layers.agent import AgentAttention
 from ._base import StagedModel, TokenModel, init_weights
 from ._convert import remap_stage_key, resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['AgentDeiT', 'AgentPVT', 'AgentSwin', 'AgentCSwin']
 
@@ -228,34 +228,6 @@ class AgentDeiT(TokenModel):
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
         self.apply(init_weights)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the patch tokens of the selected blocks (NCHW maps or NLC)."""
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x, feat_size = self._embed(x)
-        intermediates = []
-        last = max_index if stop_early else len(self.blocks) - 1
-        for i in range(last + 1):
-            x = self._block(i, x, feat_size)
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                y = y[:, self.num_prefix_tokens:]
-                if output_fmt == 'NCHW':
-                    y = y.reshape(y.shape[0], feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1039,137 +1011,63 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def agent_deit_tiny(pretrained: bool = False, **kwargs) -> AgentDeiT:
-    """Agent-DeiT-T: 192 wide, 3 heads, agent attention (49 agents) in all 12 blocks (74.9% top-1)."""
-    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, agent_num=49)
-    return _create_agent_deit('agent_deit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_deit_small(pretrained: bool = False, **kwargs) -> AgentDeiT:
-    """Agent-DeiT-S: 384 wide, 6 heads, agent attention (49 agents) in all 12 blocks (80.5% top-1)."""
-    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, agent_num=49)
-    return _create_agent_deit('agent_deit_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_deit_small_448(pretrained: bool = False, **kwargs) -> AgentDeiT:
-    """Agent-DeiT-S at 448 (28x28 bias grid, 49 agents; 83.1% top-1)."""
-    model_args = dict(img_size=448, patch_size=16, embed_dim=384, depth=12, num_heads=6, agent_num=49)
-    return _create_agent_deit('agent_deit_small_448', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_deit_base(pretrained: bool = False, **kwargs) -> AgentDeiT:
-    """Agent-DeiT-B: 768 wide, 12 heads, agent attention (81 agents) in blocks 0-3, plain attention after (82.0%)."""
-    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, agent_num=81, agent_layers=4)
-    return _create_agent_deit('agent_deit_base', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_agent_deit, {
+    'agent_deit_tiny': (
+        'Agent-DeiT-T: 192 wide, 3 heads, agent attention (49 agents) in all 12 blocks (74.9% top-1).',
+        dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, agent_num=49)),
+    'agent_deit_small': (
+        'Agent-DeiT-S: 384 wide, 6 heads, agent attention (49 agents) in all 12 blocks (80.5% top-1).',
+        dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, agent_num=49)),
+    'agent_deit_small_448': ('Agent-DeiT-S at 448 (28x28 bias grid, 49 agents; 83.1% top-1).', dict(
+        img_size=448, patch_size=16, embed_dim=384, depth=12, num_heads=6, agent_num=49)),
+    'agent_deit_base': (
+        'Agent-DeiT-B: 768 wide, 12 heads, agent attention (81 agents) in blocks 0-3, plain attention after (82.0%).',
+        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, agent_num=81, agent_layers=4)),
+}, returns=AgentDeiT)
 
 
 _PVT = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), agent_num=(9, 16, 49, 49))
 
 
-@register_model
-def agent_pvt_tiny(pretrained: bool = False, **kwargs) -> AgentPVT:
-    """Agent-PVT-T: depths 2-2-2-2, agent attention everywhere (78.4% top-1)."""
-    model_args = dict(depths=(2, 2, 2, 2), **_PVT)
-    return _create_agent_pvt('agent_pvt_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_agent_pvt, {
+    'agent_pvt_tiny': ('Agent-PVT-T: depths 2-2-2-2, agent attention everywhere (78.4% top-1).', dict(
+        depths=(2, 2, 2, 2), **_PVT)),
+    'agent_pvt_small': ('Agent-PVT-S: depths 3-4-6-3 (82.2% top-1).', dict(depths=(3, 4, 6, 3), **_PVT)),
+    'agent_pvt_medium': ('Agent-PVT-M: depths 3-4-18-3 (83.4% top-1).', dict(depths=(3, 4, 18, 3), **_PVT)),
+    'agent_pvt_medium_256': ('Agent-PVT-M trained at 256 (64x64 stage-1 grid; 83.8% top-1).', dict(
+        img_size=256, depths=(3, 4, 18, 3), **_PVT)),
+    'agent_pvt_large': ('Agent-PVT-L: depths 3-8-27-3 (the official ``agent_pvt_b.yaml``; 83.7% top-1).', dict(
+        depths=(3, 8, 27, 3), **_PVT)),
+}, returns=AgentPVT)
 
 
-@register_model
-def agent_pvt_small(pretrained: bool = False, **kwargs) -> AgentPVT:
-    """Agent-PVT-S: depths 3-4-6-3 (82.2% top-1)."""
-    model_args = dict(depths=(3, 4, 6, 3), **_PVT)
-    return _create_agent_pvt('agent_pvt_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_pvt_medium(pretrained: bool = False, **kwargs) -> AgentPVT:
-    """Agent-PVT-M: depths 3-4-18-3 (83.4% top-1)."""
-    model_args = dict(depths=(3, 4, 18, 3), **_PVT)
-    return _create_agent_pvt('agent_pvt_medium', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_pvt_medium_256(pretrained: bool = False, **kwargs) -> AgentPVT:
-    """Agent-PVT-M trained at 256 (64x64 stage-1 grid; 83.8% top-1)."""
-    model_args = dict(img_size=256, depths=(3, 4, 18, 3), **_PVT)
-    return _create_agent_pvt('agent_pvt_medium_256', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_pvt_large(pretrained: bool = False, **kwargs) -> AgentPVT:
-    """Agent-PVT-L: depths 3-8-27-3 (the official ``agent_pvt_b.yaml``; 83.7% top-1)."""
-    model_args = dict(depths=(3, 8, 27, 3), **_PVT)
-    return _create_agent_pvt('agent_pvt_large', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_swin_tiny(pretrained: bool = False, **kwargs) -> AgentSwin:
-    """Agent-Swin-T: depths 2-2-6-2, stages AAAB (82.6% top-1)."""
-    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type='AAAB')
-    return _create_agent_swin('agent_swin_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_swin_small(pretrained: bool = False, **kwargs) -> AgentSwin:
-    """Agent-Swin-S: depths 2-2-18-2, stages AABB (83.7% top-1)."""
-    model_args = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type='AABB')
-    return _create_agent_swin('agent_swin_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_swin_small_288(pretrained: bool = False, **kwargs) -> AgentSwin:
-    """Agent-Swin-S at 288: agent window 72, "B" window 9 (84.1% top-1)."""
-    model_args = dict(img_size=288, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=72,
-                      attn_type='AABB')
-    return _create_agent_swin('agent_swin_small_288', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_swin_base(pretrained: bool = False, **kwargs) -> AgentSwin:
-    """Agent-Swin-B: width 128, stages AAMB2 (stage 3: 2 agent blocks, then 16 Swin blocks; 84.0% top-1)."""
-    model_args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=56,
-                      attn_type='AAMB2')
-    return _create_agent_swin('agent_swin_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_swin_base_384(pretrained: bool = False, **kwargs) -> AgentSwin:
-    """Agent-Swin-B at 384 (fine-tuned): agent window 96, "B" window 12 (84.9% top-1)."""
-    model_args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=96,
-                      attn_type='AAMB2')
-    return _create_agent_swin('agent_swin_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_agent_swin, {
+    'agent_swin_tiny': ('Agent-Swin-T: depths 2-2-6-2, stages AAAB (82.6% top-1).', dict(
+        embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type='AAAB')),
+    'agent_swin_small': ('Agent-Swin-S: depths 2-2-18-2, stages AABB (83.7% top-1).', dict(
+        embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=56, attn_type='AABB')),
+    'agent_swin_small_288': ('Agent-Swin-S at 288: agent window 72, "B" window 9 (84.1% top-1).', dict(
+        img_size=288, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=72, attn_type='AABB')),
+    'agent_swin_base': (
+        'Agent-Swin-B: width 128, stages AAMB2 (stage 3: 2 agent blocks, then 16 Swin blocks; 84.0% top-1).',
+        dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=56, attn_type='AAMB2')),
+    'agent_swin_base_384': ('Agent-Swin-B at 384 (fine-tuned): agent window 96, "B" window 12 (84.9% top-1).', dict(
+        img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=96,
+        attn_type='AAMB2')),
+}, returns=AgentSwin)
 
 
 _CSWIN = dict(attn_type='AABB', agent_num=(9, 16, 49, 49))
 
 
-@register_model
-def agent_cswin_tiny(pretrained: bool = False, **kwargs) -> AgentCSwin:
-    """Agent-CSwin-T: width 64, depths 2-4-18-1, stages AABB (83.1% top-1)."""
-    model_args = dict(embed_dim=64, depths=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), **_CSWIN)
-    return _create_agent_cswin('agent_cswin_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_cswin_small(pretrained: bool = False, **kwargs) -> AgentCSwin:
-    """Agent-CSwin-S: width 64, depths 3-6-29-2 (83.9% top-1)."""
-    model_args = dict(embed_dim=64, depths=(3, 6, 29, 2), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), **_CSWIN)
-    return _create_agent_cswin('agent_cswin_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_cswin_base(pretrained: bool = False, **kwargs) -> AgentCSwin:
-    """Agent-CSwin-B: width 96, depths 3-6-29-2 (84.7% top-1)."""
-    model_args = dict(embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 7, 7), **_CSWIN)
-    return _create_agent_cswin('agent_cswin_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def agent_cswin_base_384(pretrained: bool = False, **kwargs) -> AgentCSwin:
-    """Agent-CSwin-B at 384 (stripes of 12 in stage 3; 85.8% top-1)."""
-    model_args = dict(img_size=384, embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32),
-                      split_size=(1, 2, 12, 12), **_CSWIN)
-    return _create_agent_cswin('agent_cswin_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_agent_cswin, {
+    'agent_cswin_tiny': ('Agent-CSwin-T: width 64, depths 2-4-18-1, stages AABB (83.1% top-1).', dict(
+        embed_dim=64, depths=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), **_CSWIN)),
+    'agent_cswin_small': ('Agent-CSwin-S: width 64, depths 3-6-29-2 (83.9% top-1).', dict(
+        embed_dim=64, depths=(3, 6, 29, 2), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), **_CSWIN)),
+    'agent_cswin_base': ('Agent-CSwin-B: width 96, depths 3-6-29-2 (84.7% top-1).', dict(
+        embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 7, 7), **_CSWIN)),
+    'agent_cswin_base_384': ('Agent-CSwin-B at 384 (stripes of 12 in stage 3; 85.8% top-1).', dict(
+        img_size=384, embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 12, 12),
+        **_CSWIN)),
+}, returns=AgentCSwin)

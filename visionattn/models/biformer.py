@@ -38,13 +38,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, use_fused_attn
-from timm.models import adapt_input_conv, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
+from timm.models import adapt_input_conv, checkpoint_seq, generate_default_cfgs, load_state_dict
 
 from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input, drop_path_rates
 
 from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
 from ._convert import strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['BiFormer']
 
@@ -448,30 +449,16 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-T: depths 2-2-8-2, widths 64-512 (81.4% top-1)."""
-    model_args = dict(depths=(2, 2, 8, 2), embed_dims=(64, 128, 256, 512), mlp_ratios=3, topks=(1, 4, 16, -2))
-    return _create_biformer('biformer_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-S: depths 4-4-18-4, widths 64-512 (83.8% top-1)."""
-    model_args = dict(depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512), mlp_ratios=3, topks=(1, 4, 16, -2))
-    return _create_biformer('biformer_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-B: depths 4-4-18-4, widths 96-768 (84.3% top-1)."""
-    model_args = dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768), mlp_ratios=3, topks=(1, 4, 16, -2))
-    return _create_biformer('biformer_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-STL: the ablation model in the Swin-T layout, depths 2-2-6-2, widths 96-768 (82.7% top-1)."""
-    model_args = dict(
-        depths=(2, 2, 6, 2), embed_dims=(96, 192, 384, 768), mlp_ratios=4, topks=(1, 4, 16, -2), stem_type='patch')
-    return _create_biformer('biformer_stl', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_biformer, {
+    'biformer_tiny': ('BiFormer-T: depths 2-2-8-2, widths 64-512 (81.4% top-1).', dict(
+        depths=(2, 2, 8, 2), embed_dims=(64, 128, 256, 512), mlp_ratios=3, topks=(1, 4, 16, -2))),
+    'biformer_small': ('BiFormer-S: depths 4-4-18-4, widths 64-512 (83.8% top-1).', dict(
+        depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512), mlp_ratios=3, topks=(1, 4, 16, -2))),
+    'biformer_base': ('BiFormer-B: depths 4-4-18-4, widths 96-768 (84.3% top-1).', dict(
+        depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768), mlp_ratios=3, topks=(1, 4, 16, -2))),
+    'biformer_stl': (
+        'BiFormer-STL: the ablation model in the Swin-T layout, depths 2-2-6-2, widths 96-768 (82.7% top-1).',
+        dict(
+            depths=(2, 2, 6, 2), embed_dims=(96, 192, 384, 768), mlp_ratios=4, topks=(1, 4, 16, -2),
+            stem_type='patch')),
+}, returns=BiFormer)

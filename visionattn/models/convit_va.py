@@ -34,8 +34,7 @@ from timm.layers import (
     trunc_normal_,
     use_fused_attn,
 )
-from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs
 
 from visionattn.layers import drop_path_rates
 from visionattn.ops._dispatch import is_exporting
@@ -43,6 +42,7 @@ from visionattn.ops._dispatch import is_exporting
 from ._base import TokenModel
 from ._convert import square_grid, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['ConViT']
 
@@ -330,66 +330,17 @@ class ConViT(TokenModel):
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return super()._block(i, x, feat_size)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the outputs of the selected blocks.
+    def _num_prefix(self, i: int) -> int:
+        return self.num_prefix_tokens if i >= self.local_up_to_layer else 0  # the class token joins there
 
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n blocks if int, all if None, the listed block indices if a sequence.
-            norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last block needed.
-            output_fmt: ``'NCHW'`` (patch tokens as a map; the class token is stripped) or ``'NLC'``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        B = x.shape[0]
-        x, feat_size = self._embed(x)
-        intermediates = []
-        last = max_index if stop_early else len(self.blocks) - 1
-        for i in range(last + 1):
-            x = self._block(i, x, feat_size)
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                y = y[:, 1:] if i >= self.local_up_to_layer and self.cls_token is not None else y
-                if output_fmt == 'NCHW':
-                    y = y.reshape(B, feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally norm and head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
+    def _prune_trunk(self, max_index: int, take_indices: List[int]) -> bool:
+        super()._prune_trunk(max_index, take_indices)
         if max_index < self.local_up_to_layer:
             # the class token would be inserted after the kept blocks: it goes, and a token-pooled head with it
             self.cls_token = None
             self.num_prefix_tokens = 0
-            prune_head = prune_head or self.global_pool == 'token'
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+            return self.global_pool == 'token'
+        return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # defined here, not inherited: FX autowraps this module's ``resample_pos_embed`` only in the root forward's
@@ -432,22 +383,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def va_convit_tiny(pretrained: bool = False, **kwargs) -> ConViT:
-    """ConViT-Ti: 4 heads x 48 = 192 wide, 10 GPSA + 2 MHSA blocks (73.1% top-1)."""
-    model_args = dict(embed_dim=192, num_heads=4, local_up_to_layer=10, locality_strength=1.0)
-    return _create_convit('va_convit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def va_convit_small(pretrained: bool = False, **kwargs) -> ConViT:
-    """ConViT-S: 9 heads x 48 = 432 wide (81.4% top-1)."""
-    model_args = dict(embed_dim=432, num_heads=9, local_up_to_layer=10, locality_strength=1.0)
-    return _create_convit('va_convit_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def va_convit_base(pretrained: bool = False, **kwargs) -> ConViT:
-    """ConViT-B: 16 heads x 48 = 768 wide (82.3% top-1)."""
-    model_args = dict(embed_dim=768, num_heads=16, local_up_to_layer=10, locality_strength=1.0)
-    return _create_convit('va_convit_base', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_convit, {
+    'va_convit_tiny': ('ConViT-Ti: 4 heads x 48 = 192 wide, 10 GPSA + 2 MHSA blocks (73.1% top-1).', dict(
+        embed_dim=192, num_heads=4, local_up_to_layer=10, locality_strength=1.0)),
+    'va_convit_small': ('ConViT-S: 9 heads x 48 = 432 wide (81.4% top-1).', dict(
+        embed_dim=432, num_heads=9, local_up_to_layer=10, locality_strength=1.0)),
+    'va_convit_base': ('ConViT-B: 16 heads x 48 = 768 wide (82.3% top-1).', dict(
+        embed_dim=768, num_heads=16, local_up_to_layer=10, locality_strength=1.0)),
+}, returns=ConViT)

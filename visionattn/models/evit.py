@@ -36,8 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_, use_fused_attn
-from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, resolve_pretrained_cfg
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
@@ -45,6 +44,7 @@ from visionattn.layers import drop_path_rates
 from ._base import TokenModel
 from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['EViT', 'adjust_keep_rate', 'KeepRateScheduler']
 
@@ -429,38 +429,18 @@ class EViT(TokenModel):
             return checkpoint(blk, x, True, use_reentrant=False)
         return blk(x, True)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the outputs of the selected blocks as full-grid maps.
+    def _intermediates(
+            self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool, norm: bool,
+            output_fmt: str) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The selected blocks' outputs as full-grid maps.
 
         Token reorganization drops grid positions, so each intermediate is a canvas of the whole patch grid: the
         kept tokens are written back to their grid positions, and a position whose token was dropped keeps the
         value its token had at the output of the last block it went through whole (the block before the one that
         dropped it). Fused tokens belong to no position and are not in the maps. Before the first reorganization
         the maps are exactly the blocks' patch tokens. The final features are the (reduced) token sequence,
-        equal to ``forward_features``.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n blocks if int, all if None, the listed block indices if a sequence.
-            norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last block needed.
-            output_fmt: ``'NCHW'`` (maps) or ``'NLC'`` (the canvas as ``[B, H*W, C]``).
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
+        equal to ``forward_features``. ``output_fmt``: ``'NCHW'`` (maps) or ``'NLC'`` (the canvas as ``[B, H*W, C]``).
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, feat_size = self._embed(x)
         B, L, C = x.shape[0], feat_size[0] * feat_size[1], x.shape[-1]
         pos = None  # grid position of each non-class token; L (a spare slot) for fused tokens
@@ -485,9 +465,7 @@ class EViT(TokenModel):
                 if output_fmt == 'NCHW':
                     y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
                 intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._embed(x)
@@ -597,56 +575,33 @@ def _tag_args(kwargs: dict) -> dict:
     return _TAG_ARGS.get(cfg, {})
 
 
-@register_model
-def evit_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-Ti: keep 0.7 at blocks 3, 6, 9 with fusion."""
-    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, keep_rate=0.7, fuse_token=True)
-    return _create_evit('evit_deit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def evit_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-S: keep 0.7 at blocks 3, 6, 9 with fusion (79.5% top-1); the ``keepXX_{fuse,nofuse}_in1k`` tags
-    set the keep rate and fusion of the official checkpoint they name."""
+def _small_args(kwargs: dict) -> dict:
+    """EViT-DeiT-S's model args with the settings of the pretrained tag (explicit kwargs win over both)."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.7, fuse_token=True)
     model_args.update(_tag_args(kwargs))
-    return _create_evit('evit_deit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return model_args
 
 
-@register_model
-def evit_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-B: keep 0.7 at blocks 3, 6, 9 with fusion (the official ``deit_base_patch16_shrink_base``)."""
-    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)
-    return _create_evit('evit_deit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def evit_deit_small_patch16_272(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-S at 272: keep 0.7 (the official ``deit_small_patch16_272_shrink``)."""
-    model_args = dict(
-        img_size=272, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.7, fuse_token=True)
-    return _create_evit('evit_deit_small_patch16_272', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def evit_deit_small_patch16_288(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-S at 288: keep 0.6 (the official ``deit_small_patch16_288_shrink06``)."""
-    model_args = dict(
-        img_size=288, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.6, fuse_token=True)
-    return _create_evit('evit_deit_small_patch16_288', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def evit_deit_small_patch16_304(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-S at 304: keep 0.5 (the official ``deit_small_patch16_304_shrink05``)."""
-    model_args = dict(
-        img_size=304, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.5, fuse_token=True)
-    return _create_evit('evit_deit_small_patch16_304', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def evit_deit_base_patch16_384(pretrained: bool = False, **kwargs) -> EViT:
-    """EViT-DeiT-B at 384: keep 0.7 at blocks 3, 6, 9 with fusion, from DeiT-B 384 weights."""
-    model_args = dict(
-        img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)
-    return _create_evit('evit_deit_base_patch16_384', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_evit, {
+    'evit_deit_tiny_patch16_224': ('EViT-DeiT-Ti: keep 0.7 at blocks 3, 6, 9 with fusion.', dict(
+        patch_size=16, embed_dim=192, depth=12, num_heads=3, keep_rate=0.7, fuse_token=True)),
+    'evit_deit_small_patch16_224': (
+        """EViT-DeiT-S: keep 0.7 at blocks 3, 6, 9 with fusion (79.5% top-1); the ``keepXX_{fuse,nofuse}_in1k`` tags
+    set the keep rate and fusion of the official checkpoint they name.""",
+        _small_args),
+    'evit_deit_base_patch16_224': (
+        'EViT-DeiT-B: keep 0.7 at blocks 3, 6, 9 with fusion (the official ``deit_base_patch16_shrink_base``).',
+        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)),
+    'evit_deit_small_patch16_272': (
+        'EViT-DeiT-S at 272: keep 0.7 (the official ``deit_small_patch16_272_shrink``).',
+        dict(img_size=272, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.7, fuse_token=True)),
+    'evit_deit_small_patch16_288': (
+        'EViT-DeiT-S at 288: keep 0.6 (the official ``deit_small_patch16_288_shrink06``).',
+        dict(img_size=288, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.6, fuse_token=True)),
+    'evit_deit_small_patch16_304': (
+        'EViT-DeiT-S at 304: keep 0.5 (the official ``deit_small_patch16_304_shrink05``).',
+        dict(img_size=304, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.5, fuse_token=True)),
+    'evit_deit_base_patch16_384': (
+        'EViT-DeiT-B at 384: keep 0.7 at blocks 3, 6, 9 with fusion, from DeiT-B 384 weights.',
+        dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)),
+}, returns=EViT)

@@ -41,13 +41,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.deform_conv2d
 from timm.layers import DropPath, register_notrace_function
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs
 
 from visionattn.layers import HiLo, drop_path_rates
 
 from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['LITv2', 'deform_conv2d']
 
@@ -407,29 +408,13 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def litv2_small(pretrained: bool = False, **kwargs) -> LITv2:
-    """LITv2-S: 96 wide, depths 2-2-6-2 (28M params, 82.0% top-1)."""
-    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)
-    return _create_litv2('litv2_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def litv2_medium(pretrained: bool = False, **kwargs) -> LITv2:
-    """LITv2-M: 96 wide, depths 2-2-18-2 (49M params, 83.3% top-1)."""
-    model_args = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3)
-    return _create_litv2('litv2_medium', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def litv2_base(pretrained: bool = False, **kwargs) -> LITv2:
-    """LITv2-B: 128 wide, depths 2-2-18-2 (87M params, 83.6% top-1)."""
-    model_args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
-    return _create_litv2('litv2_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def litv2_base_384(pretrained: bool = False, **kwargs) -> LITv2:
-    """LITv2-B fine-tuned at 384 (84.7% top-1)."""
-    model_args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
-    return _create_litv2('litv2_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_litv2, {
+    'litv2_small': ('LITv2-S: 96 wide, depths 2-2-6-2 (28M params, 82.0% top-1).', dict(
+        embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)),
+    'litv2_medium': ('LITv2-M: 96 wide, depths 2-2-18-2 (49M params, 83.3% top-1).', dict(
+        embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3)),
+    'litv2_base': ('LITv2-B: 128 wide, depths 2-2-18-2 (87M params, 83.6% top-1).', dict(
+        embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)),
+    'litv2_base_384': ('LITv2-B fine-tuned at 384 (84.7% top-1).', dict(
+        embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)),
+}, returns=LITv2)

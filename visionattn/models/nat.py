@@ -33,14 +33,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp
-from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
-from ._base import StagedModel, TokenModel
+from ._base import ModelApi, StagedModel, TokenModel
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['NAT', 'NATIsotropic', 'NAT_DILATIONS', 'resolve_dilations', 'resolve_strides']
 
@@ -425,7 +425,7 @@ class NAT(StagedModel):
         return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
 
 
-class NATIsotropic(nn.Module):
+class NATIsotropic(ModelApi):
     """Isotropic NAT / DiNAT (DiNAT paper, the ViT-like ablation models; official ``classification/isotropic.py``).
 
     A ViT layout without class token or position embedding: a ``patch_size`` patchify convolution with LayerNorm
@@ -530,37 +530,12 @@ class NATIsotropic(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
 
-    # the timm API of the token models without their token: borrowed
-    set_grad_checkpointing = TokenModel.set_grad_checkpointing
-    get_classifier = TokenModel.get_classifier
-    reset_classifier = StagedModel.reset_classifier
-    prune_intermediate_layers = TokenModel.prune_intermediate_layers
+    set_grad_checkpointing = TokenModel.set_grad_checkpointing  # the token models' (no token)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the selected blocks' maps.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n blocks if int, all if None, the listed block indices if a sequence.
-            norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last block needed.
-            output_fmt: ``'NCHW'`` or ``'NHWC'``.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+    def _intermediates(
+            self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool, norm: bool,
+            output_fmt: str) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The selected blocks' maps (``'NCHW'`` or ``'NHWC'``)."""
         x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
         blocks = self.blocks if not stop_early and not torch.jit.is_scripting() else self.blocks[:max_index + 1]
         intermediates = []
@@ -572,9 +547,7 @@ class NATIsotropic(nn.Module):
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos_drop(self.patch_embed(check_image_input(x, self.in_chans)))
@@ -587,6 +560,7 @@ class NATIsotropic(nn.Module):
     forward_head = StagedModel.forward_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here, not inherited: FX autowraps this module's ``check_image_input`` only in the root forward's
         return self.forward_head(self.forward_features(x))
 
 
@@ -729,177 +703,70 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def nat_mini(pretrained: bool = False, **kwargs) -> NAT:
-    """NAT-Mini: depths 3-4-6-5, 64 wide (81.8% top-1)."""
-    model_args = dict(depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2)
-    return _create_nat('nat_mini', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def nat_tiny(pretrained: bool = False, **kwargs) -> NAT:
-    """NAT-Tiny: depths 3-4-18-5, 64 wide (83.2% top-1)."""
-    model_args = dict(depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2)
-    return _create_nat('nat_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def nat_small(pretrained: bool = False, **kwargs) -> NAT:
-    """NAT-Small: depths 3-4-18-5, 96 wide, layer scale (83.7% top-1)."""
-    model_args = dict(
+register_variants(__name__, _create_nat, {
+    'nat_mini': ('NAT-Mini: depths 3-4-6-5, 64 wide (81.8% top-1).', dict(
+        depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2)),
+    'nat_tiny': ('NAT-Tiny: depths 3-4-18-5, 64 wide (83.2% top-1).', dict(
+        depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2)),
+    'nat_small': ('NAT-Small: depths 3-4-18-5, 96 wide, layer scale (83.7% top-1).', dict(
         depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=2, drop_path_rate=0.3,
-        layer_scale=1e-5)
-    return _create_nat('nat_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def nat_base(pretrained: bool = False, **kwargs) -> NAT:
-    """NAT-Base: depths 3-4-18-5, 128 wide, layer scale (84.3% top-1)."""
-    model_args = dict(
+        layer_scale=1e-5)),
+    'nat_base': ('NAT-Base: depths 3-4-18-5, 128 wide, layer scale (84.3% top-1).', dict(
         depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), embed_dim=128, mlp_ratio=2, drop_path_rate=0.5,
-        layer_scale=1e-5)
-    return _create_nat('nat_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_mini(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Mini: NAT-Mini with NA/DiNA alternating (81.8% top-1)."""
-    model_args = dict(
-        depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2,
-        dilations='in1k')
-    return _create_nat('dinat_mini', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_tiny(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Tiny (82.7% top-1)."""
-    model_args = dict(
+        layer_scale=1e-5)),
+    'dinat_mini': ('DiNAT-Mini: NAT-Mini with NA/DiNA alternating (81.8% top-1).', dict(
+        depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2, dilations='in1k')),
+    'dinat_tiny': ('DiNAT-Tiny (82.7% top-1).', dict(
         depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), embed_dim=64, mlp_ratio=3, drop_path_rate=0.2,
-        dilations='in1k')
-    return _create_nat('dinat_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_small(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Small (83.8% top-1)."""
-    model_args = dict(
+        dilations='in1k')),
+    'dinat_small': ('DiNAT-Small (83.8% top-1).', dict(
         depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=2, drop_path_rate=0.3,
-        dilations='in1k')
-    return _create_nat('dinat_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_base(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Base, layer scale (84.4% top-1)."""
-    model_args = dict(
+        dilations='in1k')),
+    'dinat_base': ('DiNAT-Base, layer scale (84.4% top-1).', dict(
         depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), embed_dim=128, mlp_ratio=2, drop_path_rate=0.5,
-        layer_scale=1e-5, dilations='in1k')
-    return _create_nat('dinat_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_large(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Large, ImageNet-22K pre-trained (86.6% top-1 at 224 after 1K fine-tuning)."""
-    model_args = dict(
+        layer_scale=1e-5, dilations='in1k')),
+    'dinat_large': ('DiNAT-Large, ImageNet-22K pre-trained (86.6% top-1 at 224 after 1K fine-tuning).', dict(
         depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
-        dilations='in1k')
-    return _create_nat('dinat_large', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_large_384(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Large at 384 with the 384 dilations 13/6/3 (87.4% top-1)."""
-    model_args = dict(
+        dilations='in1k')),
+    'dinat_large_384': ('DiNAT-Large at 384 with the 384 dilations 13/6/3 (87.4% top-1).', dict(
         depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
-        dilations='in1k_384')
-    return _create_nat('dinat_large_384', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_large_11x11_384(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT-Large with 11x11 neighborhoods at 384, the 224 dilations as released (87.5% top-1)."""
-    model_args = dict(
-        depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
-        kernel_size=11, dilations='in1k')
-    return _create_nat('dinat_large_11x11_384', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_s_tiny(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT_s-Tiny: Swin-T layout with NA/DiNA in place of (shifted) windows (81.8% top-1)."""
-    model_args = dict(
-        depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=4, drop_path_rate=0.2,
-        dilations='in1k', stem_type='patch')
-    return _create_nat('dinat_s_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_s_small(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT_s-Small (83.5% top-1)."""
-    model_args = dict(
-        depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=4, drop_path_rate=0.3,
-        dilations='in1k', stem_type='patch')
-    return _create_nat('dinat_s_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_s_base(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT_s-Base (83.8% top-1)."""
-    model_args = dict(
+        dilations='in1k_384')),
+    'dinat_large_11x11_384': (
+        'DiNAT-Large with 11x11 neighborhoods at 384, the 224 dilations as released (87.5% top-1).',
+        dict(
+            depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=2, drop_path_rate=0.35,
+            kernel_size=11, dilations='in1k')),
+    'dinat_s_tiny': ('DiNAT_s-Tiny: Swin-T layout with NA/DiNA in place of (shifted) windows (81.8% top-1).', dict(
+        depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=4, drop_path_rate=0.2, dilations='in1k',
+        stem_type='patch')),
+    'dinat_s_small': ('DiNAT_s-Small (83.5% top-1).', dict(
+        depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), embed_dim=96, mlp_ratio=4, drop_path_rate=0.3, dilations='in1k',
+        stem_type='patch')),
+    'dinat_s_base': ('DiNAT_s-Base (83.8% top-1).', dict(
         depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), embed_dim=128, mlp_ratio=4, drop_path_rate=0.5,
-        dilations='in1k', stem_type='patch')
-    return _create_nat('dinat_s_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_s_large(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT_s-Large, ImageNet-22K pre-trained (86.5% top-1 at 224 after 1K fine-tuning)."""
-    model_args = dict(
+        dilations='in1k', stem_type='patch')),
+    'dinat_s_large': ('DiNAT_s-Large, ImageNet-22K pre-trained (86.5% top-1 at 224 after 1K fine-tuning).', dict(
         depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=4, drop_path_rate=0.35,
-        dilations='in1k', stem_type='patch')
-    return _create_nat('dinat_s_large', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_s_large_384(pretrained: bool = False, **kwargs) -> NAT:
-    """DiNAT_s-Large at 384 with the 384 dilations 13/6/3 (87.4% top-1)."""
-    model_args = dict(
+        dilations='in1k', stem_type='patch')),
+    'dinat_s_large_384': ('DiNAT_s-Large at 384 with the 384 dilations 13/6/3 (87.4% top-1).', dict(
         depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, mlp_ratio=4, drop_path_rate=0.35,
-        dilations='in1k_384', stem_type='patch')
-    return _create_nat('dinat_s_large_384', pretrained=pretrained, **dict(model_args, **kwargs))
+        dilations='in1k_384', stem_type='patch')),
+}, returns=NAT)
 
 
-@register_model
-def nat_isotropic_small(pretrained: bool = False, **kwargs) -> NATIsotropic:
-    """NAT-iso-Small: ViT-S layout (patch 16, 384 wide, 12 layers, 12 heads) with 7x7 NA (80.0% top-1)."""
-    model_args = dict(
-        patch_size=16, embed_dim=384, depth=12, num_heads=12, mlp_ratio=4, kernel_size=7, dilation=1,
-        drop_path_rate=0.1)
-    return _create_nat_isotropic('nat_isotropic_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def nat_isotropic_base(pretrained: bool = False, **kwargs) -> NATIsotropic:
-    """NAT-iso-Base: ViT-B width (768, 12 layers) with 24 heads and 7x7 NA (81.6% top-1)."""
-    model_args = dict(
+register_variants(__name__, _create_nat_isotropic, {
+    'nat_isotropic_small': (
+        'NAT-iso-Small: ViT-S layout (patch 16, 384 wide, 12 layers, 12 heads) with 7x7 NA (80.0% top-1).',
+        dict(
+            patch_size=16, embed_dim=384, depth=12, num_heads=12, mlp_ratio=4, kernel_size=7, dilation=1,
+            drop_path_rate=0.1)),
+    'nat_isotropic_base': ('NAT-iso-Base: ViT-B width (768, 12 layers) with 24 heads and 7x7 NA (81.6% top-1).', dict(
         patch_size=16, embed_dim=768, depth=12, num_heads=24, mlp_ratio=4, kernel_size=7, dilation=1,
-        drop_path_rate=0.4)
-    return _create_nat_isotropic('nat_isotropic_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_isotropic_small(pretrained: bool = False, **kwargs) -> NATIsotropic:
-    """DiNAT-iso-Small: NAT-iso-Small with every odd layer dilated by 2 (80.8% top-1)."""
-    model_args = dict(
+        drop_path_rate=0.4)),
+    'dinat_isotropic_small': ('DiNAT-iso-Small: NAT-iso-Small with every odd layer dilated by 2 (80.8% top-1).', dict(
         patch_size=16, embed_dim=384, depth=12, num_heads=12, mlp_ratio=4, kernel_size=7, dilation=2,
-        drop_path_rate=0.1)
-    return _create_nat_isotropic('dinat_isotropic_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def dinat_isotropic_base(pretrained: bool = False, **kwargs) -> NATIsotropic:
-    """DiNAT-iso-Base: NAT-iso-Base with every odd layer dilated by 2 (82.1% top-1)."""
-    model_args = dict(
+        drop_path_rate=0.1)),
+    'dinat_isotropic_base': ('DiNAT-iso-Base: NAT-iso-Base with every odd layer dilated by 2 (82.1% top-1).', dict(
         patch_size=16, embed_dim=768, depth=12, num_heads=24, mlp_ratio=4, kernel_size=7, dilation=2,
-        drop_path_rate=0.4)
-    return _create_nat_isotropic('dinat_isotropic_base', pretrained=pretrained, **dict(model_args, **kwargs))
+        drop_path_rate=0.4)),
+}, returns=NATIsotropic)

@@ -48,7 +48,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
@@ -58,6 +58,7 @@ from visionattn.ops.rala import rope_2d_tables
 from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['RAVLT']
 
@@ -386,37 +387,17 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def ravlt_tiny(pretrained: bool = False, **kwargs) -> RAVLT:
-    """RAVLT-T: 15M parameters, 2.4 GFLOPs (82.8% top-1 in the README until Feb 2025)."""
-    model_args = dict(
+register_variants(__name__, _create_ravlt, {
+    'ravlt_tiny': ('RAVLT-T: 15M parameters, 2.4 GFLOPs (82.8% top-1 in the README until Feb 2025).', dict(
         embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), mlp_ratios=3.5,
-        layer_scales=(1., 1., 1., 1.), drop_path_rate=0.1)
-    return _create_ravlt('ravlt_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def ravlt_small(pretrained: bool = False, **kwargs) -> RAVLT:
-    """RAVLT-S: 26M parameters, 4.6 GFLOPs (84.4% top-1, abstract)."""
-    model_args = dict(
+        layer_scales=(1., 1., 1., 1.), drop_path_rate=0.1)),
+    'ravlt_small': ('RAVLT-S: 26M parameters, 4.6 GFLOPs (84.4% top-1, abstract).', dict(
         embed_dims=(64, 128, 320, 512), depths=(3, 5, 9, 3), num_heads=(1, 2, 5, 8), mlp_ratios=3.5,
-        layer_scales=(1., 1., 1., 1.), drop_path_rate=0.15)
-    return _create_ravlt('ravlt_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def ravlt_base(pretrained: bool = False, **kwargs) -> RAVLT:
-    """RAVLT-B: 48M parameters, 9.9 GFLOPs (85.5% top-1 in the README until Feb 2025)."""
-    model_args = dict(
+        layer_scales=(1., 1., 1., 1.), drop_path_rate=0.15)),
+    'ravlt_base': ('RAVLT-B: 48M parameters, 9.9 GFLOPs (85.5% top-1 in the README until Feb 2025).', dict(
         embed_dims=(96, 192, 384, 512), depths=(4, 6, 12, 6), num_heads=(1, 2, 6, 8), mlp_ratios=3.5,
-        layer_scales=(1., 1., 1e-6, 1e-6), drop_path_rate=0.4)
-    return _create_ravlt('ravlt_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def ravlt_large(pretrained: bool = False, **kwargs) -> RAVLT:
-    """RAVLT-L: 95M parameters, 16.0 GFLOPs (85.8% top-1 in the README until Feb 2025)."""
-    model_args = dict(
+        layer_scales=(1., 1., 1e-6, 1e-6), drop_path_rate=0.4)),
+    'ravlt_large': ('RAVLT-L: 95M parameters, 16.0 GFLOPs (85.8% top-1 in the README until Feb 2025).', dict(
         embed_dims=(96, 192, 448, 640), depths=(4, 7, 19, 8), num_heads=(1, 2, 7, 10), mlp_ratios=3.5,
-        layer_scales=(1e-6, 1e-6, 1e-6, 1e-6), drop_path_rate=0.55)
-    return _create_ravlt('ravlt_large', pretrained=pretrained, **dict(model_args, **kwargs))
+        layer_scales=(1e-6, 1e-6, 1e-6, 1e-6), drop_path_rate=0.55)),
+}, returns=RAVLT)

@@ -78,8 +78,7 @@ from timm.layers import (
     trunc_normal_,
     use_fused_attn,
 )
-from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
@@ -89,6 +88,7 @@ from visionattn.ops.topk import topk_attention, topk_indices
 from ._base import TokenModel
 from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['Sparsifiner', 'MaskPredictor', 'SparsifinerLoss', 'attn_recon_loss', 'resample_token_proj']
 
@@ -722,33 +722,13 @@ class Sparsifiner(TokenModel):
             return checkpoint(blk, x, token_mask, feat_size, need_info, use_reentrant=False)
         return blk(x, token_mask, feat_size, need_info)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the patch tokens of the selected blocks as maps.
+    def _intermediates(
+            self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool, norm: bool,
+            output_fmt: str) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The selected blocks' patch tokens as maps (``'NCHW'``) or ``[B, H*W, C]`` (``'NLC'``).
 
         Token pruning zeroes pruned tokens in place, so every block's patch tokens are a full grid.
-
-        Args:
-            x: Input images ``[B, C, H, W]``.
-            indices: Take the last n blocks if int, all if None, the listed block indices if a sequence.
-            norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last block needed.
-            output_fmt: ``'NCHW'`` (maps) or ``'NLC'`` (``[B, H*W, C]``).
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            ``(features, intermediates)`` or only the intermediates.
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, feat_size = self._embed(x)
         B, C = x.shape[0], x.shape[-1]
         token_mask = None
@@ -762,9 +742,7 @@ class Sparsifiner(TokenModel):
                 if output_fmt == 'NCHW':
                     y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
                 intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, feat_size = self._embed(x)
@@ -913,17 +891,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
-def sparsifiner_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> Sparsifiner:
-    """Sparsifiner-S: DeiT-S with 25% attention connectivity (the official default config)."""
-    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, attn_keep_rate=0.25)
-    return _create_sparsifiner(
-        'sparsifiner_deit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def sparsifiner_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> Sparsifiner:
-    """Sparsifiner on DeiT-B with 25% attention connectivity (no official config; the official predictor settings)."""
-    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, attn_keep_rate=0.25)
-    return _create_sparsifiner(
-        'sparsifiner_deit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_sparsifiner, {
+    'sparsifiner_deit_small_patch16_224': (
+        'Sparsifiner-S: DeiT-S with 25% attention connectivity (the official default config).',
+        dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, attn_keep_rate=0.25)),
+    'sparsifiner_deit_base_patch16_224': (
+        'Sparsifiner on DeiT-B with 25% attention connectivity (no official config; the official predictor settings).',
+        dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, attn_keep_rate=0.25)),
+}, returns=Sparsifiner)

@@ -42,15 +42,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module, to_2tuple, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs
 
 from visionattn.layers import drop_path_rates
 from visionattn.ops import aggregated_attention
 from visionattn.ops._dispatch import is_exporting
 
-from ._base import StagedModel
+from ._base import StagedModel, init_weights
 from ._convert import strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
+from ._registry import register_variants
 
 __all__ = ['TransNeXt']
 
@@ -582,18 +583,12 @@ class TransNeXt(StagedModel):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        init_weights(m)  # Linear, LayerNorm
+        if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.zeros_(m.bias)
-            nn.init.ones_(m.weight)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -681,52 +676,24 @@ _COMMON = dict(
     mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), window_size=(3, 3, 3, None), qkv_bias=True, pretrain_size=224)
 
 
-@register_model
-def transnext_micro(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Micro: 48-96-192-384 wide, depths 2-2-15-2 (12.8M, 82.5% top-1)."""
-    model_args = dict(**_MICRO, **_COMMON, drop_path_rate=0.15)
-    return _create_transnext('transnext_micro', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def transnext_micro_aaaa(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Micro A-A-A-A at 256: aggregated attention in every stage, sr 16-8-4-2 (13.1M, 82.6% top-1)."""
-    model_args = dict(
-        **_MICRO, mlp_ratios=(8, 8, 4, 4), sr_ratios=(16, 8, 4, 2), window_size=3, qkv_bias=True, img_size=256,
-        pretrain_size=256, drop_path_rate=0.15)
-    return _create_transnext('transnext_micro_aaaa', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def transnext_tiny(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Tiny: 72-144-288-576 wide, depths 2-2-15-2 (28.2M, 84.0% top-1)."""
-    model_args = dict(**_TINY, **_COMMON, drop_path_rate=0.25)
-    return _create_transnext('transnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def transnext_small(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Small: 72-144-288-576 wide, depths 5-5-22-5 (49.7M, 84.7% top-1)."""
-    model_args = dict(**_SMALL, **_COMMON, drop_path_rate=0.45)
-    return _create_transnext('transnext_small', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def transnext_small_384(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Small fine-tuned at 384 (tables for 384, coordinates scaled by the 224 pre-training; 86.0%)."""
-    model_args = dict(**_SMALL, **_COMMON, img_size=384, drop_path_rate=0.7)
-    return _create_transnext('transnext_small_384', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def transnext_base(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Base: 96-192-384-768 wide, depths 5-5-23-5 (89.7M, 84.8% top-1)."""
-    model_args = dict(**_BASE, **_COMMON, drop_path_rate=0.6)
-    return _create_transnext('transnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def transnext_base_384(pretrained: bool = False, **kwargs) -> TransNeXt:
-    """TransNeXt-Base fine-tuned at 384 (tables for 384, coordinates scaled by the 224 pre-training; 86.2%)."""
-    model_args = dict(**_BASE, **_COMMON, img_size=384, drop_path_rate=0.8)
-    return _create_transnext('transnext_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
+register_variants(__name__, _create_transnext, {
+    'transnext_micro': ('TransNeXt-Micro: 48-96-192-384 wide, depths 2-2-15-2 (12.8M, 82.5% top-1).', dict(
+        **_MICRO, **_COMMON, drop_path_rate=0.15)),
+    'transnext_micro_aaaa': (
+        'TransNeXt-Micro A-A-A-A at 256: aggregated attention in every stage, sr 16-8-4-2 (13.1M, 82.6% top-1).',
+        dict(
+            **_MICRO, mlp_ratios=(8, 8, 4, 4), sr_ratios=(16, 8, 4, 2), window_size=3, qkv_bias=True, img_size=256,
+            pretrain_size=256, drop_path_rate=0.15)),
+    'transnext_tiny': ('TransNeXt-Tiny: 72-144-288-576 wide, depths 2-2-15-2 (28.2M, 84.0% top-1).', dict(
+        **_TINY, **_COMMON, drop_path_rate=0.25)),
+    'transnext_small': ('TransNeXt-Small: 72-144-288-576 wide, depths 5-5-22-5 (49.7M, 84.7% top-1).', dict(
+        **_SMALL, **_COMMON, drop_path_rate=0.45)),
+    'transnext_small_384': (
+        'TransNeXt-Small fine-tuned at 384 (tables for 384, coordinates scaled by the 224 pre-training; 86.0%).',
+        dict(**_SMALL, **_COMMON, img_size=384, drop_path_rate=0.7)),
+    'transnext_base': ('TransNeXt-Base: 96-192-384-768 wide, depths 5-5-23-5 (89.7M, 84.8% top-1).', dict(
+        **_BASE, **_COMMON, drop_path_rate=0.6)),
+    'transnext_base_384': (
+        'TransNeXt-Base fine-tuned at 384 (tables for 384, coordinates scaled by the 224 pre-training; 86.2%).',
+        dict(**_BASE, **_COMMON, img_size=384, drop_path_rate=0.8)),
+}, returns=TransNeXt)

@@ -187,73 +187,22 @@ def neighborhood_attention(
     return fn(**call)
 
 
-def _na(na_dim: int, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-        additional_values, backend):
-    if query.dim() != na_dim + 3:
-        raise ValueError(
-            f'na{na_dim}d expects query [B, {na_dim} spatial axes, heads, head_dim] ({na_dim + 3}-D), '
-            f'got shape {tuple(query.shape)}')
-    return neighborhood_attention(
-        query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys, additional_values,
-        backend)
+def _na_nd(na_dim: int, doc: str):
+    """The public ``na{na_dim}d``: ``neighborhood_attention`` (its signature) with the rank of ``query`` checked."""
+    def na(query: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if query.dim() != na_dim + 3:
+            raise ValueError(
+                f'na{na_dim}d expects query [B, {na_dim} spatial axes, heads, head_dim] ({na_dim + 3}-D), '
+                f'got shape {tuple(query.shape)}')
+        return neighborhood_attention(query, *args, **kwargs)
+
+    na.__name__ = na.__qualname__ = f'na{na_dim}d'
+    na.__doc__ = doc
+    na.__wrapped__ = neighborhood_attention  # inspect.signature / help show the full signature
+    return register_notrace_function(na)
 
 
-@register_notrace_function
-def na1d(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kernel_size: IntOrTuple,
-        stride: IntOrTuple = 1,
-        dilation: IntOrTuple = 1,
-        is_causal: BoolOrTuple = False,
-        rpb: Optional[torch.Tensor] = None,
-        scale: Optional[float] = None,
-        additional_keys: Optional[torch.Tensor] = None,
-        additional_values: Optional[torch.Tensor] = None,
-        backend: str = 'auto',
-) -> torch.Tensor:
-    """1-D GNA over ``[B, L, heads, head_dim]``; see ``neighborhood_attention``."""
-    return _na(1, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-               additional_values, backend)
-
-
-@register_notrace_function
-def na2d(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kernel_size: IntOrTuple,
-        stride: IntOrTuple = 1,
-        dilation: IntOrTuple = 1,
-        is_causal: BoolOrTuple = False,
-        rpb: Optional[torch.Tensor] = None,
-        scale: Optional[float] = None,
-        additional_keys: Optional[torch.Tensor] = None,
-        additional_values: Optional[torch.Tensor] = None,
-        backend: str = 'auto',
-) -> torch.Tensor:
-    """2-D GNA over ``[B, H, W, heads, head_dim]`` (rpb ``[heads, 2k_h - 1, 2k_w - 1]``, height first)."""
-    return _na(2, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-               additional_values, backend)
-
-
-@register_notrace_function
-def na3d(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kernel_size: IntOrTuple,
-        stride: IntOrTuple = 1,
-        dilation: IntOrTuple = 1,
-        is_causal: BoolOrTuple = False,
-        rpb: Optional[torch.Tensor] = None,
-        scale: Optional[float] = None,
-        additional_keys: Optional[torch.Tensor] = None,
-        additional_values: Optional[torch.Tensor] = None,
-        backend: str = 'auto',
-) -> torch.Tensor:
-    """3-D GNA over ``[B, T, H, W, heads, head_dim]``; see ``neighborhood_attention``."""
-    return _na(3, query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
-               additional_values, backend)
+na1d = _na_nd(1, """1-D GNA over ``[B, L, heads, head_dim]``; see ``neighborhood_attention``.""")
+na2d = _na_nd(2, """2-D GNA over ``[B, H, W, heads, head_dim]`` (rpb ``[heads, 2k_h - 1, 2k_w - 1]``, height first).""")
+na3d = _na_nd(3, """3-D GNA over ``[B, T, H, W, heads, head_dim]``; see ``neighborhood_attention``.""")
 from .flex import neighborhood as _flex_neighborhood  # noqa: E402,F401  (registers the 'flex' backend)
