@@ -33,9 +33,13 @@ def readme_promise():
 
 
 def test_readme_promise_is_the_bar():
-    _, miou, ious = readme_promise()
+    threads, miou, ious = readme_promise()
     assert miou >= 75 and min(ious.values()) >= 50, (miou, ious)
     assert abs(sum(ious.values()) / len(ious) - miou) <= 0.1
+    # the number holds for one thread count only: `make demo` must run with the README's
+    with open(osp.join(ROOT, 'Makefile')) as f:
+        make = re.search(r'^demo:.*\n\t(.*)$', f.read(), re.M).group(1)
+    assert re.search(rf'\bOMP_NUM_THREADS={threads}\s.*tools/demo\.py', make), (threads, make)
 
 
 @pytest.mark.slow
