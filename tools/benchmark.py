@@ -8,6 +8,8 @@ Subcommands:
           SDPA (tools/benchmark_bsa.py)
     bsa-paths  the fused CPU block-sparse kernel's row and GEMM paths against blocked, one core
           (tools/benchmark_bsa_paths.py)
+    demo  cost of one training iteration of the `make demo` config and its variants, side by side
+          (tools/benchmark_demo.py)
     evit  EViT-DeiT against DeiT with the same weights, batch 1 and 32 (tools/benchmark_evit.py)
     sparsifiner  Sparsifiner's top-k sparse attention (op, attention layer, whole model) against dense DeiT-S with the
           same weights at keep rates 0.25 and 0.5, batch 1 and 32 (tools/benchmark_sparsifiner.py)
@@ -30,6 +32,7 @@ for p in (ROOT, ROOT / 'tools'):
 if __package__:  # imported as tools.benchmark
     from .benchmark_bsa import add_bsa_parser, bsa_main
     from .benchmark_bsa_paths import add_bsa_paths_parser, run_bsa_paths
+    from .benchmark_demo import add_demo_parser, run_demo
     from .benchmark_evit import add_evit_parser, run_evit
     from .benchmark_gna import add_gna_parser, run_gna
     from .benchmark_models import add_models_parser, run_models
@@ -37,6 +40,7 @@ if __package__:  # imported as tools.benchmark
 else:  # run as a script: python tools/benchmark.py
     from benchmark_bsa import add_bsa_parser, bsa_main
     from benchmark_bsa_paths import add_bsa_paths_parser, run_bsa_paths
+    from benchmark_demo import add_demo_parser, run_demo
     from benchmark_evit import add_evit_parser, run_evit
     from benchmark_gna import add_gna_parser, run_gna
     from benchmark_models import add_models_parser, run_models
@@ -47,6 +51,7 @@ from benchmark_export import add_export_parser, run_export  # noqa: E402
 COMMANDS = {
     'gna': (add_gna_parser, run_gna), 'bsa': (add_bsa_parser, bsa_main),
     'bsa-paths': (add_bsa_paths_parser, run_bsa_paths), 'evit': (add_evit_parser, run_evit),
+    'demo': (add_demo_parser, run_demo),
     'models': (add_models_parser, run_models), 'sparsifiner': (add_sparsifiner_parser, run_sparsifiner),
     'export': (add_export_parser, run_export)}
 

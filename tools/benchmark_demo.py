@@ -6,9 +6,8 @@ interleaved rounds: every round runs ``--chunk`` iterations of each variant in t
 machine hits all of them alike. Reports the median time per iteration over the rounds and its ratio to the first
 variant, as JSON and a markdown table::
 
-    OMP_NUM_THREADS=1 taskset -c 1 python tools/benchmark_demo.py --rounds 5 --chunk 10 --out benchmarks/demo_iter_cpu
+    OMP_NUM_THREADS=1 taskset -c 1 python tools/benchmark.py demo --rounds 5 --chunk 10 --out benchmarks/demo_iter_cpu
 """
-import argparse
 import json
 import os
 import os.path as osp
@@ -64,14 +63,16 @@ def build(options: dict):
     return model, optim, loader, params, cfg.train_dataloader.batch_size
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_demo_parser(sub) -> None:
+    parser = sub.add_parser('demo', help=__doc__.splitlines()[0], description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--chunk', type=int, default=10, help='iterations of each variant per round')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations of each variant first')
     parser.add_argument('--out', help='write OUT.json and OUT.md')
     parser.add_argument('--note', default='', help='a line for the markdown (how the run was pinned, what else ran)')
-    args = parser.parse_args(argv)
+
+
+def run_demo(args) -> None:
 
     runs = {}
     for name, options in VARIANTS.items():
@@ -108,7 +109,7 @@ def main(argv=None):
             '# demo training iteration cost (cpu)', '',
             f'Machine: {info["cpu"]} ({info["cpu_count"]} CPUs, torch threads {info["torch_threads"]}, load average '
             f'{"/".join(f"{x:.2f}" for x in info["loadavg_1_5_15"])}); torch {info["torch"]}; {info["date"]}.', '',
-            f'`tools/benchmark_demo.py`: `model.train_step` (data loading included) of each variant of '
+            f'`tools/benchmark.py demo`: `model.train_step` (data loading included) of each variant of '
             f'`configs/demo/upernet_nat_demo_shapes.py`, {args.warmup} warm-up iterations each, then {args.rounds} '
             f'interleaved rounds of {args.chunk} iterations per variant; median over the rounds.', '',
             '| variant | overrides | params | batch | ms / iteration | ratio |', '|---|---|---|---|---|---|']
@@ -121,7 +122,3 @@ def main(argv=None):
         with open(args.out + '.md', 'w') as f:
             f.write('\n'.join(lines) + '\n')
         print(f'wrote {os.path.relpath(args.out)}.json and .md')
-
-
-if __name__ == '__main__':
-    main()
