@@ -280,15 +280,15 @@ def export(
         raise ValueError(f'img_size must be (H, W), got {img_size}')
     if dynamic and isinstance(model_or_name, str) and fixed_size_reason(model_or_name):
         raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {fixed_size_reason(model_or_name)}')
+    rule = size_multiple(model_or_name) if isinstance(model_or_name, str) else None
+    if dynamic and rule and (img_size[0] % rule[0] or img_size[1] % rule[0] or min(img_size) < rule[1]):
+        raise ValueError(f'{model_or_name} exports dynamically from sizes in multiples of {rule[0]}, at least '
+                         f'{rule[1]} ({rule[2]}), got img_size={tuple(img_size)}')
     model = _build(model_or_name, features_only, pretrained, checkpoint, **model_kwargs)
     if dynamic and _model_fixed_size_reason(model):
         raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {_model_fixed_size_reason(model)}')
     wrapped = _Tupled(model)
     x = torch.randn(batch_size, 3, *img_size)
-    rule = size_multiple(model_or_name) if isinstance(model_or_name, str) else None
-    if dynamic and rule and (img_size[0] % rule[0] or img_size[1] % rule[0] or min(img_size) < rule[1]):
-        raise ValueError(f'{model_or_name} exports dynamically from sizes in multiples of {rule[0]}, at least '
-                         f'{rule[1]} ({rule[2]}), got img_size={tuple(img_size)}')
     shapes = _dynamic_shapes(dynamic, multiple=rule)
     name = model_or_name if isinstance(model_or_name, str) else type(model_or_name).__name__
     with torch.no_grad(), export_mode():
