@@ -76,6 +76,11 @@ def test_fixed_size_refuses_dynamic():
         export('transnext_micro', 'onnx', dynamic=True, pos_bias='extrapolate')
 
 
+def test_size_multiple_refuses_other_sizes():
+    with pytest.raises(ValueError, match='multiples of 32'):
+        export('agent_swin_tiny', 'onnx', dynamic=True, img_size=(200, 224))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match='format'):
         export('va_convit_tiny', 'tflite')

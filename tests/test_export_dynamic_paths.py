@@ -34,3 +34,32 @@ def test_bra_exports_dynamic_size():
         x = torch.randn(1, *size, 32)
         with torch.no_grad():
             torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('shift', [False, True])
+@pytest.mark.parametrize('hw', [(7, 7), (8, 10), (14, 14), (7, 12), (15, 9)])
+def test_swin_block_export_path_equals_eager(hw, shift):
+    """Agent-Swin's export-time window path (symbolic shift, gathered roll, region-id mask) is the eager one."""
+    from visionattn.models.agent import SwinBlock
+    torch.manual_seed(0)
+    blk = SwinBlock(16, 2, 7, shift=shift).eval().double()
+    x = torch.randn(2, hw[0] * hw[1], 16, dtype=torch.float64)
+    with torch.no_grad():
+        ref = blk._attn(x, hw)
+        got = blk._attn_export(x, hw)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('idx', [-1, 0, 1])
+@pytest.mark.parametrize('hw', [(7, 7), (8, 10), (14, 14)])
+def test_cswin_stripes_export_path_equals_eager(hw, idx):
+    """Agent-CSwin's export-time stripe path (ceil-div padding, key mask always built) is the eager one."""
+    from visionattn.models.agent import LePEAttention
+    torch.manual_seed(0)
+    m = LePEAttention(16, 2, 7, idx).eval().double()
+    q, k, v = torch.randn(3, 2, hw[0] * hw[1], 16, dtype=torch.float64).unbind(0)
+    with torch.no_grad():
+        ref = m(q, k, v, hw)
+        with mock.patch('visionattn.models.agent.is_exporting', lambda: True):
+            got = m(q, k, v, hw)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)

@@ -23,7 +23,8 @@ from torch import nn
 
 from .ops import force_backend
 
-__all__ = ['export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError', 'load_runner', 'FIXED_SIZE']
+__all__ = [
+    'export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError', 'load_runner', 'FIXED_SIZE', 'SIZE_MULTIPLE']
 
 _FORMATS = ('onnx', 'torch-export')
 
@@ -34,6 +35,20 @@ _EXTRAPOLATE_REASON = (
     "pos_bias='extrapolate' rebuilds the CPB tables per size from torch.unique over pooled coordinate offsets, "
     "whose length is a data-dependent function of the map size: export it for one size (dynamic=False), or use the "
     "default pos_bias='interpolate' (dynamic)")
+
+
+# families whose dynamic export takes H and W in multiples of the network stride, with a minimum size, and why:
+# (multiple, minimum, reason). Their nested pad-then-halve size arithmetic is too deep for the exporter's symbolic
+# reasoning (it specializes to the example size); with H = 32 * h every stage map is h * 2 ** k (no padding left).
+SIZE_MULTIPLE: Dict[str, Tuple[int, int, str]] = {
+    'agent_swin': (32, 224, 'stride-32 stage sizes; the shifted-window stage needs its map >= one 7x7 window'),
+    'agent_cswin': (32, 32, 'stride-32 stage sizes (stripe padding over padded merges is too deep to reason on)'),
+}
+
+
+def size_multiple(name: str) -> Optional[Tuple[int, int, str]]:
+    """``(multiple, minimum, reason)`` when model ``name`` exports with H and W in multiples of ``multiple``."""
+    return next((r for f, r in SIZE_MULTIPLE.items() if name.startswith(f)), None)
 
 
 def fixed_size_reason(name: str) -> Optional[str]:
@@ -188,10 +203,14 @@ def _build(model_or_name: Union[str, nn.Module], features_only: bool, pretrained
     return timm.create_model(model_or_name, **kwargs).eval()
 
 
-def _dynamic_shapes(dynamic: bool, min_size: int = 32):
+def _dynamic_shapes(dynamic: bool, min_size: int = 32, multiple: Optional[Tuple[int, int, str]] = None):
     if not dynamic:
         return None
     from torch.export import Dim
+    if multiple is not None:
+        m, lo = multiple[:2]
+        h, w = Dim('height_blocks', min=-(-lo // m), max=8192 // m), Dim('width_blocks', min=-(-lo // m), max=8192 // m)
+        return ({2: m * h, 3: m * w},)
     h, w = Dim('height', min=min_size, max=8192), Dim('width', min=min_size, max=8192)
     return ({2: h, 3: w},)
 
@@ -261,12 +280,16 @@ def export(
         raise ValueError(f'img_size must be (H, W), got {img_size}')
     if dynamic and isinstance(model_or_name, str) and fixed_size_reason(model_or_name):
         raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {fixed_size_reason(model_or_name)}')
+    rule = size_multiple(model_or_name) if isinstance(model_or_name, str) else None
+    if dynamic and rule and (img_size[0] % rule[0] or img_size[1] % rule[0] or min(img_size) < rule[1]):
+        raise ValueError(f'{model_or_name} exports dynamically from sizes in multiples of {rule[0]}, at least '
+                         f'{rule[1]} ({rule[2]}), got img_size={tuple(img_size)}')
     model = _build(model_or_name, features_only, pretrained, checkpoint, **model_kwargs)
     if dynamic and _model_fixed_size_reason(model):
         raise ValueError(f'{model_or_name} cannot export with dynamic H and W: {_model_fixed_size_reason(model)}')
     wrapped = _Tupled(model)
     x = torch.randn(batch_size, 3, *img_size)
-    shapes = _dynamic_shapes(dynamic)
+    shapes = _dynamic_shapes(dynamic, multiple=rule)
     name = model_or_name if isinstance(model_or_name, str) else type(model_or_name).__name__
     with torch.no_grad(), export_mode():
         try:

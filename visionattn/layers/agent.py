@@ -151,7 +151,7 @@ class AgentAttention(nn.Module):
     def get_biases(self, feat_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
         """:meth:`compute_biases`, cached per grid size while no gradient is needed (the cache is keyed on the
         parameters' storage and version, so optimizer steps, ``load_state_dict`` and ``.to()`` invalidate it)."""
-        if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if torch.jit.is_scripting() or torch.compiler.is_compiling() or is_exporting():  # no traced tensor cached
             return self.compute_biases(feat_size)
         params = self._bias_params()
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):

@@ -63,6 +63,7 @@ from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
 from visionattn.layers.agent import AgentAttention
+from visionattn.ops._dispatch import is_exporting
 
 from ._base import StagedModel, TokenModel, init_weights
 from ._convert import remap_stage_key, resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
@@ -484,7 +485,41 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
+    def _attn_export(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        """``_attn`` for symbolic ``H``, ``W`` (export): the window stays ``window_size`` (the export range has maps
+        of at least one window), the classification clamp only turns the shift off (``sym_ite``, no guard), the roll
+        is a gather with that symbolic shift and the shift mask is computed from region ids (for shift 0 every
+        window lies in one region, so the mask is 0), and the padded sizes are whole windows (ceil-div): simple
+        symbolic expressions, which the exporter's sympy reasoning handles quickly."""
+        B, L, C = x.shape
+        H, W = feat_size
+        ws = self.window_size
+        torch._check(H >= ws)
+        torch._check(W >= ws)
+        shift = self.shift_size
+        if shift and self.window_clamp:
+            shift = torch.sym_ite(torch.sym_min(H, W) <= ws, 0, shift)
+        nh, nw = (H + ws - 1) // ws, (W + ws - 1) // ws
+        Hp, Wp = nh * ws, nw * ws
+        x = F.pad(x.reshape(B, H, W, C), (0, 0, 0, Wp - W, 0, Hp - H))
+        mask = None
+        if self.shift_size:
+            ih, iw = torch.arange(Hp, device=x.device), torch.arange(Wp, device=x.device)
+            x = x[:, (ih + shift) % Hp][:, :, (iw + shift) % Wp]
+            rh = (ih >= Hp - ws).long() + (ih >= Hp - shift).long()
+            rw = (iw >= Wp - ws).long() + (iw >= Wp - shift).long()
+            region = (rh[:, None] * 3 + rw[None]).reshape(nh, ws, nw, ws).transpose(1, 2).reshape(-1, ws * ws)
+            mask = (region[:, None, :] != region[:, :, None]).to(x.dtype) * -100.
+        x = x.reshape(B, nh, ws, nw, ws, C).transpose(2, 3).reshape(B, nh * nw, ws * ws, C)
+        x = self.attn(x, (ws, ws), mask)
+        x = x.reshape(B, nh, nw, ws, ws, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        if self.shift_size:
+            x = x[:, (ih - shift) % Hp][:, :, (iw - shift) % Wp]
+        return x[:, :H, :W].reshape(B, L, C)
+
     def _attn(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
+        if is_exporting():
+            return self._attn_export(x, feat_size)
         B, L, C = x.shape
         H, W = feat_size
         ws, shift = self.window_size, self.shift_size
@@ -685,14 +720,20 @@ class LePEAttention(nn.Module):
         B, L, C = q.shape
         H, W = feat_size
         sh, sw = (H, W) if self.idx == -1 else (H, self.split_size) if self.idx == 0 else (self.split_size, W)
-        pad_b, pad_r = (sh - H % sh) % sh, (sw - W % sw) % sw
-        Hp, Wp = H + pad_b, W + pad_r
+        exporting = is_exporting()
+        if exporting:  # whole stripes by ceil-div (simple symbolic sizes); the key mask is always built (no guard)
+            Hp = H if self.idx != 1 else (H + sh - 1) // sh * sh
+            Wp = W if self.idx != 0 else (W + sw - 1) // sw * sw
+            pad_b, pad_r = Hp - H, Wp - W
+        else:
+            pad_b, pad_r = (sh - H % sh) % sh, (sw - W % sw) % sw
+            Hp, Wp = H + pad_b, W + pad_r
         q, k, v = (F.pad(t.reshape(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
         N, h = sh * sw, self.num_heads
         v = _windows(v, sh, sw)
         lepe = self.get_v(v.transpose(1, 2).reshape(-1, C, sh, sw)).flatten(2).transpose(1, 2)
         mask = None
-        if pad_b or pad_r:
+        if (exporting and self.idx != -1) or (not exporting and (pad_b or pad_r)):
             valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
             valid[:H, :W] = True
             valid = _windows(valid[None, :, :, None], sh, sw)[:, :, 0]  # [nW, N]
