@@ -110,12 +110,33 @@ def _suggested_range(err: BaseException) -> Optional[Dict[str, Tuple[int, int]]]
     text = str(err)
     if 'Specializations unexpectedly required' in text or 'Suggested fixes' not in text:
         return None
+    bounds = _violated_bounds(text)
+    if bounds:
+        return bounds
     fixes = text.split('Suggested fixes', 1)[1]
     found = {n: (int(lo), int(hi)) for n, lo, hi in
              re.findall(r"(height|width) = Dim\('\w+', min=(\d+), max=(\d+)\)", fixes)}
     if not found or re.search(r'(height|width) = \d', fixes):
         return None
     return found
+
+
+def _violated_bounds(text: str) -> Optional[Dict[str, Tuple[int, int]]]:
+    """The ranges of a constraint violation whose every line is a plain bound on H or W (``lo <= size <= hi``, e.g.
+    NAT's stage-4 map of at least 2x2 for H, W >= 33), or None. torch may then suggest a needless multiple-of
+    fix (``height = 32*_height``) that the suggestion parser refuses."""
+    import re
+    lines = [ln for ln in text.split('Suggested fixes', 1)[0].splitlines() if ln.strip().startswith('- ')]
+    pat = re.compile(r"- Not all values of (height|width) = L\['x'\]\.size\(\)\[\d\] in the specified range \d+ <= "
+                     r"\1 <= \d+ satisfy the generated guard (\d+) <= L\['x'\]\.size\(\)\[\d\] and "
+                     r"L\['x'\]\.size\(\)\[\d\] <= (\d+)$")
+    found = {}
+    for ln in lines:
+        m = pat.search(ln.strip())
+        if m is None:
+            return None
+        found[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return found or None
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):

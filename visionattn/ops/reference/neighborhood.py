@@ -135,6 +135,10 @@ def _is_exporting() -> bool:
     return not torch.jit.is_scripting() and torch.compiler.is_exporting()
 
 
+def _minimum(a: torch.Tensor, b) -> torch.Tensor:
+    return torch.minimum(a, b) if isinstance(b, torch.Tensor) else a.clamp_max(b)
+
+
 def gna_axis_index(
         length,
         kernel_size: int,
@@ -156,23 +160,26 @@ def gna_axis_index(
         rpb index ``(key - query) / dilation + k - 1`` clamped into ``[0, 2k - 2]`` as in ``gna_axis_mask``.
     """
     pos = torch.arange(length, device=device)
-    group = pos % dilation
-    c = pos // dilation
-    group_len = ((length if extent is None else extent) - group + dilation - 1) // dilation
+    extent = length if extent is None else extent
+    plain = isinstance(dilation, int) and dilation == 1  # (the common cases in fewer graph nodes)
+    group = None if plain else pos % dilation
+    c = pos if plain else pos // dilation
+    group_len = extent if plain else (extent - group + dilation - 1) // dilation
     taps = torch.arange(kernel_size, device=device)
     valid = None
     if is_causal:
-        leader = torch.minimum((c // stride) * stride + stride - 1, group_len - 1)
+        leader = c if stride == 1 else _minimum((c // stride) * stride + stride - 1, group_len - 1)
         ck = (leader - kernel_size + 1)[:, None] + taps  # the k coords ending at the leader
         valid = (ck >= 0) & (ck <= c[:, None])
         ck = ck.clamp_min(0)
     else:
         left = kernel_size // 2
         right = kernel_size // 2 + kernel_size % 2 - 1
-        leader = torch.minimum((c // stride) * stride + stride // 2, group_len - 1)
-        centre = torch.maximum(torch.minimum(leader, group_len - 1 - right), torch.full_like(leader, left))
-        ck = (centre - left)[:, None] + taps
-    index = ck * dilation + group[:, None]
+        # stride 1: the leader is the query itself (c < group_len)
+        leader = c if stride == 1 else _minimum((c // stride) * stride + stride // 2, group_len - 1)
+        start = _minimum(leader - left, group_len - kernel_size).clamp_min(0)  # the centre clamped inward
+        ck = start[:, None] + taps
+    index = ck if plain else ck * dilation + group[:, None]
     rel = (ck - c[:, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
     return index, valid, rel
 
@@ -211,8 +218,8 @@ def gna_gather(
         d = 1 + 2 * i
         if extent is not None:  # positions past the query axis: its one padding position
             index = index.clamp_max(shape[i])
-        kg = kg.index_select(d, index.reshape(-1)).unflatten(d, index.shape)
-        vg = vg.index_select(d, index.reshape(-1)).unflatten(d, index.shape)
+        kg = kg.index_select(d, index.reshape(-1)).unflatten(d, (-1, index.shape[1]))
+        vg = vg.index_select(d, index.reshape(-1)).unflatten(d, (-1, index.shape[1]))
     # [B, L_0, k_0, ..., h, D] -> [B, L_0, ..., h, k_0, ..., D]: queries first, then the window's taps flattened
     perm = [0] + [1 + 2 * i for i in range(n)] + [2 * n + 1] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
     kg = kg.permute(perm).flatten(n + 2, 2 * n + 1)  # [B, *L, h, K, D]
