@@ -173,8 +173,7 @@ def gna_axis_index(
         valid = (ck >= 0) & (ck <= c[:, None])
         ck = ck.clamp_min(0)
     else:
-        left = kernel_size // 2
-        right = kernel_size // 2 + kernel_size % 2 - 1
+        left = kernel_size // 2  # (and k // 2 + k % 2 - 1 keys right of the centre)
         # stride 1: the leader is the query itself (c < group_len)
         leader = c if stride == 1 else _minimum((c // stride) * stride + stride // 2, group_len - 1)
         start = _minimum(leader - left, group_len - kernel_size).clamp_min(0)  # the centre clamped inward
@@ -207,7 +206,7 @@ def gna_gather(
     have the same keys and values). ``dilation`` entries may then be 0-d tensors.
     """
     n = query.dim() - 3
-    heads, dim = query.shape[-2], query.shape[-1]
+    dim = query.shape[-1]
     shape = query.shape[1:-2]
     scale = dim ** -0.5 if scale is None else scale
     axes = [gna_axis_index(shape[i], kernel_size[i], stride[i], dilation[i], is_causal[i], device=query.device,
