@@ -100,3 +100,20 @@ def test_module_export_path_equals_eager(small_input, size):
         with mock.patch.object(layer, 'is_exporting', lambda: True):
             got = m(x)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+
+
+def test_op_exports_dynamic_size():
+    """``small_input='error'``: the op itself (reference backend, which exports as ``gna_gather``) exports dynamic."""
+    from torch.export import Dim
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2d(16, 2, 5, (2, 1), (1, 2), (True, False), rel_pos_bias=True).eval()
+    x = torch.randn(1, 14, 16, 16)
+    shapes = ({1: Dim('h', min=10, max=512), 2: Dim('w', min=10, max=512)},)
+    with torch.no_grad(), export_mode():
+        ep = torch.export.export(m, (x,), dynamic_shapes=shapes, strict=False,
+                                 prefer_deferred_runtime_asserts_over_guards=True)
+    run = ep.module()
+    for size in [(14, 16), (23, 17), (10, 31)]:
+        x = torch.randn(1, *size, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)
