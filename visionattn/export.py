@@ -164,7 +164,10 @@ def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onn
         return ep  # the ONNX exporter decomposes to core ATen itself: a second full retrace would only cost time
     table = torch.export.default_decompositions()
     table.update(custom)
-    return ep.run_decompositions(table)
+    out = ep.run_decompositions(table)
+    if hasattr(ep, 'visionattn_size_range'):  # the exported range, kept on the decomposed program
+        out.visionattn_size_range = ep.visionattn_size_range
+    return out
 
 
 # graphs above this many nodes skip the onnxscript optimizer, whose time grows faster than linearly (measured on
