@@ -125,12 +125,33 @@ def _suggested_range(err: BaseException) -> Optional[Dict[str, Tuple[int, int]]]
     text = str(err)
     if 'Specializations unexpectedly required' in text or 'Suggested fixes' not in text:
         return None
+    bounds = _violated_bounds(text)
+    if bounds:
+        return bounds
     fixes = text.split('Suggested fixes', 1)[1]
     found = {n: (int(lo), int(hi)) for n, lo, hi in
              re.findall(r"(height|width) = Dim\('\w+', min=(\d+), max=(\d+)\)", fixes)}
     if not found or re.search(r'(height|width) = \d', fixes):
         return None
     return found
+
+
+def _violated_bounds(text: str) -> Optional[Dict[str, Tuple[int, int]]]:
+    """The ranges of a constraint violation whose every line is a plain bound on H or W (``lo <= size <= hi``, e.g.
+    NAT's stage-4 map of at least 2x2 for H, W >= 33), or None. torch may then suggest a needless multiple-of
+    fix (``height = 32*_height``) that the suggestion parser refuses."""
+    import re
+    lines = [ln for ln in text.split('Suggested fixes', 1)[0].splitlines() if ln.strip().startswith('- ')]
+    pat = re.compile(r"- Not all values of (height|width) = L\['x'\]\.size\(\)\[\d\] in the specified range \d+ <= "
+                     r"\1 <= \d+ satisfy the generated guard (\d+) <= L\['x'\]\.size\(\)\[\d\] and "
+                     r"L\['x'\]\.size\(\)\[\d\] <= (\d+)$")
+    found = {}
+    for ln in lines:
+        m = pat.search(ln.strip())
+        if m is None:
+            return None
+        found[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return found or None
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
@@ -153,9 +174,25 @@ def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onn
         shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
         ep = _torch_export(model, x, shapes, strict)
         ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
+    custom = _decompositions(onnx_opset)
+    if onnx_opset is not None and not any(n.target in custom for n in ep.graph.nodes):
+        return ep  # the ONNX exporter decomposes to core ATen itself: a second full retrace would only cost time
     table = torch.export.default_decompositions()
-    table.update(_decompositions(onnx_opset))
-    return ep.run_decompositions(table)
+    table.update(custom)
+    out = ep.run_decompositions(table)
+    if hasattr(ep, 'visionattn_size_range'):  # the exported range, kept on the decomposed program
+        out.visionattn_size_range = ep.visionattn_size_range
+    return out
+
+
+# graphs above this many nodes skip the onnxscript optimizer, whose time grows faster than linearly (measured on
+# nat_mini: 6 s for 4 NAT blocks, 158 s for 18 on a loaded 2-core machine); onnxruntime applies its own graph
+# optimizations (constant folding, common subexpressions) when it loads the model, the outputs are the same
+_OPTIMIZE_MAX_NODES = 4000
+
+
+def _onnx_optimize(ep, optimize: Optional[bool]) -> bool:
+    return len(ep.graph.nodes) <= _OPTIMIZE_MAX_NODES if optimize is None else optimize
 
 
 def _blocking_op(err: BaseException) -> Optional[str]:
@@ -248,6 +285,7 @@ def export(
         check: Union[bool, Sequence[Tuple[int, int]]] = False,
         atol: float = 1e-4,
         strict: bool = False,
+        optimize: Optional[bool] = None,
         **model_kwargs,
 ):
     """Export a model to ONNX or to a ``torch.export`` ExportedProgram.
@@ -267,6 +305,8 @@ def export(
             or a list of ``(H, W)``. Raises ``AssertionError`` above ``atol``.
         atol: Tolerance of the check (max abs diff over all outputs).
         strict: ``torch.export`` strict mode (default non-strict, which ONNX's exporter also uses).
+        optimize: Run the onnxscript optimizer on the ONNX graph; None: for graphs up to ``_OPTIMIZE_MAX_NODES``
+            nodes (its time grows faster than linearly; onnxruntime optimizes the graph when loading it anyway).
         **model_kwargs: Passed to ``timm.create_model``.
 
     Returns:
@@ -298,7 +338,7 @@ def export(
                     out = os.path.join(tempfile.mkdtemp(prefix='visionattn_onnx_'), f'{name}.onnx')
                 ep = _export_program(wrapped, x, shapes, strict, onnx_opset=opset)
                 prog = torch.onnx.export(ep, (x,), out, dynamo=True, opset_version=opset, external_data=False,
-                                         optimize=True, verbose=False)
+                                         optimize=_onnx_optimize(ep, optimize), verbose=False)
                 if prog is None:
                     raise ExportError(f'{name}: torch.onnx.export returned nothing')
                 result = out

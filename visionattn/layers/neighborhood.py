@@ -11,8 +11,10 @@ import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
 
 from visionattn.ops._args import gna_axes
+from visionattn.ops._dispatch import is_exporting
 from visionattn.ops.blocked.neighborhood import gna_blocked
 from visionattn.ops.neighborhood import neighborhood_attention
+from visionattn.ops.reference.neighborhood import gna_gather
 
 __all__ = ['NeighborhoodAttention1d', 'NeighborhoodAttention2d', 'NeighborhoodAttention3d']
 
@@ -97,6 +99,8 @@ class _NeighborhoodAttentionNd(nn.Module):
         n = self.na_dim
         if x.dim() != n + 2:
             raise ValueError(f'{type(self).__name__} expects input [B, {n} spatial axes, C], got {tuple(x.shape)}')
+        if self.small_input != 'error' and is_exporting():
+            return self._forward_export(x, additional_keys, additional_values)
         shape = tuple(x.shape[1:-1])
         dilation = self.dilation
         if self.small_input == 'clamp':
@@ -121,6 +125,34 @@ class _NeighborhoodAttentionNd(nn.Module):
         if tuple(x.shape[1:-1]) != shape:
             x = x[(slice(None),) + tuple(slice(0, s) for s in shape)]
         return self.proj_drop(self.proj(x))
+
+    def _forward_export(
+            self,
+            x: torch.Tensor,
+            additional_keys: Optional[torch.Tensor],
+            additional_values: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """``forward`` for ``small_input`` 'pad' or 'clamp' without a branch on the input size (a graph that runs at
+        every size): one zero token past the end of each axis stands for all the padding (padded tokens all project
+        to the qkv bias), and the padded length (and the clamped dilation) enter the window indices as tensors."""
+        n = self.na_dim
+        shape = x.shape[1:-1]
+        extent, dilation = [], []
+        for i in range(n):
+            size = torch.full((), shape[i], dtype=torch.long, device=x.device)
+            k, d = self.kernel_size[i], self.dilation[i]
+            if self.small_input == 'clamp':
+                d = (size // k).clamp(1, d)
+            dilation.append(d)
+            extent.append(torch.clamp_min(size, k * d) if isinstance(d, int) else torch.maximum(size, k * d))
+        x = nn.functional.pad(x, [0, 0] + [0, 1] * n)
+        c = x.shape[-1]
+        q, k, v = self.qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
+        for i in range(n):  # the queries: the real tokens (a gather, no slice whose layout depends on the size)
+            q = q.index_select(1 + i, torch.arange(shape[i], device=x.device))
+        x = gna_gather(q, k, v, self.kernel_size, self.stride, dilation, self.is_causal, self.rpb, self.scale,
+                       additional_keys, additional_values, extent=extent)
+        return self.proj_drop(self.proj(x.reshape(*x.shape[:-2], c)))
 
     def extra_repr(self) -> str:
         return (f'head_dim={self.head_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, '

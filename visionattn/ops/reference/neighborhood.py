@@ -1,13 +1,17 @@
 """Reference (oracle) of generalized neighborhood attention (GNA): the dense mask from the definition.
 
 NATTEN >= 0.20 semantics (see ``visionattn.ops.neighborhood``); O(tokens^2) memory, for tests and small inputs.
+
+``gna_gather`` computes the same result by gathering each query's ``prod(kernel_size)`` keys with index tensors built
+from the (possibly symbolic) axis lengths, O(tokens x window) memory: the formulation the reference backend exports
+(the dense ``[N, N]`` mask does not export with symbolic sizes); tested against ``gna_reference`` in float64.
 """
 import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['gna_axis_mask', 'gna_mask', 'gna_reference']
+__all__ = ['gna_axis_mask', 'gna_mask', 'gna_reference', 'gna_axis_index', 'gna_gather']
 
 
 def gna_axis_mask(
@@ -101,8 +105,11 @@ def gna_reference(
     Layout heads-last: ``query``/``key`` ``[B, *spatial, heads, D]``, ``value`` ``[B, *spatial, heads, Dv]``.
     ``rpb`` ``[heads, 2k_0 - 1, ..., 2k_{n-1} - 1]`` is added to the scaled logits. Additional keys/values
     ``[B, n_extra, heads, D or Dv]`` are attended by every query in the same softmax, without bias.
-    Computes in the input dtype.
+    Computes in the input dtype. Under ``torch.export`` it runs ``gna_gather`` (the same result, no ``[N, N]`` mask).
     """
+    if _is_exporting():
+        return gna_gather(query, key, value, kernel_size, stride, dilation, is_causal, rpb, scale, additional_keys,
+                          additional_values)
     b, heads, dim = query.shape[0], query.shape[-2], query.shape[-1]
     shape = tuple(query.shape[1:-2])
     num = math.prod(shape)
@@ -122,3 +129,119 @@ def gna_reference(
     attn = logits.softmax(dim=-1)
     out = torch.einsum('bhqk,bkhd->bqhd', attn, v)
     return out.reshape(query.shape[:-1] + (value.shape[-1],))
+
+
+def _is_exporting() -> bool:
+    return not torch.jit.is_scripting() and torch.compiler.is_exporting()
+
+
+def _minimum(a: torch.Tensor, b) -> torch.Tensor:
+    return torch.minimum(a, b) if isinstance(b, torch.Tensor) else a.clamp_max(b)
+
+
+def gna_axis_index(
+        length,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        is_causal: bool = False,
+        device: Optional[torch.device] = None,
+        extent=None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """Each query's ``kernel_size`` neighbours along one axis, as indices (the rule of ``gna_axis_mask``).
+
+    ``length`` may be a symbolic size: everything is tensor arithmetic on ``arange(length)``. ``extent`` (default
+    ``length``) is the length of the axis the windows are laid out on, for the first ``length`` queries of a longer
+    (padded) axis; it and ``dilation`` may be 0-d tensors (computed from a symbolic size).
+
+    Returns:
+        ``index`` long ``[L, k]``, the keys' positions; ``valid`` bool ``[L, k]`` (causal only, where fewer than ``k``
+        keys exist; None otherwise: non-causal windows always hold exactly ``k`` keys); ``rel`` long ``[L, k]``, the
+        rpb index ``(key - query) / dilation + k - 1`` clamped into ``[0, 2k - 2]`` as in ``gna_axis_mask``.
+    """
+    pos = torch.arange(length, device=device)
+    extent = length if extent is None else extent
+    plain = isinstance(dilation, int) and dilation == 1  # (the common cases in fewer graph nodes)
+    group = None if plain else pos % dilation
+    c = pos if plain else pos // dilation
+    group_len = extent if plain else (extent - group + dilation - 1) // dilation
+    taps = torch.arange(kernel_size, device=device)
+    valid = None
+    if is_causal:
+        leader = c if stride == 1 else _minimum((c // stride) * stride + stride - 1, group_len - 1)
+        ck = (leader - kernel_size + 1)[:, None] + taps  # the k coords ending at the leader
+        valid = (ck >= 0) & (ck <= c[:, None])
+        ck = ck.clamp_min(0)
+    else:
+        left = kernel_size // 2  # (and k // 2 + k % 2 - 1 keys right of the centre)
+        # stride 1: the leader is the query itself (c < group_len)
+        leader = c if stride == 1 else _minimum((c // stride) * stride + stride // 2, group_len - 1)
+        start = _minimum(leader - left, group_len - kernel_size).clamp_min(0)  # the centre clamped inward
+        ck = start[:, None] + taps
+    index = ck if plain else ck * dilation + group[:, None]
+    rel = (ck - c[:, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    return index, valid, rel
+
+
+def gna_gather(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        dilation: Sequence[int],
+        is_causal: Sequence[bool],
+        rpb: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+        additional_keys: Optional[torch.Tensor] = None,
+        additional_values: Optional[torch.Tensor] = None,
+        extent: Optional[Sequence] = None,
+) -> torch.Tensor:
+    """GNA by gathering each query's window (``index_select`` per axis): ``gna_reference``'s result and arguments,
+    O(tokens x window) memory and no shape-dependent Python control flow, so it exports with dynamic sizes.
+
+    With ``extent`` (per axis: an int, symbolic size or 0-d tensor, at least ``kernel_size * dilation``), the windows
+    are those of an axis of that length, for the queries at its start: ``key``/``value`` then have one position more
+    than ``query`` on each axis, which stands for every position past the end (NAT's zero padding: all its tokens
+    have the same keys and values). ``dilation`` entries may then be 0-d tensors.
+    """
+    n = query.dim() - 3
+    dim = query.shape[-1]
+    shape = query.shape[1:-2]
+    scale = dim ** -0.5 if scale is None else scale
+    axes = [gna_axis_index(shape[i], kernel_size[i], stride[i], dilation[i], is_causal[i], device=query.device,
+                           extent=None if extent is None else extent[i]) for i in range(n)]
+    # gather along axis i: [B, L_0, k_0, ..., L_i, ...] -> [B, L_0, k_0, ..., L_i, k_i, ...]
+    kg, vg = key, value
+    for i, (index, _, _) in enumerate(axes):
+        d = 1 + 2 * i
+        if extent is not None:  # positions past the query axis: its one padding position
+            index = index.clamp_max(shape[i])
+        kg = kg.index_select(d, index.reshape(-1)).unflatten(d, (-1, index.shape[1]))
+        vg = vg.index_select(d, index.reshape(-1)).unflatten(d, (-1, index.shape[1]))
+    # [B, L_0, k_0, ..., h, D] -> [B, L_0, ..., h, k_0, ..., D]: queries first, then the window's taps flattened
+    perm = [0] + [1 + 2 * i for i in range(n)] + [2 * n + 1] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
+    kg = kg.permute(perm).flatten(n + 2, 2 * n + 1)  # [B, *L, h, K, D]
+    vg = vg.permute(perm).flatten(n + 2, 2 * n + 1)
+    logits = (query.unsqueeze(-2) @ kg.transpose(-1, -2)).squeeze(-2) * scale  # [B, *L, h, K]
+
+    def grid(t, i):  # axis i's [L_i, k_i] table broadcast to [L_0, ..., L_{n-1}, k_0, ..., k_{n-1}]
+        view = [1] * (2 * n)
+        view[i], view[n + i] = t.shape
+        return t.view(view)
+    if rpb is not None:
+        bias = rpb[(slice(None),) + tuple(grid(r, i) for i, (_, _, r) in enumerate(axes))]  # [h, *L, *k]
+        logits = logits + bias.movedim(0, n).flatten(n + 1)  # [*L, h, K]
+    if any(is_causal):
+        valid = None
+        for i, (index, v, _) in enumerate(axes):
+            v = grid(torch.ones_like(index, dtype=torch.bool) if v is None else v, i)
+            valid = v if valid is None else valid & v
+        logits = logits.masked_fill(~valid.flatten(n).unsqueeze(n), float('-inf'))  # every query sees itself
+    if additional_keys is not None:
+        extra = torch.einsum('b...hd,bkhd->b...hk', query, additional_keys) * scale  # [B, *L, h, n_extra]
+        attn = torch.cat([logits, extra], dim=-1).softmax(dim=-1)
+        win = logits.shape[-1]
+        out = (attn[..., None, :win] @ vg).squeeze(-2)
+        return out + torch.einsum('b...hk,bkhd->b...hd', attn[..., win:], additional_values)
+    return (logits.softmax(dim=-1).unsqueeze(-2) @ vg).squeeze(-2)

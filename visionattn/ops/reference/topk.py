@@ -10,9 +10,10 @@ def topk_index_to_mask(index: Tensor, num_keys: int, num_dense: int = 0) -> Tens
     """The boolean ``[B, heads, num_dense + Nr, num_keys]`` attention mask of ``index`` ``[B, heads, Nr, K]`` (True:
     attend); the first ``num_dense`` rows are all True."""
     B, H, Nr, _ = index.shape
-    mask = torch.zeros((B, H, num_dense + Nr, num_keys), dtype=torch.bool, device=index.device)
-    mask[:, :, :num_dense] = True
-    mask[:, :, num_dense:].scatter_(-1, index.long(), True)
+    # out of place, no slice assignment: the ONNX exporter mistranslates a scalar written into a slice
+    mask = torch.zeros((B, H, Nr, num_keys), dtype=torch.bool, device=index.device).scatter(-1, index.long(), True)
+    if num_dense:
+        mask = torch.cat([torch.ones((B, H, num_dense, num_keys), dtype=torch.bool, device=index.device), mask], 2)
     return mask
 
 
