@@ -158,7 +158,9 @@ def report(records: List[Dict], header: Dict) -> str:
     lines = [f'# Size and precision fuzz ({datetime.date.today().isoformat()})', '',
              f'Command: `{header["command"]}`; torch {header["torch"]}, timm {header.get("timm")}, '
              f'{header["threads"]} thread(s), '
-             f'{header["minutes"]:.1f} min of fuzz time; load at the start: {header["load"]}.', '',
+             f'{header["minutes"]:.1f} min of fuzz time; load at the start: {header["load"]}; MALLOC_PERTURB_='
+             f'{header.get("malloc_perturb")} (set: fresh allocations are filled with a byte pattern, so a kernel '
+             'that reads uninitialised memory gives non-finite values instead of passing by luck).', '',
              f'Sizes {header["min_side"]}..{header["max_side"]} per axis (primes and extreme aspect ratios included), '
              f'batch 1-3, modes {header["modes"]}, dtypes {header["dtypes"]} (CPU autocast), every 4th call '
              'features_only.', '']
@@ -253,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = dict(command='python tools/fuzz_sizes.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
                   torch=torch.__version__, timm=timm.__version__, threads=torch.get_num_threads(), shapes=args.shapes,
                   min_side=args.min_side, max_side=args.max_side, modes=args.modes, dtypes=args.dtypes,
-                  deadline=args.deadline, load=' '.join(f'{v:.2f}' for v in os.getloadavg()))
+                  deadline=args.deadline, malloc_perturb=os.environ.get('MALLOC_PERTURB_'), load=' '.join(f'{v:.2f}' for v in os.getloadavg()))
     done: List[Dict] = []
     if args.jsonl and args.resume:
         old_header, done = _load(args.jsonl)
