@@ -190,6 +190,8 @@ def report(records: List[Dict], header: Dict) -> str:
              f'batch 1-3, modes {header["modes"]}, dtypes {header["dtypes"]} (CPU autocast), every 4th call '
              f'features_only; precision check of eval autocast calls against float32: '
              f'{precision}.', '']
+    if header.get('note'):
+        lines += [header['note'], '']
     counts = {n: sum(r['model'] == n for r in records) for n in dict.fromkeys(r['model'] for r in records)}
     short = {n: c for n, c in counts.items() if c < header['shapes']}
     if short:
@@ -252,6 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--rel-tol', type=float, default=None,
                    help='also fail eval autocast calls farther than this from float32 (relative; 0.1 in the tests)')
     p.add_argument('--report-from', default=None, help='write the report of this JSONL file and exit')
+    p.add_argument('--note', default=None, help='with --report-from: a paragraph for the report (the run history)')
     args = p.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
                                    f'fuzz_sizes_{datetime.date.today().isoformat()}.md')
@@ -260,6 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if header is None:
             raise ValueError(f'{args.report_from} has no header line')
         header['minutes'] = sum(r['seconds'] for r in records) / 60
+        header['note'] = args.note
         text = report(records, header)
         if out != '-':
             with open(out, 'w') as f:
