@@ -1,9 +1,12 @@
 """tools/fuzz_sizes.py: its size draws, its verdicts (a failing model is caught, a size-rule ValueError is not a
-failure), four shapes on nat_mini in the default tier, and the full fuzz (200 shapes per model) in the slow tier."""
+failure, finite garbage under autocast is caught by the precision check), six shapes (32..64, fp32/bf16/fp16, eval
+and train) on the smallest model of every family in the default tier, and 200 shapes on every model in the slow
+tier (hours per model on one core: run one with ``-k``)."""
 
 import pytest
 import torch
 
+import visionattn
 from tools import fuzz_sizes
 
 
@@ -29,6 +32,8 @@ class _Bad(torch.nn.Module):
             raise ValueError('bad things')
         if self.fail == 'nan':
             return x.mean((2, 3)) * self.w * float('nan')
+        if self.fail == 'garbage' and torch.is_autocast_enabled('cpu'):
+            return x.mean((2, 3)) * self.w + 1.0  # finite, wrong
         return x.mean((2, 3)) * self.w
 
 
@@ -37,13 +42,36 @@ def test_verdicts(fail, status):
     assert fuzz_sizes.fuzz_call(_Bad(fail), (33, 47), 2, True, None, False, 0)[0] == status
 
 
-def test_fuzz_small_model():
-    records = fuzz_sizes.fuzz_model('nat_mini', 4, 0, 32, 64, ['fp32'], ['eval', 'train'])
-    assert len(records) == 4 and any(r['features'] for r in records)
+def test_precision_verdict():
+    m = _Bad('garbage')
+    assert fuzz_sizes.fuzz_call(m, (33, 47), 2, False, torch.bfloat16, False, 0)[0] == 'ok'  # no check asked
+    status, detail = fuzz_sizes.fuzz_call(m, (33, 47), 2, False, torch.bfloat16, False, 0, rel_tol=0.1)
+    assert status == 'fail' and 'differs from float32' in detail
+    assert fuzz_sizes.fuzz_call(_Bad(None), (33, 47), 2, False, torch.bfloat16, False, 0, rel_tol=0.1)[0] == 'ok'
+
+
+def test_calls_replay_alone(tmp_path):
+    """A call depends on nothing before it (buffers restored, torch reseeded): --only gives the same record."""
+    full = fuzz_sizes.fuzz_model('biformer_tiny', 3, 0, 32, 64, ['fp32'], ['train'])
+    out = tmp_path / 'one.jsonl'
+    fuzz_sizes.main(['--models', 'biformer_tiny', '--shapes', '3', '--max-side', '64', '--dtypes', 'fp32',
+                     '--modes', 'train', '--only', '2', '--jsonl', str(out), '--out', '-'])
+    _, (rec,) = fuzz_sizes._load(str(out))
+    assert {k: rec[k] for k in ('index', 'hw', 'batch', 'status')} == {
+        'index': 2, 'hw': list(full[2]['hw']), 'batch': full[2]['batch'], 'status': full[2]['status']}
+
+
+@pytest.mark.parametrize('name', list(fuzz_sizes.SMALLEST.values()))
+def test_fuzz_smallest_of_each_family(name):
+    # the corner sizes first: (32, 32), (32, 64), (64, 32) b3 bf16 eval (the one-column conv bug), a prime square
+    records = fuzz_sizes.fuzz_model(name, 6, 0, 32, 64, ['fp32', 'bf16', 'fp16'], ['eval', 'train'], rel_tol=0.1)
+    assert len(records) == 6 and any(r['features'] for r in records)
+    assert {r['dtype'] for r in records} == {'fp32', 'bf16', 'fp16'}
     assert not [r for r in records if r['status'] == 'fail'], records
 
 
 @pytest.mark.slow
-def test_fuzz_every_model_200_shapes(tmp_path):
+@pytest.mark.parametrize('name', visionattn.list_models())
+def test_fuzz_every_model_200_shapes(name, tmp_path):
     out = tmp_path / 'fuzz.md'
-    assert fuzz_sizes.main(['--shapes', '200', '--out', str(out)]) == 0, out.read_text()
+    assert fuzz_sizes.main(['--models', name, '--shapes', '200', '--out', str(out)]) == 0, out.read_text()

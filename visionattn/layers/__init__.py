@@ -1,6 +1,6 @@
 """nn.Modules shared by the families: attention mixers over the ops, MLPs, embeddings, norms."""
 from .agent import AgentAttention
-from .helpers import check_image_input, drop_path_rates
+from .helpers import CpuBf16SafeConv2d, check_image_input, drop_path_rates, guard_cpu_bf16_convs
 from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention1d, NeighborhoodAttention2d, NeighborhoodAttention3d
 from .rala import RALA

@@ -24,6 +24,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
+from visionattn.layers import guard_cpu_bf16_convs
+
 __all__ = ['build_model', 'download_pretrained', 'safe_load', 'allow_official_checkpoints']
 
 _HASH = re.compile(r'-([a-f0-9]{8,64})\.')  # torch hub / timm convention: name-<sha256 prefix>.ext
@@ -184,4 +186,5 @@ def build_model(
         elif cfg.get('file'):
             kwargs['pretrained_cfg_overlay'] = dict(
                 kwargs.get('pretrained_cfg_overlay') or {}, state_dict=safe_load(cfg['file']))
-    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn, **kwargs)
+    model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn, **kwargs)
+    return guard_cpu_bf16_convs(model)  # torch's CPU bf16 strided conv is wrong on one-column outputs
