@@ -174,11 +174,10 @@ def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onn
         shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
         ep = _torch_export(model, x, shapes, strict)
         ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
-    custom = _decompositions(onnx_opset)
-    if onnx_opset is not None and not any(n.target in custom for n in ep.graph.nodes):
-        return ep  # the ONNX exporter decomposes to core ATen itself: a second full retrace would only cost time
+    # always decomposed here, ONNX included: handing the undecomposed program to the ONNX exporter broke ConViT's
+    # graph (an Add broadcasting 14 by 196 in onnxruntime)
     table = torch.export.default_decompositions()
-    table.update(custom)
+    table.update(_decompositions(onnx_opset))
     out = ep.run_decompositions(table)
     if hasattr(ep, 'visionattn_size_range'):  # the exported range, kept on the decomposed program
         out.visionattn_size_range = ep.visionattn_size_range
