@@ -49,3 +49,15 @@ def gna_inputs(
     bias = mk(heads, *[2 * x - 1 for x in ks]) if rpb else None
     ak, av = (mk(batch, n_extra, heads, dim), mk(batch, n_extra, heads, dim_v)) if n_extra else (None, None)
     return q, k, v, bias, ak, av
+
+
+def export_dynamic_hw(module: torch.nn.Module, x: torch.Tensor, min_size: int, max_size: int = 512):
+    """``module`` (channels-last ``[B, H, W, C]`` input) exported the way ``visionattn.export`` exports (export mode,
+    non-strict, deferred runtime asserts) with H and W dynamic in ``[min_size, max_size]``; returns the callable."""
+    from torch.export import Dim
+
+    from visionattn.export import _torch_export, export_mode
+
+    shapes = ({1: Dim('h', min=min_size, max=max_size), 2: Dim('w', min=min_size, max=max_size)},)
+    with torch.no_grad(), export_mode():
+        return _torch_export(module, x, shapes, strict=False).module()

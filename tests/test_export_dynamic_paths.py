@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import visionattn.layers.agent as agent_layer
-from visionattn.export import export_mode
+from tests._helpers import export_dynamic_hw
 from visionattn.layers.routing import BiLevelRoutingAttention
 
 
@@ -21,15 +21,10 @@ def test_export_adaptive_pool_equals_eager(hw, out):
 
 def test_bra_exports_dynamic_size():
     """Exported at a size divisible by n_win, the graph runs at sizes that need padding (and the reverse)."""
-    from torch.export import Dim
     torch.manual_seed(0)
     m = BiLevelRoutingAttention(32, 2, n_win=7, topk=4).eval()
     x = torch.randn(1, 14, 14, 32)
-    shapes = ({1: Dim('h', min=8, max=512), 2: Dim('w', min=8, max=512)},)
-    with torch.no_grad(), export_mode():
-        ep = torch.export.export(m, (x,), dynamic_shapes=shapes, strict=False,
-                                 prefer_deferred_runtime_asserts_over_guards=True)
-    run = ep.module()
+    run = export_dynamic_hw(m, x, min_size=8)
     for size in [(14, 14), (15, 23), (9, 30)]:
         x = torch.randn(1, *size, 32)
         with torch.no_grad():

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from visionattn.export import export_mode
+from tests._helpers import export_dynamic_hw
 from visionattn.layers import NeighborhoodAttention2d
 from visionattn.ops.reference import gna_axis_mask, gna_reference
 from visionattn.ops.reference.neighborhood import gna_axis_index, gna_gather
@@ -68,16 +68,11 @@ def test_gather_equals_reference(shape, ks, st, dil, causal, rpb, extra):
     (7, 1, 1, False), (7, 1, 3, False), (5, 2, 2, True), ((3, 5), (3, 1), (1, 2), (False, True))])
 def test_module_exports_dynamic_size(kernel_size, stride, dilation, causal):
     """Exported at one size, the module (``small_input='pad'``) runs at larger, non-square and padded sizes."""
-    from torch.export import Dim
     torch.manual_seed(0)
     m = NeighborhoodAttention2d(16, 2, kernel_size, stride, dilation, causal, rel_pos_bias=True,
                                 small_input='pad').eval()
     x = torch.randn(1, 14, 16, 16)
-    shapes = ({1: Dim('h', min=2, max=512), 2: Dim('w', min=2, max=512)},)
-    with torch.no_grad(), export_mode():
-        ep = torch.export.export(m, (x,), dynamic_shapes=shapes, strict=False,
-                                 prefer_deferred_runtime_asserts_over_guards=True)
-    run = ep.module()
+    run = export_dynamic_hw(m, x, min_size=2)
     for size in [(14, 16), (23, 17), (9, 30), (4, 3)]:  # (4, 3): smaller than the window, padded
         x = torch.randn(1, *size, 16)
         with torch.no_grad():
@@ -104,15 +99,10 @@ def test_module_export_path_equals_eager(small_input, size):
 
 def test_op_exports_dynamic_size():
     """``small_input='error'``: the op itself (reference backend, which exports as ``gna_gather``) exports dynamic."""
-    from torch.export import Dim
     torch.manual_seed(0)
     m = NeighborhoodAttention2d(16, 2, 5, (2, 1), (1, 2), (True, False), rel_pos_bias=True).eval()
     x = torch.randn(1, 14, 16, 16)
-    shapes = ({1: Dim('h', min=10, max=512), 2: Dim('w', min=10, max=512)},)
-    with torch.no_grad(), export_mode():
-        ep = torch.export.export(m, (x,), dynamic_shapes=shapes, strict=False,
-                                 prefer_deferred_runtime_asserts_over_guards=True)
-    run = ep.module()
+    run = export_dynamic_hw(m, x, min_size=10)
     for size in [(14, 16), (23, 17), (10, 31)]:
         x = torch.randn(1, *size, 16)
         with torch.no_grad():
