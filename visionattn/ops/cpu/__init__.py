@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ._sources import source_dir
+from ._sources import load_once, source_dir
 
 __all__ = ['load', 'unavailable_reason', 'num_threads']
 
@@ -100,16 +100,7 @@ def _build() -> ctypes.CDLL:
 
 def load() -> Optional[ctypes.CDLL]:
     """The compiled library (built on the first call), or None when it cannot be had (see ``unavailable_reason``)."""
-    if not _STATE:
-        with _LOCK:
-            if not _STATE:
-                if os.environ.get('VISIONATTN_NO_CPU_KERNELS', '0') not in ('', '0'):
-                    _STATE['error'] = 'disabled by VISIONATTN_NO_CPU_KERNELS'
-                else:
-                    try:
-                        _STATE['lib'] = _build()
-                    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                        _STATE['error'] = f'CPU kernels unavailable: {e}'
+    load_once(_STATE, _LOCK, 'lib', _build, (OSError, RuntimeError, subprocess.SubprocessError), 'CPU kernels')
     return _STATE.get('lib')
 
 

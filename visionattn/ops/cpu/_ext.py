@@ -15,7 +15,7 @@ import shutil
 import threading
 from typing import List, Optional
 
-from ._sources import source_dir
+from ._sources import load_once, source_dir
 
 __all__ = ['load', 'unavailable_reason', 'SOURCES']
 
@@ -39,7 +39,8 @@ def _build_name(src, flags: List[str]) -> str:
     return f'{_NAME}_{h.hexdigest()[:12]}'
 
 
-def _build() -> None:
+def _build() -> bool:
+    """Build and load the extension; True once its ops are registered."""
     import torch
     from torch.utils import cpp_extension
     cxx = os.environ.get('CXX') or next((c for c in ('c++', 'g++', 'clang++') if shutil.which(c)), None)
@@ -64,22 +65,13 @@ def _build() -> None:
         raise RuntimeError('building the CPU kernels failed: ' + ' | '.join(errors))
     if not hasattr(torch.ops.visionattn_cpu, 'gna_fwd'):
         raise RuntimeError('the CPU kernel library loaded but registered no ops')
+    return True
 
 
 def load() -> bool:
     """Whether the fused CPU kernels are available (built and loaded on the first call)."""
-    if not _STATE:
-        with _LOCK:
-            if not _STATE:
-                if os.environ.get('VISIONATTN_NO_CPU_KERNELS', '0') not in ('', '0'):
-                    _STATE['error'] = 'disabled by VISIONATTN_NO_CPU_KERNELS'
-                else:
-                    try:
-                        _build()
-                        _STATE['ok'] = True
-                    except (OSError, RuntimeError, ImportError) as e:
-                        _STATE['error'] = f'fused CPU kernels unavailable: {e}'
-                        _logger.warning('%s', _STATE['error'])
+    if load_once(_STATE, _LOCK, 'ok', _build, (OSError, RuntimeError, ImportError), 'fused CPU kernels'):
+        _logger.warning('%s', _STATE['error'])
     return bool(_STATE.get('ok'))
 
 

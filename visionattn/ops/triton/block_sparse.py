@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._autotune import interpreting, smem_autotune
+from ._jit import row_tile, softmax_step
 
 __all__ = ['block_sparse_fwd_triton', 'block_sparse_bwd_triton']
 
@@ -41,18 +42,9 @@ def _bsa_fwd_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_KB: tl.constexpr, IEEE: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     n = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m, offs_d, offs_dv, m_mask, d_mask, dv_mask = row_tile(H, Tq, D, DV, 2, BLOCK_M, BLOCK_D, BLOCK_DV)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    m_mask = offs_m < Tq
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV
     q = tl.load(
         Q + b * sqb + n * sqn + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
         mask=m_mask[:, None] & d_mask[None, :], other=0.)
@@ -75,11 +67,7 @@ def _bsa_fwd_kernel(
                 kb = tl.load(KB + b * skbb + blk * skbn + kn * skbt, mask=n_mask, other=0.)
                 s += kb[None, :]
             s = tl.where(n_mask[None, :], s, float('-inf'))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float('-inf'), 0., m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_new, l_i = softmax_step(s, m_i, l_i)
             v = tl.load(
                 V + b * svb + blk * svn + kn[:, None] * svt + h * svh + offs_dv[None, :] * svd,
                 mask=n_mask[:, None] & dv_mask[None, :], other=0.)
@@ -111,18 +99,9 @@ def _bsa_bwd_kernel(
 ):
     # DQ has q's layout and strides; DK / DV are fp32 buffers with k's / v's (contiguous) layout and strides; DO has
     # its own strides (sd*); DBIAS is fp32 with IDX's strides.
-    pid_m = tl.program_id(0)
     n = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m, offs_d, offs_dv, m_mask, d_mask, dv_mask = row_tile(H, Tq, D, DV_, 2, BLOCK_M, BLOCK_D, BLOCK_DV)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    m_mask = offs_m < Tq
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV_
     q = tl.load(
         Q + b * sqb + n * sqn + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
         mask=m_mask[:, None] & d_mask[None, :], other=0.)

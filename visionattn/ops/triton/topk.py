@@ -16,6 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._jit import row_tile, softmax_step
+
 __all__ = ['topk_attention_fwd_triton', 'topk_attention_bwd_triton']
 
 
@@ -31,17 +33,8 @@ def _topk_fwd_kernel(
         D: tl.constexpr, DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m, offs_d, offs_dv, m_mask, d_mask, dv_mask = row_tile(H, Nr, D, DV, 1, BLOCK_M, BLOCK_D, BLOCK_DV)
     offs_j = tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    m_mask = offs_m < Nr
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV
     q = tl.load(Q + b * sqb + offs_m[:, None] * sqn + h * sqh + offs_d[None, :] * sqd,
                 mask=m_mask[:, None] & d_mask[None, :], other=0.).to(tl.float32)
     m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
@@ -55,11 +48,7 @@ def _topk_fwd_kernel(
                     mask=jm[:, :, None] & d_mask[None, None, :], other=0.).to(tl.float32)
         s = tl.sum(q[:, None, :] * k, axis=2) * scale
         s = tl.where(jm, s, float('-inf'))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float('-inf'), 0., m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = softmax_step(s, m_i, l_i)
         v = tl.load(V + b * svb + idx[:, :, None] * svn + h * svh + offs_dv[None, None, :] * svd,
                     mask=jm[:, :, None] & dv_mask[None, None, :], other=0.).to(tl.float32)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, axis=1)
@@ -85,17 +74,8 @@ def _topk_bwd_kernel(
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     # DQ / DK / DV: fp32 buffers with q's / k's / v's (contiguous) strides; DO: its own strides (sd*)
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m, offs_d, offs_dv, m_mask, d_mask, dv_mask = row_tile(H, Nr, D, DV_, 1, BLOCK_M, BLOCK_D, BLOCK_DV)
     offs_j = tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    m_mask = offs_m < Nr
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV_
     q = tl.load(Q + b * sqb + offs_m[:, None] * sqn + h * sqh + offs_d[None, :] * sqd,
                 mask=m_mask[:, None] & d_mask[None, :], other=0.).to(tl.float32)
     do = tl.load(DO + b * sdb + offs_m[:, None] * sdn + h * sdh + offs_dv[None, :] * sdd,
