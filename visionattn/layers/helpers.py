@@ -7,7 +7,7 @@ from timm.layers import register_notrace_function, register_notrace_module
 
 from ..ops._dispatch import is_exporting
 
-__all__ = ['check_image_input', 'drop_path_rates', 'CpuBf16SafeConv2d', 'guard_cpu_bf16_convs']
+__all__ = ['check_image_input', 'drop_path_rates', 'head_dim_of', 'CpuBf16SafeConv2d', 'guard_cpu_bf16_convs']
 
 
 @register_notrace_function  # reason: raises on shape values, which FX cannot trace
@@ -26,6 +26,13 @@ def check_image_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
 def drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
     """Linearly increasing stochastic depth rates over ``depth`` blocks (the DeiT/timm rule)."""
     return [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth
+
+
+def head_dim_of(dim: int, num_heads: int) -> int:
+    """Channels per head, ``dim // num_heads``; a ValueError unless ``num_heads`` divides ``dim``."""
+    if dim % num_heads:
+        raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+    return dim // num_heads
 
 
 def _cpu_bf16(x: torch.Tensor) -> bool:

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .helpers import head_dim_of
+
 __all__ = ['HiLo']
 
 
@@ -52,14 +54,12 @@ class HiLo(nn.Module):
             alpha: Fraction of the heads that are Lo-Fi (rounded down).
         """
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.head_dim = head_dim_of(dim, num_heads)
         if window_size < 1:
             raise ValueError(f'window_size must be >= 1, got {window_size}')
         if not 0. <= alpha <= 1.:
             raise ValueError(f'alpha must lie in [0, 1], got {alpha}')
         self.dim = dim
-        self.head_dim = dim // num_heads
         self.ws = window_size
         self.l_heads = num_heads if window_size == 1 else int(num_heads * alpha)
         self.h_heads = num_heads - self.l_heads

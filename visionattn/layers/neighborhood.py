@@ -16,6 +16,8 @@ from visionattn.ops.blocked.neighborhood import gna_blocked
 from visionattn.ops.neighborhood import neighborhood_attention
 from visionattn.ops.reference.neighborhood import gna_gather
 
+from .helpers import head_dim_of
+
 __all__ = ['NeighborhoodAttention1d', 'NeighborhoodAttention2d', 'NeighborhoodAttention3d']
 
 
@@ -65,10 +67,8 @@ class _NeighborhoodAttentionNd(nn.Module):
         n = self.na_dim
         if small_input not in SMALL_INPUT_MODES:
             raise ValueError(f'small_input must be one of {SMALL_INPUT_MODES}, got {small_input!r}')
-        if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim_of(dim, num_heads)
         self.scale = qk_scale or self.head_dim ** -0.5
         self.kernel_size, self.stride, self.dilation, self.is_causal = gna_axes(
             n, kernel_size, stride, dilation, is_causal)

@@ -17,15 +17,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch.utils.checkpoint import checkpoint
 
-from visionattn.layers import check_image_input
+from visionattn.layers import check_image_input, drop_path_rates
 
 from ._convert import resample_pos_embed
 
 __all__ = [
-    'ModelApi', 'StagedModel', 'TokenModel', 'StageNorms', 'init_weights', 'out_norm_stages', 'feature_take_indices']
+    'ModelApi', 'StagedModel', 'Stage', 'TokenModel', 'StageNorms', 'init_weights', 'out_norm_stages',
+    'feature_take_indices']
 
 # FX autowraps notrace functions only in the root forward's module and in the modules of the submodules it has
 # called: wrap the ones the bases call (before any family module) whatever module defines the model's forward
@@ -108,6 +110,20 @@ class ModelApi(nn.Module):
     _init_weights = staticmethod(init_weights)
     global_pools: Tuple[str, ...] = ('avg', '')
     output_fmts: Tuple[str, ...] = ('NCHW', 'NHWC')
+
+    def _init_api(self, in_chans: int, num_classes: int, global_pool: str, num_features: int) -> None:
+        """Check ``global_pool`` (one of ``global_pools``) and set the attributes the API reads (``head_hidden_size``
+        is ``num_features``)."""
+        _check_choice('global_pool', global_pool, self.global_pools)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = num_features
+
+    def _init_head(self, drop_rate: float) -> None:
+        """The classifier: dropout ``drop_rate``, then a linear head over ``num_features`` (none if no classes)."""
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -210,6 +226,25 @@ class StagedModel(ModelApi):
     group_downsample: str = r'^stages\.(\d+)\.downsample'
     group_tail: Tuple[str, ...] = (r'^norm',)
 
+    def _init_stages(
+            self,
+            make: Callable[[int, List[float]], nn.Module],
+            depths: Sequence[int],
+            dims: Sequence[int],
+            drop_path_rate: float,
+            stride: int = 4,
+    ) -> None:
+        """``stages``: ``make(i, drop_path)`` for each stage ``i`` (``drop_path``: its blocks' rates, increasing
+        linearly over all blocks), and their ``feature_info`` (``dims[i]`` channels at ``stride * 2 ** i``)."""
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        stages = []
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            stages.append(make(i, dpr[start:start + depth]))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=stride * 2 ** i, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return set()
@@ -286,6 +321,23 @@ class StagedModel(ModelApi):
             x = x.mean(dim=(2, 3) if self.stage_fmt == 'NCHW' else (1, 2))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
+
+
+class Stage(nn.Module):
+    """A ``StagedModel`` stage: ``downsample`` (``nn.Identity`` where there is none), then the ``blocks``
+    (``nn.Sequential``), checkpointed while ``grad_checkpointing`` is set (``StagedModel.set_grad_checkpointing``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._blocks(self.downsample(x))
 
 
 class TokenModel(ModelApi):

@@ -38,11 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp, register_notrace_function, use_fused_attn
-from timm.models import adapt_input_conv, checkpoint_seq, generate_default_cfgs, load_state_dict
+from timm.models import adapt_input_conv, generate_default_cfgs, load_state_dict
 
-from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input, drop_path_rates
+from visionattn.layers import BiLevelRoutingAttention, bra_checkpoint_filter, check_image_input
+from visionattn.layers.helpers import head_dim_of
 
-from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
+from ._base import OutNormsArg, Stage, StagedModel, StageNorms, out_norm_stages
 from ._convert import strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
 from ._registry import register_variants
@@ -73,10 +74,8 @@ class AttentionLePE(nn.Module):
             side_dwconv: int = 5,
     ):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim_of(dim, num_heads)
         self.scale = qk_scale or self.head_dim ** -0.5
         self.fused_attn = use_fused_attn()
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -151,7 +150,7 @@ class BiFormerBlock(nn.Module):
         return x
 
 
-class BiFormerStage(nn.Module):
+class BiFormerStage(Stage):
     """Downsampler (stages > 0), then ``depth`` blocks; NCHW in and out (the blocks run NHWC)."""
 
     def __init__(
@@ -164,7 +163,6 @@ class BiFormerStage(nn.Module):
             **block_kwargs,
     ):
         super().__init__()
-        self.grad_checkpointing = False
         if downsample == 'conv':
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_dim, dim, kernel_size=3, stride=2, padding=1), nn.BatchNorm2d(dim))
@@ -178,12 +176,7 @@ class BiFormerStage(nn.Module):
             BiFormerBlock(dim, drop_path=drop_path[i] if drop_path else 0., **block_kwargs) for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)
+        return self._blocks(self.downsample(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def _per_stage(value: Union[int, float, Sequence], n: int, name: str) -> list:
@@ -253,8 +246,7 @@ class BiFormer(StagedModel):
             drop_path_rate: Stochastic depth, increasing linearly over all blocks.
         """
         super().__init__()
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self._init_api(in_chans, num_classes, global_pool, embed_dims[-1])
         if stem_type not in ('conv', 'patch'):
             raise ValueError(f"stem_type must be 'conv' or 'patch', got {stem_type!r}")
         num_stages = len(depths)
@@ -263,13 +255,9 @@ class BiFormer(StagedModel):
             raise ValueError(f'depths {depths}, embed_dims {embed_dims} and topks {topks} need one value per stage')
         mlp_ratios = _per_stage(mlp_ratios, num_stages, 'mlp_ratios')
         n_wins = _per_stage(n_win, num_stages, 'n_win')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
         self.stem_type = stem_type
         self.n_win = n_win
         self.embed_dims = embed_dims
-        self.num_features = self.head_hidden_size = embed_dims[-1]
         self.grad_checkpointing = False
 
         d0 = embed_dims[0]
@@ -285,37 +273,29 @@ class BiFormer(StagedModel):
             self.stem = nn.Sequential(nn.Conv2d(in_chans, d0, kernel_size=4, stride=4), nn.BatchNorm2d(d0))
             pos_conv_kernel = 0
 
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
-        stages = []
-        self.feature_info = []
-        for i in range(num_stages):
-            start = sum(depths[:i])
-            stages.append(BiFormerStage(
-                in_dim=embed_dims[max(i - 1, 0)],
-                dim=embed_dims[i],
-                depth=depths[i],
-                downsample=None if i == 0 else stem_type,
-                drop_path=dpr[start:start + depths[i]],
-                num_heads=embed_dims[i] // head_dim,
-                topk=topks[i],
-                n_win=n_wins[i],
-                mlp_ratio=mlp_ratios[i],
-                side_dwconv=side_dwconv,
-                pos_conv_kernel=pos_conv_kernel,
-                global_heads=global_heads,
-                qk_scale=qk_scale,
-                layer_scale=layer_scale,
-                bra_padding=bra_padding,
-                attn_backend=attn_backend,
-            ))
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
+        self._init_stages(lambda i, dpr: BiFormerStage(
+            in_dim=embed_dims[max(i - 1, 0)],
+            dim=embed_dims[i],
+            depth=depths[i],
+            downsample=None if i == 0 else stem_type,
+            drop_path=dpr,
+            num_heads=embed_dims[i] // head_dim,
+            topk=topks[i],
+            n_win=n_wins[i],
+            mlp_ratio=mlp_ratios[i],
+            side_dwconv=side_dwconv,
+            pos_conv_kernel=pos_conv_kernel,
+            global_heads=global_heads,
+            qk_scale=qk_scale,
+            layer_scale=layer_scale,
+            bra_padding=bra_padding,
+            attn_backend=attn_backend,
+        ), depths, embed_dims, drop_path_rate)
         self.out_norms = StageNorms(
             out_norm_stages(out_norms, num_stages, deprecated=('extra_norms', extra_norms)),
             lambda i: LayerNorm2d(embed_dims[i]))
         self.norm = nn.BatchNorm2d(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(drop_rate)
         self.apply(self._init_weights)
 
     @torch.jit.ignore

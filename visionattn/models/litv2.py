@@ -41,18 +41,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.deform_conv2d
 from timm.layers import DropPath, register_notrace_function
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models import generate_default_cfgs
 
-from visionattn.layers import HiLo, drop_path_rates
+from visionattn.layers import HiLo
 
-from ._base import OutNormsArg, StagedModel, StageNorms, out_norm_stages
+from ._base import OutNormsArg, Stage, StagedModel, StageNorms, out_norm_stages
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
 from ._registry import register_variants
 
 __all__ = ['LITv2', 'deform_conv2d']
 
-_PAPER = dict(paper_ids='arXiv:2205.13213', paper_name='Fast Vision Transformers with HiLo Attention')
+_PAPER = dict(
+    paper_ids='arXiv:2205.13213', paper_name='Fast Vision Transformers with HiLo Attention', license='apache-2.0',
+    origin_url='https://github.com/ziplab/LITv2')
 # stages with a per-output LayerNorm in the official dense-prediction backbones
 _OUT_NORMS = {'mmdet': (1, 2, 3), 'mmseg': (0, 1, 2, 3)}
 
@@ -217,7 +219,7 @@ class HiLoBlock(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-class LITv2Stage(nn.Module):
+class LITv2Stage(Stage):
     """Optional DTM (from the previous stage's width), then ``depth`` blocks; NHWC in and out."""
 
     def __init__(
@@ -233,7 +235,6 @@ class LITv2Stage(nn.Module):
             **block_kwargs,
     ):
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = DTM(dim, out_dim, act_layer=act_layer) if downsample else nn.Identity()
         if window_size > 0:
             blocks = [
@@ -244,12 +245,6 @@ class LITv2Stage(nn.Module):
             blocks = [ConvFFNBlock(out_dim, drop_path=drop_path[i], act_layer=act_layer, **block_kwargs)
                       for i in range(depth)]
         self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class LITv2(StagedModel):
@@ -304,49 +299,36 @@ class LITv2(StagedModel):
             norm_layer: Norm layer of the blocks, the stem and the head.
         """
         super().__init__()
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        num_stages = len(depths)
+        dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
+        self._init_api(in_chans, num_classes, global_pool, dims[-1])
         if not len(depths) == len(num_heads) == len(local_ws):
             raise ValueError(f'depths {list(depths)}, num_heads {list(num_heads)} and local_ws {list(local_ws)} '
                              'must have one entry per stage')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
         self.output_fmt = 'NHWC'
         self.local_ws = tuple(local_ws)
-        num_stages = len(depths)
-        dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
-        self.num_features = self.head_hidden_size = dims[-1]
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size=patch_size, norm_layer=norm_layer)
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
-        stages = []
-        self.feature_info = []
-        for i in range(num_stages):
-            start = sum(depths[:i])
-            stages.append(LITv2Stage(
-                dim=dims[max(i - 1, 0)],
-                out_dim=dims[i],
-                depth=depths[i],
-                num_heads=num_heads[i],
-                window_size=local_ws[i],
-                downsample=i > 0,
-                drop_path=dpr[start:start + depths[i]],
-                act_layer=act_layer,
-                norm_layer=norm_layer,
-                alpha=alpha,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                proj_drop=proj_drop_rate,
-            ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
+        self._init_stages(lambda i, dpr: LITv2Stage(
+            dim=dims[max(i - 1, 0)],
+            out_dim=dims[i],
+            depth=depths[i],
+            num_heads=num_heads[i],
+            window_size=local_ws[i],
+            downsample=i > 0,
+            drop_path=dpr,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            alpha=alpha,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            proj_drop=proj_drop_rate,
+        ), depths, dims, drop_path_rate, stride=patch_size)
         # per-output norms of the official det/seg backbones (applied to the intermediates only)
         self.out_norms = StageNorms(out_norm_stages(out_norms, num_stages, _OUT_NORMS), lambda i: norm_layer(dims[i]))
         self.norm = norm_layer(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(drop_rate)
         self.apply(self._init_weights)
 
     def _prune_out_norms(self, max_index: int, take_indices: List[int]) -> None:
@@ -388,12 +370,7 @@ def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return default_cfg(url, {
-        'pool_size': (7, 7),
-        'license': 'apache-2.0',
-        'origin_url': 'https://github.com/ziplab/LITv2',
-        **_PAPER,
-    }, **kwargs)
+    return default_cfg(url, {'pool_size': (7, 7), **_PAPER}, **kwargs)
 
 
 _URL = 'https://github.com/ziplab/LITv2/releases/download/v1.0/'

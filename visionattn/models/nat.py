@@ -37,7 +37,7 @@ from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
 
 from visionattn.layers import NeighborhoodAttention2d, check_image_input, drop_path_rates
 
-from ._base import ModelApi, StagedModel, TokenModel
+from ._base import ModelApi, Stage, StagedModel, TokenModel
 from ._convert import remap_stage_key, strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
 from ._registry import register_variants
@@ -217,6 +217,17 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
+def _check_small_input(small_input: str) -> None:
+    if small_input not in _SMALL_INPUT:
+        raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
+
+
+@torch.jit.ignore
+def _rpb_no_weight_decay(self: nn.Module) -> set:
+    """``no_weight_decay`` of the NAT models: the relative positional biases."""
+    return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
+
+
 class NATBlock(nn.Module):
     """Pre-norm transformer layer: ``x + drop_path(ls1(attn(norm1(x))))``, then the same with the MLP."""
 
@@ -257,7 +268,7 @@ class NATBlock(nn.Module):
         return x
 
 
-class NATStage(nn.Module):
+class NATStage(Stage):
     """Optional downsampler (from the previous stage's width), then ``depth`` NAT blocks; NHWC in and out."""
 
     def __init__(
@@ -274,7 +285,6 @@ class NATStage(nn.Module):
             **block_kwargs,
     ):
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = downsample(dim, out_dim, norm_layer=norm_layer) if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*[
             NATBlock(
@@ -282,12 +292,6 @@ class NATStage(nn.Module):
                 drop_path=drop_path[i] if drop_path else 0.,
                 norm_layer=norm_layer, **block_kwargs)
             for i in range(depth)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class NAT(StagedModel):
@@ -359,23 +363,16 @@ class NAT(StagedModel):
             norm_layer: Norm layer.
         """
         super().__init__()
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        dims = [int(embed_dim * 2 ** i) for i in range(len(depths))]
+        self._init_api(in_chans, num_classes, global_pool, dims[-1])
         if stem_type not in ('conv', 'patch'):
             raise ValueError(f"stem_type must be 'conv' or 'patch', got {stem_type!r}")
-        if small_input not in _SMALL_INPUT:
-            raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
+        _check_small_input(small_input)
         if len(num_heads) != len(depths):
             raise ValueError(f'num_heads {list(num_heads)} and depths {list(depths)} differ in length')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
         self.output_fmt = 'NHWC'
         self.dilations = resolve_dilations(dilations, depths, stem_type)
         self.strides = resolve_strides(stride, depths, kernel_size)
-        num_stages = len(depths)
-        dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
-        self.num_features = self.head_hidden_size = dims[-1]
 
         if stem_type == 'conv':
             self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer=norm_layer)
@@ -384,45 +381,34 @@ class NAT(StagedModel):
             self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer=norm_layer)
             downsample = PatchMerging
         self.pos_drop = nn.Dropout(p=proj_drop_rate)
-
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
-        stages = []
-        self.feature_info = []
-        for i in range(num_stages):
-            start = sum(depths[:i])
-            stages.append(NATStage(
-                dim=dims[max(i - 1, 0)],
-                out_dim=dims[i],
-                depth=depths[i],
-                num_heads=num_heads[i],
-                dilations=self.dilations[i],
-                strides=self.strides[i],
-                downsample=downsample if i > 0 else None,
-                drop_path=dpr[start:start + depths[i]],
-                norm_layer=norm_layer,
-                kernel_size=kernel_size,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate,
-                layer_scale=layer_scale,
-                act_layer=act_layer,
-                small_input=small_input,
-            ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
+        self._init_stages(lambda i, dpr: NATStage(
+            dim=dims[max(i - 1, 0)],
+            out_dim=dims[i],
+            depth=depths[i],
+            num_heads=num_heads[i],
+            dilations=self.dilations[i],
+            strides=self.strides[i],
+            downsample=downsample if i > 0 else None,
+            drop_path=dpr,
+            norm_layer=norm_layer,
+            kernel_size=kernel_size,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            proj_drop=proj_drop_rate,
+            attn_drop=attn_drop_rate,
+            layer_scale=layer_scale,
+            act_layer=act_layer,
+            small_input=small_input,
+        ), depths, dims, drop_path_rate)
         self.norm = norm_layer(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(drop_rate)
         self.apply(self._init_weights)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(super()._stem(x))
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
+    no_weight_decay = _rpb_no_weight_decay
 
 
 class NATIsotropic(ModelApi):
@@ -488,16 +474,10 @@ class NATIsotropic(ModelApi):
             norm_layer: Norm layer.
         """
         super().__init__()
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        if small_input not in _SMALL_INPUT:
-            raise ValueError(f'small_input must be one of {_SMALL_INPUT}, got {small_input!r}')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
+        self._init_api(in_chans, num_classes, global_pool, embed_dim)
+        _check_small_input(small_input)
         self.output_fmt = 'NHWC'
         self.grad_checkpointing = False
-        self.num_features = self.head_hidden_size = embed_dim
         self.dilations = list(dilations) if dilations is not None else [
             1 if i % 2 == 0 else dilation for i in range(depth)]
         if len(self.dilations) != depth or any(not isinstance(d, int) or d < 1 for d in self.dilations):
@@ -518,13 +498,10 @@ class NATIsotropic(ModelApi):
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
         self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(drop_rate)
         self.apply(NAT._init_weights)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
+    no_weight_decay = _rpb_no_weight_decay
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

@@ -65,7 +65,8 @@ __all__ = ['RAVLT']
 _PAPER = dict(
     paper_ids='arXiv:2411.07635',
     paper_name='Breaking the Low-Rank Dilemma of Linear Attention',
-    license='unknown')
+    license='unknown',
+    origin_url='https://github.com/qhfan/RALA')
 
 
 class Stem(nn.Module):
@@ -367,12 +368,7 @@ def _create_ravlt(variant: str, pretrained: bool = False, **kwargs) -> RAVLT:
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return default_cfg(url, {
-        'pool_size': (7, 7),
-        'first_conv': 'patch_embed.proj.0',
-        'origin_url': 'https://github.com/qhfan/RALA',
-        **_PAPER,
-    }, **kwargs)
+    return default_cfg(url, {'pool_size': (7, 7), 'first_conv': 'patch_embed.proj.0', **_PAPER}, **kwargs)
 
 
 _HF = 'https://huggingface.co/aldjalkdf/RAVLT/resolve/main/'

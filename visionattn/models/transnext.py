@@ -42,18 +42,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module, to_2tuple, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models import generate_default_cfgs
 
-from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import head_dim_of
 from visionattn.ops import aggregated_attention
 from visionattn.ops._dispatch import is_exporting
 
-from ._base import StagedModel, init_weights
+from ._base import Stage, StagedModel, init_weights
 from ._convert import strip_prefix, unwrap_state_dict
 from ._hub import build_model, default_cfg
 from ._registry import register_variants
 
 __all__ = ['TransNeXt']
+
+_PAPER = dict(
+    paper_ids='arXiv:2311.17132', paper_name='TransNeXt: Robust Foveal Visual Perception for Vision Transformers',
+    license='apache-2.0', origin_url='https://github.com/DaiShiResearch/TransNeXt')
 
 POS_BIAS_MODES = ('interpolate', 'extrapolate')
 
@@ -280,12 +284,10 @@ class AggregatedAttention(nn.Module):
             proj_drop: float = 0.,
     ):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.head_dim = head_dim_of(dim, num_heads)
         if window_size % 2 != 1:
             raise ValueError(f'window_size must be odd, got {window_size}')
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
         self.window_size = window_size
         self.local_len = window_size ** 2
         self.pos_cfg = pos_cfg
@@ -347,10 +349,8 @@ class Attention(nn.Module):
             proj_drop: float = 0.,
     ):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim_of(dim, num_heads)
         self.pos_cfg = pos_cfg
         self.temperature = nn.Parameter(_temperature_init(num_heads))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -428,7 +428,7 @@ class OverlapPatchEmbed(nn.Module):
 # Stages
 # ---------------------------------------------------------------------------------------------------------------------
 
-class TransNeXtStage(nn.Module):
+class TransNeXtStage(Stage):
     """Patch embedding (stages > 0), ``depth`` blocks, then the stage norm (in the trunk); NHWC in and out."""
 
     def __init__(
@@ -444,7 +444,6 @@ class TransNeXtStage(nn.Module):
             **block_kwargs,
     ):
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = OverlapPatchEmbed(dim, out_dim, patch_size=3, stride=2) if downsample else None
         self.blocks = nn.Sequential(*[
             Block(out_dim, num_heads, pos_cfg, drop_path=drop_path[i] if drop_path else 0., norm_layer=norm_layer,
@@ -455,11 +454,7 @@ class TransNeXtStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
             x = self.downsample(x.permute(0, 3, 1, 2))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
+        return self.norm(self._blocks(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -528,8 +523,7 @@ class TransNeXt(StagedModel):
             norm_layer: Block and stage norm (default LayerNorm with eps 1e-6).
         """
         super().__init__()
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self._init_api(in_chans, num_classes, global_pool, embed_dims[-1])
         if pos_bias not in POS_BIAS_MODES:
             raise ValueError(f'pos_bias must be one of {POS_BIAS_MODES}, got {pos_bias!r}')
         num_stages = len(depths)
@@ -539,33 +533,24 @@ class TransNeXt(StagedModel):
         img_size = to_2tuple(img_size)
         pretrain_size = to_2tuple(pretrain_size or img_size)
         windows = window_size if isinstance(window_size, (list, tuple)) else (window_size,) * num_stages
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
         self.output_fmt = 'NHWC'
         self.pos_bias = pos_bias
         self.img_size, self.pretrain_size = img_size, pretrain_size
-        self.num_features = self.head_hidden_size = embed_dims[-1]
 
-        self.patch_embed = OverlapPatchEmbed(in_chans, embed_dims[0], patch_size=2 * patch_size - 1, stride=patch_size)
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
-        stages = []
-        self.feature_info = []
-        for i in range(num_stages):
+        def stage(i: int, drop_path: Sequence[float]) -> TransNeXtStage:
             stride = patch_size * 2 ** i
             pos_cfg = PosCfg(
                 train_size=(img_size[0] // stride, img_size[1] // stride),
                 pretrain_size=(pretrain_size[0] // stride, pretrain_size[1] // stride),
                 sr_ratio=sr_ratios[i], fixed_pool_size=fixed_pool_size, mode=pos_bias)
-            start = sum(depths[:i])
-            stages.append(TransNeXtStage(
+            return TransNeXtStage(
                 dim=embed_dims[max(i - 1, 0)],
                 out_dim=embed_dims[i],
                 depth=depths[i],
                 num_heads=num_heads[i],
                 pos_cfg=pos_cfg,
                 downsample=i > 0,
-                drop_path=dpr[start:start + depths[i]],
+                drop_path=drop_path,
                 norm_layer=norm_layer,
                 window_size=windows[i] or 3,
                 mlp_ratio=mlp_ratios[i],
@@ -573,11 +558,11 @@ class TransNeXt(StagedModel):
                 proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate,
                 act_layer=act_layer,
-            ))
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            )
+
+        self.patch_embed = OverlapPatchEmbed(in_chans, embed_dims[0], patch_size=2 * patch_size - 1, stride=patch_size)
+        self._init_stages(stage, depths, embed_dims, drop_path_rate, stride=patch_size)
+        self._init_head(drop_rate)
         for m in self.modules():
             self._init_weights(m)
 
@@ -638,13 +623,7 @@ def _create_transnext(variant: str, pretrained: bool = False, **kwargs) -> Trans
 
 
 def _cfg(url: str = '', **kwargs) -> dict:
-    return default_cfg(url, {
-        'pool_size': (7, 7),
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2311.17132',
-        'paper_name': 'TransNeXt: Robust Foveal Visual Perception for Vision Transformers',
-        'origin_url': 'https://github.com/DaiShiResearch/TransNeXt',
-    }, **kwargs)
+    return default_cfg(url, {'pool_size': (7, 7), **_PAPER}, **kwargs)
 
 
 _HF = 'https://huggingface.co/DaiShiResearch/'
