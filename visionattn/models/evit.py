@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
 from timm.models import generate_default_cfgs, resolve_pretrained_cfg
 from torch.utils.checkpoint import checkpoint
 
@@ -320,8 +320,6 @@ class EViT(TokenModel):
             act_layer: MLP activation (GELU by default).
         """
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
         if isinstance(keep_rate, (int, float)):
             bad = [i for i in drop_loc if not 0 <= i < depth]
             if bad:
@@ -333,23 +331,9 @@ class EViT(TokenModel):
                 raise ValueError(f'keep_rate has {len(keep_rates)} entries for depth {depth}')
         norm_layer = norm_layer or (lambda d: nn.LayerNorm(d, eps=1e-6))
         act_layer = act_layer or nn.GELU
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
         self.fuse_token = fuse_token
         self.configured_keep_rates = tuple(keep_rates)
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
-            strict_img_size=False, dynamic_img_pad=True)
-        num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
-
+        self._init_embed(img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(
@@ -366,15 +350,7 @@ class EViT(TokenModel):
                 fuse_token=fuse_token,
             )
             for i in range(depth)])
-        self.norm = norm_layer(embed_dim)
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_weights)
+        self._init_head(norm_layer, patch_size, drop_rate)
 
     @property
     def keep_rates(self) -> Tuple[float, ...]:
@@ -461,10 +437,7 @@ class EViT(TokenModel):
                 canvas = canvas.scatter(1, pos.unsqueeze(-1).expand(-1, -1, C), x[:, 1:])
             if i in take_indices:
                 y = canvas[:, :L]
-                y = self.norm(y) if norm else y
-                if output_fmt == 'NCHW':
-                    y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(y)
+                intermediates.append(self._token_map(self.norm(y) if norm else y, feat_size, output_fmt))
         return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

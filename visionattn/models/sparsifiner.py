@@ -72,7 +72,6 @@ import torch.nn.functional as F
 from timm.layers import (
     DropPath,
     Mlp,
-    PatchEmbed,
     register_notrace_function,
     register_notrace_module,
     trunc_normal_,
@@ -610,8 +609,6 @@ class Sparsifiner(TokenModel):
             act_layer: MLP activation (GELU by default).
         """
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
         attn_rates = [float(attn_keep_rate)] * depth if isinstance(attn_keep_rate, (int, float)) \
             else [float(r) for r in attn_keep_rate]
         token_rates = [float(token_keep_rate) ** (i // 3) for i in range(depth)] \
@@ -623,22 +620,7 @@ class Sparsifiner(TokenModel):
             raise ValueError(f'token_pruning_loc {tuple(token_pruning_loc)} has blocks outside [0, depth={depth})')
         norm_layer = norm_layer or (lambda d: nn.LayerNorm(d, eps=1e-6))
         act_layer = act_layer or nn.GELU
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
-            strict_img_size=False, dynamic_img_pad=True)
-        num_patches = self.patch_embed.num_patches
-        grid_size = tuple(self.patch_embed.grid_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
-
+        grid_size = self._init_embed(img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
         blocks = []
         prev_rate = None
@@ -646,7 +628,7 @@ class Sparsifiner(TokenModel):
             blocks.append(Block(
                 dim=embed_dim,
                 num_heads=num_heads,
-                num_tokens=num_patches + 1,
+                num_tokens=grid_size[0] * grid_size[1] + 1,
                 grid_size=grid_size,
                 mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias,
@@ -672,15 +654,7 @@ class Sparsifiner(TokenModel):
             if i in token_pruning_loc:
                 prev_rate = token_rates[i]
         self.blocks = nn.Sequential(*blocks)
-        self.norm = norm_layer(embed_dim)
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_weights)
+        self._init_head(norm_layer, patch_size, drop_rate)
         self.set_attn_recon(attn_recon)
 
     def set_attn_recon(self, enable: bool = True) -> None:
@@ -730,7 +704,6 @@ class Sparsifiner(TokenModel):
         Token pruning zeroes pruned tokens in place, so every block's patch tokens are a full grid.
         """
         x, feat_size = self._embed(x)
-        B, C = x.shape[0], x.shape[-1]
         token_mask = None
         intermediates = []
         last = max_index if stop_early else len(self.blocks) - 1
@@ -738,18 +711,19 @@ class Sparsifiner(TokenModel):
             x, token_mask, _ = self._block(i, x, token_mask, feat_size)
             if i in take_indices:
                 y = x[:, 1:]
-                y = self.norm(y) if norm else y
-                if output_fmt == 'NCHW':
-                    y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(y)
+                intermediates.append(self._token_map(self.norm(y) if norm else y, feat_size, output_fmt))
         return x, intermediates
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The normed tokens after all blocks and the last token mask (None without token pruning)."""
         x, feat_size = self._embed(x)
         token_mask = None
         for i in range(len(self.blocks)):
             x, token_mask, _ = self._block(i, x, token_mask, feat_size)
-        return self.norm(x)
+        return self.norm(x), token_mask
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_tokens(x)[0]
 
     @torch.jit.ignore
     def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Dict[str, Union[torch.Tensor, List]]:
@@ -776,11 +750,7 @@ class Sparsifiner(TokenModel):
     def forward_distill(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The sparse model's outputs for the official second training phase: ``logits``, ``features`` (normed patch
         tokens, the token-distillation input) and ``token_mask`` (the last ``[B, N - 1]`` token mask, or None)."""
-        x, feat_size = self._embed(x)
-        token_mask = None
-        for i in range(len(self.blocks)):
-            x, token_mask, _ = self._block(i, x, token_mask, feat_size)
-        x = self.norm(x)
+        x, token_mask = self._forward_tokens(x)
         return dict(logits=self.forward_head(x), features=x[:, 1:], token_mask=token_mask)
 
     @torch.jit.ignore
