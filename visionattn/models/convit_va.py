@@ -23,18 +23,17 @@ from typing import List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import (
     DropPath,
     Mlp,
     register_notrace_function,
     register_notrace_module,
     resample_abs_pos_embed,
-    use_fused_attn,
 )
 from timm.models import generate_default_cfgs
 
 from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import QkvAttention
 from visionattn.ops._dispatch import is_exporting
 
 from ._base import TokenModel
@@ -132,39 +131,8 @@ class GPSA(nn.Module):
         self.pos_proj.weight.mul_(self.locality_strength)
 
 
-class MHSA(nn.Module):
+class MHSA(QkvAttention):
     """Multi-head self-attention of the last (non-local) blocks."""
-    fused_attn: torch.jit.Final[bool]
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int = 8,
-            qkv_bias: bool = False,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-    ):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
-        else:
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-            x = self.attn_drop(attn) @ v
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
 
 
 class Block(nn.Module):

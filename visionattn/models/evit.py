@@ -35,11 +35,12 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
+from timm.layers import DropPath, Mlp, register_notrace_function
 from timm.models import generate_default_cfgs, resolve_pretrained_cfg
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import QkvAttention
 
 from ._base import TokenModel
 from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
@@ -171,9 +172,8 @@ def reorganize_tokens(
     return kept, idx
 
 
-class Attention(nn.Module):
+class Attention(QkvAttention):
     """Multi-head self-attention that can also return the head-averaged class-token attention."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -183,21 +183,10 @@ class Attention(nn.Module):
             attn_drop: float = 0.,
             proj_drop: float = 0.,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
 
     def forward(self, x: torch.Tensor, need_cls_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.split_qkv(x)
         cls_attn = None
         # the official ranking uses the attention after dropout: take the explicit path when dropout is active
         if self.fused_attn and not (need_cls_attn and self.training and self.attn_drop.p > 0):
@@ -213,8 +202,7 @@ class Attention(nn.Module):
             x = attn @ v
             if need_cls_attn:
                 cls_attn = attn[:, :, 0, 1:].mean(dim=1)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x)), cls_attn
+        return self.project(x), cls_attn
 
 
 class Block(nn.Module):

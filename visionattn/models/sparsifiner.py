@@ -75,12 +75,12 @@ from timm.layers import (
     register_notrace_function,
     register_notrace_module,
     trunc_normal_,
-    use_fused_attn,
 )
 from timm.models import generate_default_cfgs
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import QkvAttention
 from visionattn.ops._dispatch import is_exporting
 from visionattn.ops.topk import topk_attention, topk_indices
 
@@ -302,9 +302,8 @@ def select_tokens(cls_attn: torch.Tensor, token_mask: Optional[torch.Tensor], ke
     return torch.zeros(score.shape, dtype=torch.bool, device=score.device).scatter(-1, idx, True)
 
 
-class Attention(nn.Module):
+class Attention(QkvAttention):
     """DeiT multi-head self-attention restricted to the connectivity predictor's mask."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -319,20 +318,10 @@ class Attention(nn.Module):
             attn_backend: str = 'auto',
             **predictor_kwargs,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         self.attn_recon = False
         self.token_keep_rate = token_keep_rate  # not None: this block prunes tokens
         self.attn_backend = attn_backend  # of visionattn.ops.topk_attention
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
         self.mask_predictor = MaskPredictor(
             self.head_dim, num_heads, num_tokens, grid_size, **predictor_kwargs)
 
@@ -343,8 +332,7 @@ class Attention(nn.Module):
             feat_size: Optional[Tuple[int, int]] = None,
             need_info: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Dict[str, torch.Tensor]]]:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.split_qkv(x)
         if token_mask is not None and not self.attn_recon:
             keep = F.pad(token_mask, (1, 0), value=True)[:, None, :, None]
             q, k, v = q.masked_fill(~keep, 0.), k.masked_fill(~keep, 0.), v.masked_fill(~keep, 0.)
@@ -381,7 +369,7 @@ class Attention(nn.Module):
                 x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
             if prune:  # the class-token row is dense: recompute just that row for the ranking
                 cls_attn = ((q[:, :, :1] @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)[:, :, 0, 1:]
-        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        x = self.project(x)
         if prune:
             token_mask = select_tokens(cls_attn, token_mask, self.token_keep_rate)
         if need_info:
@@ -392,15 +380,14 @@ class Attention(nn.Module):
         """The plain DeiT attention of the same weights (the official dense teacher): no predictor, no mask.
 
         Returns the output and, with ``need_attn``, the softmax attention ``[B, H, N, N]``."""
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.split_qkv(x)
         attn = None
         if need_attn or not self.fused_attn:
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
             x = self.attn_drop(attn) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C))), attn
+        return self.project(x), attn
 
     def prune_rows_active(self, token_mask: Optional[torch.Tensor]) -> bool:
         # a query row can be fully masked only when pruned rows are masked: SDPA would give NaN there
