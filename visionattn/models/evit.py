@@ -543,6 +543,12 @@ def _small_args(kwargs: dict) -> dict:
     return model_args
 
 
+def _small_at(size: int, keep_rate: float, official: str) -> Tuple[str, dict]:
+    """An official higher-resolution EViT-DeiT-S setting: its registration (description, model args)."""
+    return f'EViT-DeiT-S at {size}: keep {keep_rate} (the official ``{official}``).', dict(
+        img_size=size, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=keep_rate, fuse_token=True)
+
+
 register_variants(__name__, _create_evit, {
     'evit_deit_tiny_patch16_224': ('EViT-DeiT-Ti: keep 0.7 at blocks 3, 6, 9 with fusion.', dict(
         patch_size=16, embed_dim=192, depth=12, num_heads=3, keep_rate=0.7, fuse_token=True)),
@@ -553,15 +559,9 @@ register_variants(__name__, _create_evit, {
     'evit_deit_base_patch16_224': (
         'EViT-DeiT-B: keep 0.7 at blocks 3, 6, 9 with fusion (the official ``deit_base_patch16_shrink_base``).',
         dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)),
-    'evit_deit_small_patch16_272': (
-        'EViT-DeiT-S at 272: keep 0.7 (the official ``deit_small_patch16_272_shrink``).',
-        dict(img_size=272, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.7, fuse_token=True)),
-    'evit_deit_small_patch16_288': (
-        'EViT-DeiT-S at 288: keep 0.6 (the official ``deit_small_patch16_288_shrink06``).',
-        dict(img_size=288, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.6, fuse_token=True)),
-    'evit_deit_small_patch16_304': (
-        'EViT-DeiT-S at 304: keep 0.5 (the official ``deit_small_patch16_304_shrink05``).',
-        dict(img_size=304, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.5, fuse_token=True)),
+    'evit_deit_small_patch16_272': _small_at(272, 0.7, 'deit_small_patch16_272_shrink'),
+    'evit_deit_small_patch16_288': _small_at(288, 0.6, 'deit_small_patch16_288_shrink06'),
+    'evit_deit_small_patch16_304': _small_at(304, 0.5, 'deit_small_patch16_304_shrink05'),
     'evit_deit_base_patch16_384': (
         'EViT-DeiT-B at 384: keep 0.7 at blocks 3, 6, 9 with fusion, from DeiT-B 384 weights.',
         dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)),
