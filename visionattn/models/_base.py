@@ -305,8 +305,8 @@ class TokenModel(ModelApi):
             global_pool: str, embed_dim: int, pos_drop_rate: float, use_pos_embed: bool = True,
             pos_embed_cls: bool = True) -> Tuple[int, int]:
         """The API attributes (one class token) and the embedding: ``patch_embed`` (NHWC, inputs padded to the patch
-        size), ``cls_token``, ``pos_embed`` (over the class token, unless not ``pos_embed_cls``, and the patch grid;
-        None without ``use_pos_embed``) and ``pos_drop``. Returns the patch grid."""
+        size), ``cls_token``, ``pos_embed`` (class token and patch grid; the grid only without ``pos_embed_cls``; None
+        without ``use_pos_embed``) and ``pos_drop``. Returns the patch grid."""
         _check_choice('global_pool', global_pool, self.global_pools)
         self.num_classes = num_classes
         self.in_chans = in_chans
