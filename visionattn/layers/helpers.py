@@ -1,13 +1,15 @@
 """Small helpers shared by the model families."""
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import register_notrace_function, register_notrace_module
+import torch.nn.functional as F
+from timm.layers import register_notrace_function, register_notrace_module, use_fused_attn
 
 from ..ops._dispatch import is_exporting
 
-__all__ = ['check_image_input', 'drop_path_rates', 'head_dim_of', 'CpuBf16SafeConv2d', 'guard_cpu_bf16_convs']
+__all__ = [
+    'check_image_input', 'drop_path_rates', 'head_dim_of', 'QkvAttention', 'CpuBf16SafeConv2d', 'guard_cpu_bf16_convs']
 
 
 @register_notrace_function  # reason: raises on shape values, which FX cannot trace
@@ -33,6 +35,45 @@ def head_dim_of(dim: int, num_heads: int) -> int:
     if dim % num_heads:
         raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
     return dim // num_heads
+
+
+class QkvAttention(nn.Module):
+    """Multi-head self-attention with one ``qkv`` projection (timm's ViT ``Attention`` without q/k norms: the same
+    parameters and state dict keys), ``scale = head_dim ** -0.5``. ``forward`` is plain attention; the token
+    families' attentions subclass it for the parameters and the head split / merge (``split_qkv``, ``project``)."""
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.,
+                 proj_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim_of(dim, num_heads)
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def split_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, N, C]`` to per-head ``q, k, v`` ``[B, heads, N, head_dim]``."""
+        B, N, _ = x.shape
+        return self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs ``[B, heads, N, head_dim]`` merged to ``[B, N, C]``, through ``proj`` and ``proj_drop``."""
+        B, _, N, _ = x.shape
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split_qkv(x)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
+        else:
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        return self.project(x)
 
 
 def _cpu_bf16(x: torch.Tensor) -> bool:

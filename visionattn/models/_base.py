@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import PatchEmbed, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices  # timm exports it from no public module
 from torch.utils.checkpoint import checkpoint
@@ -344,12 +344,45 @@ class TokenModel(ModelApi):
     """The DeiT/ViT scaffold: ``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks``, ``norm`` and ``head``, with
     ``global_pool`` over ``global_pools`` (``'token'``: the class token, ``'avg'``: the patch tokens' mean).
 
-    As timm's ``VisionTransformer`` for its ``deit.py`` subclasses, the families build their own embedding and blocks
-    (they differ in both) and inherit the rest of the timm API.
+    As timm's ``VisionTransformer`` for its ``deit.py`` subclasses, the families build their own blocks (and the hooks
+    ``_embed``, ``_block`` where they differ) between ``_init_embed`` and ``_init_tail``, and inherit the rest of the
+    timm API.
     """
     global_pools: Tuple[str, ...] = ('', 'avg', 'token')
     output_fmts: Tuple[str, ...] = ('NCHW', 'NLC')
     pos_interpolation: str = 'bicubic'
+
+    def _init_embed(
+            self, img_size: Union[int, Tuple[int, int]], patch_size: int, in_chans: int, num_classes: int,
+            global_pool: str, embed_dim: int, pos_drop_rate: float, use_pos_embed: bool = True,
+            pos_embed_cls: bool = True) -> Tuple[int, int]:
+        """The API attributes (one class token) and the embedding: ``patch_embed`` (NHWC, inputs padded to the patch
+        size), ``cls_token``, ``pos_embed`` (class token and patch grid; the grid only without ``pos_embed_cls``; None
+        without ``use_pos_embed``) and ``pos_drop``. Returns the patch grid."""
+        self._init_api(in_chans, num_classes, global_pool, embed_dim)
+        self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
+            strict_img_size=False, dynamic_img_pad=True)
+        num_tokens = self.patch_embed.num_patches + (1 if pos_embed_cls else 0)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if use_pos_embed else None
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+        return tuple(self.patch_embed.grid_size)
+
+    def _init_tail(self, norm_layer: Callable[[int], nn.Module], patch_size: int, drop_rate: float) -> None:
+        """After the blocks: ``norm``, ``feature_info`` (a map per block) and the classifier (``_init_head``); then
+        the timm ViT init of the weights (``pos_embed``, ``cls_token`` and ``init_weights``)."""
+        self.norm = norm_layer(self.embed_dim)
+        self.feature_info = [
+            dict(num_chs=self.embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(len(self.blocks))]
+        self._init_head(drop_rate)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        self.apply(self._init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

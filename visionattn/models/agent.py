@@ -192,26 +192,11 @@ class AgentDeiT(TokenModel):
             act_layer: MLP activation (GELU).
         """
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         act_layer = act_layer or nn.GELU
         agent_layers = depth if agent_layers is None or agent_layers < 0 else agent_layers
         agent_nums = _per_block(agent_num, depth, 'agent_num')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
-            strict_img_size=False, dynamic_img_pad=True)
-        grid = tuple(self.patch_embed.grid_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1] + 1, embed_dim))
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+        grid = self._init_embed(img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             Block(
@@ -220,15 +205,7 @@ class AgentDeiT(TokenModel):
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 drop_path=dpr[i], act_layer=act_layer, norm_layer=norm_layer)
             for i in range(depth)])
-        self.norm = norm_layer(embed_dim)
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
-        self.apply(init_weights)
+        self._init_tail(norm_layer, patch_size, drop_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,16 +213,35 @@ class AgentDeiT(TokenModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _stage_forward(blocks: nn.ModuleList, x: torch.Tensor, feat_size: Tuple[int, int], grad_ckpt: bool) -> torch.Tensor:
-    for blk in blocks:
-        if grad_ckpt and not torch.jit.is_scripting():
-            x = checkpoint(blk, x, feat_size, use_reentrant=False)
-        else:
-            x = blk(x, feat_size)
-    return x
+def _stage_drop_paths(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
+    """Stochastic depth rates linear over all blocks, split into the stages' lists."""
+    dpr = drop_path_rates(drop_path_rate, sum(depths))
+    return [dpr[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
 
 
-class PVTStage(nn.Module):
+class _Stage(nn.Module):
+    """A hierarchical host's stage: ``_tokens`` (the NCHW input to ``[B, H*W, C]`` tokens and ``(H, W)``), then
+    ``blocks``. NCHW in and out."""
+
+    def __init__(self):
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, feat_size = self._tokens(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, feat_size, use_reentrant=False)
+            else:
+                x = blk(x, feat_size)
+        B, _, C = x.shape
+        return x.transpose(1, 2).reshape(B, C, feat_size[0], feat_size[1])
+
+
+class PVTStage(_Stage):
     """Patch embedding (stride conv + LayerNorm; inputs padded to the stride), learned position embedding of the
     training grid (bilinearly resampled for other grids), agent-attention blocks. NCHW in and out."""
 
@@ -269,7 +265,6 @@ class PVTStage(nn.Module):
     ):
         super().__init__()
         self.grid = tuple(grid)
-        self.grad_checkpointing = False
         # the official PatchEmbed norm is a default LayerNorm (eps 1e-5), unlike the blocks' (1e-6)
         self.patch_embed = PatchEmbed(
             img_size=None, patch_size=patch_size, in_chans=in_chs, embed_dim=dim, norm_layer=nn.LayerNorm,
@@ -284,12 +279,11 @@ class PVTStage(nn.Module):
             for j in range(depth)])
         trunc_normal_(self.pos_embed, std=.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.patch_embed(x)  # [B, H, W, C]
-        B, H, W, C = x.shape
-        x = self.pos_drop(x.flatten(1, 2) + resample_pos_embed(self.pos_embed, (H, W), self.grid, 0, 'bilinear'))
-        x = _stage_forward(self.blocks, x, (H, W), self.grad_checkpointing)
-        return x.transpose(1, 2).reshape(B, C, H, W)
+        feat_size = (x.shape[1], x.shape[2])
+        x = x.flatten(1, 2) + resample_pos_embed(self.pos_embed, feat_size, self.grid, 0, 'bilinear')
+        return self.pos_drop(x), feat_size
 
 
 class _StagedModel(StagedModel):
@@ -301,19 +295,18 @@ class _StagedModel(StagedModel):
     group_stem = r'^stem|^patch_embed|^stages\.0\.(?:patch_embed|pos_embed)'
     group_downsample = r'^stages\.(\d+)\.(?:downsample|patch_embed|pos_embed)'
 
-    def _init_api(self, num_classes: int, in_chans: int, global_pool: str, embed_dims: Sequence[int],
-                  reductions: Sequence[int], drop_rate: float) -> None:
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be '' or 'avg', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = embed_dims[-1]
+    def _init_host(self, stages: List[nn.Module], norm: nn.Module, num_classes: int, in_chans: int, global_pool: str,
+                   embed_dims: Sequence[int], stem_stride: int, drop_rate: float) -> None:
+        """After the stem: the API attributes, the ``stages`` (each after the first halves the map), the final
+        ``norm`` and the classifier; then the weight init."""
+        self._init_api(in_chans, num_classes, global_pool, embed_dims[-1])
         self.grad_checkpointing = False
+        self.stages = nn.ModuleList(stages)
+        self.norm = norm
         self.feature_info = [
-            dict(num_chs=c, reduction=r, module=f'stages.{i}') for i, (c, r) in enumerate(zip(embed_dims, reductions))]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            dict(num_chs=c, reduction=stem_stride * 2 ** i, module=f'stages.{i}') for i, c in enumerate(embed_dims)]
+        self._init_head(drop_rate)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -374,7 +367,7 @@ class AgentPVT(_StagedModel):
         img_size = to_2tuple(img_size)
         n = len(depths)
         agent_shapes = agent_shapes or [None] * n
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        dpr = _stage_drop_paths(drop_path_rate, depths)
         self.stem = nn.Identity()
         stages = []
         grid = (img_size[0] // patch_size, img_size[1] // patch_size)
@@ -384,13 +377,9 @@ class AgentPVT(_StagedModel):
             stages.append(PVTStage(
                 in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], patch_size if i == 0 else 2, grid, depths[i],
                 num_heads[i], mlp_ratios[i], qkv_bias, int(agent_num[i]), agent_shapes[i],
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                dpr[i], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 pos_drop=drop_rate, norm_layer=norm_layer))
-        self.stages = nn.ModuleList(stages)
-        self.norm = nn.Identity()
-        self._init_api(num_classes, in_chans, global_pool, embed_dims,
-                       [patch_size * 2 ** i for i in range(n)], drop_rate)
-        self.apply(init_weights)
+        self._init_host(stages, nn.Identity(), num_classes, in_chans, global_pool, embed_dims, patch_size, drop_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -562,7 +551,7 @@ def _parse_attn_types(attn_type: str, depths: Sequence[int]) -> List[List[bool]]
     return out
 
 
-class SwinStage(nn.Module):
+class SwinStage(_Stage):
     """Optional patch merging (timm's: pads odd maps, norm then reduction, the official order) and A/B blocks.
     NCHW in and out."""
 
@@ -587,7 +576,6 @@ class SwinStage(nn.Module):
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ):
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = PatchMerging(in_dim, dim, norm_layer=norm_layer) if downsample else nn.Identity()
         self.blocks = nn.ModuleList([
             Block(
@@ -601,11 +589,9 @@ class SwinStage(nn.Module):
                 norm_layer=norm_layer)
             for j in range(depth)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.downsample(x.permute(0, 2, 3, 1))  # NHWC
-        B, H, W, C = x.shape
-        x = _stage_forward(self.blocks, x.reshape(B, H * W, C), (H, W), self.grad_checkpointing)
-        return x.transpose(1, 2).reshape(B, C, H, W)
+        return x.flatten(1, 2), (x.shape[1], x.shape[2])
 
 
 class AgentSwin(_StagedModel):
@@ -666,7 +652,7 @@ class AgentSwin(_StagedModel):
         n = len(depths)
         flags = _parse_attn_types(attn_type, depths)
         agent_shapes = agent_shapes or [None] * n
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        dpr = _stage_drop_paths(drop_path_rate, depths)
         dims = [embed_dim * 2 ** i for i in range(n)]
         self.patch_embed = PatchEmbed(
             img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer,
@@ -680,12 +666,9 @@ class AgentSwin(_StagedModel):
             stages.append(SwinStage(
                 dims[i - 1] if i else dims[0], dims[i], i > 0, g, depths[i], num_heads[i], flags[i],
                 max(7, window_size // 8), window_clamp, mlp_ratio, qkv_bias, int(agent_num[i]), agent_shapes[i],
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                dpr[i], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 norm_layer=norm_layer))
-        self.stages = nn.ModuleList(stages)
-        self.norm = norm_layer(dims[-1])
-        self._init_api(num_classes, in_chans, global_pool, dims, [patch_size * 2 ** i for i in range(n)], drop_rate)
-        self.apply(init_weights)
+        self._init_host(stages, norm_layer(dims[-1]), num_classes, in_chans, global_pool, dims, patch_size, drop_rate)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(self.patch_embed(super()._stem(x))).permute(0, 3, 1, 2)
@@ -821,7 +804,7 @@ class ConvNorm(nn.Module):
         return self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class CSwinStage(nn.Module):
+class CSwinStage(_Stage):
     """Optional merge (3x3 stride-2 conv + LayerNorm) and CSWin/agent blocks. NCHW in and out."""
 
     def __init__(
@@ -845,7 +828,6 @@ class CSwinStage(nn.Module):
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ):
         super().__init__()
-        self.grad_checkpointing = False
         self.downsample = ConvNorm(in_dim, dim, 3, 2, 1, norm_layer) if downsample else nn.Identity()
         self.blocks = nn.ModuleList([
             CSwinBlock(
@@ -854,11 +836,9 @@ class CSwinStage(nn.Module):
                 attn_drop=attn_drop, drop_path=drop_path[j], norm_layer=norm_layer)
             for j in range(depth)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.downsample(x)
-        B, C, H, W = x.shape
-        x = _stage_forward(self.blocks, x.flatten(2).transpose(1, 2), (H, W), self.grad_checkpointing)
-        return x.transpose(1, 2).reshape(B, C, H, W)
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
 
 
 class AgentCSwin(_StagedModel):
@@ -912,7 +892,7 @@ class AgentCSwin(_StagedModel):
         n = len(depths)
         flags = _parse_attn_types(attn_type, depths)
         agent_shapes = agent_shapes or [None] * n
-        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        dpr = _stage_drop_paths(drop_path_rate, depths)
         dims = [embed_dim * 2 ** i for i in range(n)]
         self.stem = ConvNorm(in_chans, embed_dim, 7, 4, 2, norm_layer)
         stages = []
@@ -921,12 +901,9 @@ class AgentCSwin(_StagedModel):
             stages.append(CSwinStage(
                 dims[i - 1] if i else dims[0], dims[i], i > 0, g, depths[i], num_heads[i], flags[i], split_size[i],
                 i == n - 1, mlp_ratio, qkv_bias, int(agent_num[i]), agent_shapes[i],
-                dpr[sum(depths[:i]):sum(depths[:i + 1])], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                dpr[i], proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 norm_layer=norm_layer))
-        self.stages = nn.ModuleList(stages)
-        self.norm = norm_layer(dims[-1])
-        self._init_api(num_classes, in_chans, global_pool, dims, [2 ** (i + 2) for i in range(n)], drop_rate)
-        self.apply(init_weights)
+        self._init_host(stages, norm_layer(dims[-1]), num_classes, in_chans, global_pool, dims, 4, drop_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------

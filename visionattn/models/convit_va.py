@@ -23,20 +23,17 @@ from typing import List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import (
     DropPath,
     Mlp,
-    PatchEmbed,
     register_notrace_function,
     register_notrace_module,
     resample_abs_pos_embed,
-    trunc_normal_,
-    use_fused_attn,
 )
 from timm.models import generate_default_cfgs
 
 from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import QkvAttention
 from visionattn.ops._dispatch import is_exporting
 
 from ._base import TokenModel
@@ -134,39 +131,8 @@ class GPSA(nn.Module):
         self.pos_proj.weight.mul_(self.locality_strength)
 
 
-class MHSA(nn.Module):
+class MHSA(QkvAttention):
     """Multi-head self-attention of the last (non-local) blocks."""
-    fused_attn: torch.jit.Final[bool]
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int = 8,
-            qkv_bias: bool = False,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-    ):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
-        else:
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-            x = self.attn_drop(attn) @ v
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
 
 
 class Block(nn.Module):
@@ -257,27 +223,14 @@ class ConViT(TokenModel):
             use_pos_embed: Learned absolute position embedding on patch tokens.
         """
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
         if not 0 <= local_up_to_layer <= depth:
             raise ValueError(f'local_up_to_layer ({local_up_to_layer}) must be in [0, depth={depth}]')
         norm_layer = norm_layer or (lambda d: nn.LayerNorm(d, eps=1e-6))
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
         self.local_up_to_layer = local_up_to_layer
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
-            strict_img_size=False, dynamic_img_pad=True)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        num_patches = self.patch_embed.num_patches
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim)) if use_pos_embed else None
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
-
+        # the position embedding is on the patch tokens only (the class token joins later)
+        self._init_embed(
+            img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, pos_drop_rate,
+            use_pos_embed=use_pos_embed, pos_embed_cls=False)
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             Block(
@@ -293,31 +246,15 @@ class ConViT(TokenModel):
                 locality_strength=locality_strength,
             )
             for i in range(depth)])
-        self.norm = norm_layer(embed_dim)
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        if self.pos_embed is not None:
-            trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_weights)
+        self._init_tail(norm_layer, patch_size, drop_rate)
         for m in self.modules():
             if isinstance(m, GPSA):
                 m.local_init()
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token'):
-                raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
-            if global_pool == 'token' and self.cls_token is None:
-                raise ValueError('token pooling needs the class token, which was pruned')
-            self.global_pool = global_pool
-        w = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else self.cls_token
-        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
+        if global_pool == 'token' and self.cls_token is None:
+            raise ValueError('token pooling needs the class token, which was pruned')
+        super().reset_classifier(num_classes, global_pool)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x, feat_size = self._patches(x)  # no class token yet (``_block`` adds it)

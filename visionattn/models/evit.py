@@ -35,11 +35,12 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, PatchEmbed, register_notrace_function, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, Mlp, register_notrace_function
 from timm.models import generate_default_cfgs, resolve_pretrained_cfg
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import QkvAttention
 
 from ._base import TokenModel
 from ._convert import resample_pos_embed, reshape_patch_embed, square_grid, unwrap_state_dict
@@ -171,9 +172,8 @@ def reorganize_tokens(
     return kept, idx
 
 
-class Attention(nn.Module):
+class Attention(QkvAttention):
     """Multi-head self-attention that can also return the head-averaged class-token attention."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -183,21 +183,10 @@ class Attention(nn.Module):
             attn_drop: float = 0.,
             proj_drop: float = 0.,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
 
     def forward(self, x: torch.Tensor, need_cls_attn: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.split_qkv(x)
         cls_attn = None
         # the official ranking uses the attention after dropout: take the explicit path when dropout is active
         if self.fused_attn and not (need_cls_attn and self.training and self.attn_drop.p > 0):
@@ -213,8 +202,7 @@ class Attention(nn.Module):
             x = attn @ v
             if need_cls_attn:
                 cls_attn = attn[:, :, 0, 1:].mean(dim=1)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x)), cls_attn
+        return self.project(x), cls_attn
 
 
 class Block(nn.Module):
@@ -320,8 +308,6 @@ class EViT(TokenModel):
             act_layer: MLP activation (GELU by default).
         """
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
         if isinstance(keep_rate, (int, float)):
             bad = [i for i in drop_loc if not 0 <= i < depth]
             if bad:
@@ -333,23 +319,9 @@ class EViT(TokenModel):
                 raise ValueError(f'keep_rate has {len(keep_rates)} entries for depth {depth}')
         norm_layer = norm_layer or (lambda d: nn.LayerNorm(d, eps=1e-6))
         act_layer = act_layer or nn.GELU
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
         self.fuse_token = fuse_token
         self.configured_keep_rates = tuple(keep_rates)
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
-            strict_img_size=False, dynamic_img_pad=True)
-        num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
-
+        self._init_embed(img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             Block(
@@ -366,15 +338,7 @@ class EViT(TokenModel):
                 fuse_token=fuse_token,
             )
             for i in range(depth)])
-        self.norm = norm_layer(embed_dim)
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_weights)
+        self._init_tail(norm_layer, patch_size, drop_rate)
 
     @property
     def keep_rates(self) -> Tuple[float, ...]:
@@ -461,10 +425,7 @@ class EViT(TokenModel):
                 canvas = canvas.scatter(1, pos.unsqueeze(-1).expand(-1, -1, C), x[:, 1:])
             if i in take_indices:
                 y = canvas[:, :L]
-                y = self.norm(y) if norm else y
-                if output_fmt == 'NCHW':
-                    y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(y)
+                intermediates.append(self._token_map(self.norm(y) if norm else y, feat_size, output_fmt))
         return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -582,6 +543,12 @@ def _small_args(kwargs: dict) -> dict:
     return model_args
 
 
+def _small_at(size: int, keep_rate: float, official: str) -> Tuple[str, dict]:
+    """An official higher-resolution EViT-DeiT-S setting: its registration (description, model args)."""
+    return f'EViT-DeiT-S at {size}: keep {keep_rate} (the official ``{official}``).', dict(
+        img_size=size, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=keep_rate, fuse_token=True)
+
+
 register_variants(__name__, _create_evit, {
     'evit_deit_tiny_patch16_224': ('EViT-DeiT-Ti: keep 0.7 at blocks 3, 6, 9 with fusion.', dict(
         patch_size=16, embed_dim=192, depth=12, num_heads=3, keep_rate=0.7, fuse_token=True)),
@@ -592,15 +559,9 @@ register_variants(__name__, _create_evit, {
     'evit_deit_base_patch16_224': (
         'EViT-DeiT-B: keep 0.7 at blocks 3, 6, 9 with fusion (the official ``deit_base_patch16_shrink_base``).',
         dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)),
-    'evit_deit_small_patch16_272': (
-        'EViT-DeiT-S at 272: keep 0.7 (the official ``deit_small_patch16_272_shrink``).',
-        dict(img_size=272, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.7, fuse_token=True)),
-    'evit_deit_small_patch16_288': (
-        'EViT-DeiT-S at 288: keep 0.6 (the official ``deit_small_patch16_288_shrink06``).',
-        dict(img_size=288, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.6, fuse_token=True)),
-    'evit_deit_small_patch16_304': (
-        'EViT-DeiT-S at 304: keep 0.5 (the official ``deit_small_patch16_304_shrink05``).',
-        dict(img_size=304, patch_size=16, embed_dim=384, depth=12, num_heads=6, keep_rate=0.5, fuse_token=True)),
+    'evit_deit_small_patch16_272': _small_at(272, 0.7, 'deit_small_patch16_272_shrink'),
+    'evit_deit_small_patch16_288': _small_at(288, 0.6, 'deit_small_patch16_288_shrink06'),
+    'evit_deit_small_patch16_304': _small_at(304, 0.5, 'deit_small_patch16_304_shrink05'),
     'evit_deit_base_patch16_384': (
         'EViT-DeiT-B at 384: keep 0.7 at blocks 3, 6, 9 with fusion, from DeiT-B 384 weights.',
         dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, keep_rate=0.7, fuse_token=True)),

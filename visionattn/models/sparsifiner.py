@@ -72,16 +72,15 @@ import torch.nn.functional as F
 from timm.layers import (
     DropPath,
     Mlp,
-    PatchEmbed,
     register_notrace_function,
     register_notrace_module,
     trunc_normal_,
-    use_fused_attn,
 )
 from timm.models import generate_default_cfgs
 from torch.utils.checkpoint import checkpoint
 
 from visionattn.layers import drop_path_rates
+from visionattn.layers.helpers import QkvAttention
 from visionattn.ops._dispatch import is_exporting
 from visionattn.ops.topk import topk_attention, topk_indices
 
@@ -303,9 +302,8 @@ def select_tokens(cls_attn: torch.Tensor, token_mask: Optional[torch.Tensor], ke
     return torch.zeros(score.shape, dtype=torch.bool, device=score.device).scatter(-1, idx, True)
 
 
-class Attention(nn.Module):
+class Attention(QkvAttention):
     """DeiT multi-head self-attention restricted to the connectivity predictor's mask."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -320,20 +318,10 @@ class Attention(nn.Module):
             attn_backend: str = 'auto',
             **predictor_kwargs,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         self.attn_recon = False
         self.token_keep_rate = token_keep_rate  # not None: this block prunes tokens
         self.attn_backend = attn_backend  # of visionattn.ops.topk_attention
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
         self.mask_predictor = MaskPredictor(
             self.head_dim, num_heads, num_tokens, grid_size, **predictor_kwargs)
 
@@ -344,8 +332,7 @@ class Attention(nn.Module):
             feat_size: Optional[Tuple[int, int]] = None,
             need_info: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[Dict[str, torch.Tensor]]]:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.split_qkv(x)
         if token_mask is not None and not self.attn_recon:
             keep = F.pad(token_mask, (1, 0), value=True)[:, None, :, None]
             q, k, v = q.masked_fill(~keep, 0.), k.masked_fill(~keep, 0.), v.masked_fill(~keep, 0.)
@@ -382,7 +369,7 @@ class Attention(nn.Module):
                 x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if recon else mask, dropout_p=drop)
             if prune:  # the class-token row is dense: recompute just that row for the ranking
                 cls_attn = ((q[:, :, :1] @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)[:, :, 0, 1:]
-        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        x = self.project(x)
         if prune:
             token_mask = select_tokens(cls_attn, token_mask, self.token_keep_rate)
         if need_info:
@@ -393,15 +380,14 @@ class Attention(nn.Module):
         """The plain DeiT attention of the same weights (the official dense teacher): no predictor, no mask.
 
         Returns the output and, with ``need_attn``, the softmax attention ``[B, H, N, N]``."""
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.split_qkv(x)
         attn = None
         if need_attn or not self.fused_attn:
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
             x = self.attn_drop(attn) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C))), attn
+        return self.project(x), attn
 
     def prune_rows_active(self, token_mask: Optional[torch.Tensor]) -> bool:
         # a query row can be fully masked only when pruned rows are masked: SDPA would give NaN there
@@ -610,8 +596,6 @@ class Sparsifiner(TokenModel):
             act_layer: MLP activation (GELU by default).
         """
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
-            raise ValueError(f"global_pool must be one of '', 'avg', 'token', got {global_pool!r}")
         attn_rates = [float(attn_keep_rate)] * depth if isinstance(attn_keep_rate, (int, float)) \
             else [float(r) for r in attn_keep_rate]
         token_rates = [float(token_keep_rate) ** (i // 3) for i in range(depth)] \
@@ -623,22 +607,7 @@ class Sparsifiner(TokenModel):
             raise ValueError(f'token_pruning_loc {tuple(token_pruning_loc)} has blocks outside [0, depth={depth})')
         norm_layer = norm_layer or (lambda d: nn.LayerNorm(d, eps=1e-6))
         act_layer = act_layer or nn.GELU
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, output_fmt='NHWC',
-            strict_img_size=False, dynamic_img_pad=True)
-        num_patches = self.patch_embed.num_patches
-        grid_size = tuple(self.patch_embed.grid_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        self.pos_drop = nn.Dropout(p=pos_drop_rate)
-
+        grid_size = self._init_embed(img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
         blocks = []
         prev_rate = None
@@ -646,7 +615,7 @@ class Sparsifiner(TokenModel):
             blocks.append(Block(
                 dim=embed_dim,
                 num_heads=num_heads,
-                num_tokens=num_patches + 1,
+                num_tokens=grid_size[0] * grid_size[1] + 1,
                 grid_size=grid_size,
                 mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias,
@@ -672,15 +641,7 @@ class Sparsifiner(TokenModel):
             if i in token_pruning_loc:
                 prev_rate = token_rates[i]
         self.blocks = nn.Sequential(*blocks)
-        self.norm = norm_layer(embed_dim)
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
-        self.apply(self._init_weights)
+        self._init_tail(norm_layer, patch_size, drop_rate)
         self.set_attn_recon(attn_recon)
 
     def set_attn_recon(self, enable: bool = True) -> None:
@@ -730,7 +691,6 @@ class Sparsifiner(TokenModel):
         Token pruning zeroes pruned tokens in place, so every block's patch tokens are a full grid.
         """
         x, feat_size = self._embed(x)
-        B, C = x.shape[0], x.shape[-1]
         token_mask = None
         intermediates = []
         last = max_index if stop_early else len(self.blocks) - 1
@@ -738,18 +698,19 @@ class Sparsifiner(TokenModel):
             x, token_mask, _ = self._block(i, x, token_mask, feat_size)
             if i in take_indices:
                 y = x[:, 1:]
-                y = self.norm(y) if norm else y
-                if output_fmt == 'NCHW':
-                    y = y.reshape(B, feat_size[0], feat_size[1], C).permute(0, 3, 1, 2).contiguous()
-                intermediates.append(y)
+                intermediates.append(self._token_map(self.norm(y) if norm else y, feat_size, output_fmt))
         return x, intermediates
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The normed tokens after all blocks and the last token mask (None without token pruning)."""
         x, feat_size = self._embed(x)
         token_mask = None
         for i in range(len(self.blocks)):
             x, token_mask, _ = self._block(i, x, token_mask, feat_size)
-        return self.norm(x)
+        return self.norm(x), token_mask
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_tokens(x)[0]
 
     @torch.jit.ignore
     def forward_dense(self, x: torch.Tensor, need_attn: bool = False) -> Dict[str, Union[torch.Tensor, List]]:
@@ -776,11 +737,7 @@ class Sparsifiner(TokenModel):
     def forward_distill(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The sparse model's outputs for the official second training phase: ``logits``, ``features`` (normed patch
         tokens, the token-distillation input) and ``token_mask`` (the last ``[B, N - 1]`` token mask, or None)."""
-        x, feat_size = self._embed(x)
-        token_mask = None
-        for i in range(len(self.blocks)):
-            x, token_mask, _ = self._block(i, x, token_mask, feat_size)
-        x = self.norm(x)
+        x, token_mask = self._forward_tokens(x)
         return dict(logits=self.forward_head(x), features=x[:, 1:], token_mask=token_mask)
 
     @torch.jit.ignore
