@@ -10,7 +10,7 @@ import torch
 
 import visionattn
 from tools.export_check_table import unambiguous_ranking
-from visionattn.export import ExportError, export, fixed_size_reason
+from visionattn.export import ExportError, export, fixed_size_reason, size_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
 _HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxscript', 'onnxruntime'))
@@ -52,6 +52,9 @@ def _check(name, fmt, features_only, sizes=SIZES):
     dynamic = fixed_size_reason(name) is None
     if not dynamic:  # exported for 224 only (see FIXED_SIZE)
         sizes = [(224, 224)]
+    rule = size_multiple(name)
+    if rule:  # sides rounded up to the family's multiple (Agent-CSwin: 112), as tools/export_check_table.py
+        sizes = [tuple(-(-v // rule[0]) * rule[0] for v in s) for s in sizes]
     model = name
     if name.startswith('sparsifiner'):  # random weights tie its top-k selections in fp32 (see unambiguous_ranking)
         import timm

@@ -65,17 +65,24 @@ def build(model: str, features_only: bool):
     return unambiguous_ranking(timm.create_model(model, features_only=features_only).eval())
 
 
+def check_sizes(model: str) -> List[tuple]:
+    """``SIZES``, each side rounded up to the model's ``SIZE_MULTIPLE`` where it has one (Agent-CSwin: 112)."""
+    rule = size_multiple(model)
+    return [tuple(-(-v // rule[0]) * rule[0] for v in s) if rule else s for s in SIZES]
+
+
 def check_row(row: str) -> Dict:
     model, fmt, *rest = row.split(':')
     features_only = bool(rest)
     t0 = time.perf_counter()
-    rec = dict(model=model, format=fmt, features_only=features_only, sizes=[list(s) for s in SIZES])
+    sizes = check_sizes(model)
+    rec = dict(model=model, format=fmt, features_only=features_only, sizes=[list(s) for s in sizes])
     rule = size_multiple(model)
     if rule:
         rec['dynamic'] = f'H, W multiples of {rule[0]}, >= {rule[1]}'
     try:
         _, report = export(build(model, features_only), fmt, dynamic=True, features_only=features_only,
-                           check=SIZES)
+                           check=sizes)
         rec.update(diffs=[c.max_abs_diff for c in report], errors=[c.error for c in report])
     except Exception as e:  # the row records what blocked it
         rec.update(diffs=None, errors=[f'{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ""}'])
@@ -96,6 +103,8 @@ def markdown(records: List[Dict], header: str) -> str:
             got = 'failed: ' + '; '.join(e for e in r['errors'] if e)[:200]
         else:
             got = ' / '.join(f'{d:.1e}' for d in r['diffs'])
+            if [tuple(x) for x in r['sizes']] != SIZES:
+                got += ' (at ' + ' / '.join(f'{h}x{w}' for h, w in r['sizes']) + ')'
         lines.append(f'| `{r["model"]}` | {r["format"]} | {"yes" if r["features_only"] else "no"} | {got} | '
                      f'{r["seconds"]:.0f} |')
     return '\n'.join(lines) + '\n'
