@@ -82,3 +82,28 @@ def test_swin_block_exports_dynamic_size(example):
         x = torch.randn(1, *size, 16)
         with torch.no_grad():
             torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('idx', [0, 1])
+def test_cswin_stripes_export_dynamic_size(idx):
+    """Exported at a size of whole stripes, Agent-CSwin's stripe attention runs at sizes that need padding (the
+    gathered padding and crop leave the graph nothing to specialize on)."""
+    from visionattn.models.agent import LePEAttention
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = LePEAttention(16, 2, 7, idx).eval()
+
+        def forward(self, x):
+            B, H, W, C = x.shape
+            t = x.reshape(B, H * W, C)
+            return self.attn(t, t * 0.5, t * 2, (H, W))
+
+    torch.manual_seed(0)
+    m = ChannelsLast()
+    run = export_dynamic_hw(m, torch.randn(1, 14, 14, 16), min_size=8, max_size=64)
+    for size in [(14, 14), (16, 20), (21, 28)]:
+        x = torch.randn(1, *size, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)

@@ -42,9 +42,7 @@ _EXTRAPOLATE_REASON = (
 # reasoning (it specializes to the example size); with H = 32 * h every stage map is h * 2 ** k (no padding left).
 SIZE_MULTIPLE: Dict[str, Tuple[int, int, str]] = {
     'agent_swin': (32, 224, 'stride-32 stage sizes; the shifted-window stage needs its map >= one 7x7 window'),
-    # the third stage's 7-wide stripes on the H/16 map: a graph traced without their padding asserts none (256x320
-    # fails at runtime), so H and W are multiples of 16 * 7; padded stripes need a gather path like Agent-Swin's
-    'agent_cswin': (112, 224, 'stripes of 7 in the stride-16 stage are exported unpadded only (H, W = 112 * k)'),
+    'agent_cswin': (32, 32, 'stride-32 stage sizes (stripe padding over padded merges is too deep to reason on)'),
 }
 
 

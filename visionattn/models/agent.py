@@ -735,14 +735,23 @@ class LePEAttention(nn.Module):
         else:
             pad_b, pad_r = (sh - H % sh) % sh, (sw - W % sw) % sw
             Hp, Wp = H + pad_b, W + pad_r
-        q, k, v = (F.pad(t.reshape(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
+        if exporting:  # padded by a gather (zeros outside the map): no pad whose zero case the graph specializes on
+            rows, cols = torch.arange(Hp, device=q.device), torch.arange(Wp, device=q.device)
+            inside = ((rows[:, None] < H) & (cols[None] < W))[None, :, :, None]
+            rows, cols = torch.clamp(rows, max=H - 1)[:, None], torch.clamp(cols, max=W - 1)[None]
+            q, k, v = (t.reshape(B, H, W, C)[:, rows, cols] * inside for t in (q, k, v))
+        else:
+            q, k, v = (F.pad(t.reshape(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
         N, h = sh * sw, self.num_heads
         v = _windows(v, sh, sw)
         lepe = self.get_v(v.transpose(1, 2).reshape(-1, C, sh, sw)).flatten(2).transpose(1, 2)
         mask = None
         if (exporting and self.idx != -1) or (not exporting and (pad_b or pad_r)):
-            valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
-            valid[:H, :W] = True
+            if exporting:
+                valid = inside[0, :, :, 0]
+            else:
+                valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
+                valid[:H, :W] = True
             valid = _windows(valid[None, :, :, None], sh, sw)[:, :, 0]  # [nW, N]
             mask = valid[:, None, None, :].repeat(B, 1, 1, 1)  # [B * nW, 1, 1, N]
         x = F.scaled_dot_product_attention(
@@ -752,6 +761,9 @@ class LePEAttention(nn.Module):
             attn_mask=mask, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
         x = x.transpose(1, 2).reshape(-1, N, C) + lepe
         x = x.reshape(B, Hp // sh, Wp // sw, sh, sw, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        if exporting:  # cropped by a gather (no slice whose no-op case the graph specializes on)
+            return x[:, torch.arange(H, device=x.device)[:, None], torch.arange(W, device=x.device)[None]].reshape(
+                B, L, C)
         return x[:, :H, :W].reshape(B, L, C)
 
 
