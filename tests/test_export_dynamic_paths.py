@@ -58,3 +58,52 @@ def test_cswin_stripes_export_path_equals_eager(hw, idx):
         with mock.patch('visionattn.models.agent.is_exporting', lambda: True):
             got = m(q, k, v, hw)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('example', [(7, 7), (8, 9)], ids=['one_window', 'padded'])
+def test_swin_block_exports_dynamic_size(example):
+    """Exported at one size, Agent-Swin's window block runs at sizes of one window, of several and with padding
+    (the graph is not specialized to the example's window count or padding; the clamp turns the shift off <= 7)."""
+    from visionattn.models.agent import SwinBlock
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blk = SwinBlock(16, 2, 7, shift=True).eval()
+
+        def forward(self, x):
+            B, H, W, C = x.shape
+            return self.blk(x.reshape(B, H * W, C), (H, W))
+
+    torch.manual_seed(0)
+    m = ChannelsLast()
+    run = export_dynamic_hw(m, torch.randn(1, *example, 16), min_size=7, max_size=64)
+    for size in [(7, 7), (8, 9), (14, 14), (7, 21), (16, 10)]:
+        x = torch.randn(1, *size, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('idx', [0, 1])
+def test_cswin_stripes_export_dynamic_size(idx):
+    """Exported at a size of whole stripes, Agent-CSwin's stripe attention runs at sizes that need padding (the
+    gathered padding and crop leave the graph nothing to specialize on)."""
+    from visionattn.models.agent import LePEAttention
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = LePEAttention(16, 2, 7, idx).eval()
+
+        def forward(self, x):
+            B, H, W, C = x.shape
+            t = x.reshape(B, H * W, C)
+            return self.attn(t, t * 0.5, t * 2, (H, W))
+
+    torch.manual_seed(0)
+    m = ChannelsLast()
+    run = export_dynamic_hw(m, torch.randn(1, 14, 14, 16), min_size=8, max_size=64)
+    for size in [(14, 14), (16, 20), (21, 28)]:
+        x = torch.randn(1, *size, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)

@@ -432,7 +432,9 @@ class WindowAttention(nn.Module):
         B, nW, N, C = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(B, nW, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5).unbind(0)
-        idx = _rel_index(window[0], window[1], self.window_size).to(x.device)
+        # exporting: not through the cache (a tensor made while tracing is fake, it must not serve eager calls)
+        rel_index = _rel_index.__wrapped__ if is_exporting() else _rel_index
+        idx = rel_index(window[0], window[1], self.window_size).to(x.device)
         bias = self.relative_position_bias_table[idx.reshape(-1)].reshape(N, N, h).permute(2, 0, 1)
         if mask is not None:
             bias = bias + mask.to(bias.dtype)[:, None]  # [nW, h, N, N]
@@ -476,10 +478,12 @@ class SwinBlock(nn.Module):
 
     def _attn_export(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
         """``_attn`` for symbolic ``H``, ``W`` (export): the window stays ``window_size`` (the export range has maps
-        of at least one window), the classification clamp only turns the shift off (``sym_ite``, no guard), the roll
-        is a gather with that symbolic shift and the shift mask is computed from region ids (for shift 0 every
-        window lies in one region, so the mask is 0), and the padded sizes are whole windows (ceil-div): simple
-        symbolic expressions, which the exporter's sympy reasoning handles quickly."""
+        of at least one window), the classification clamp only turns the shift off (``sym_ite``, no guard). Padding,
+        roll and window partition are one gather by index arithmetic (zeros where the padded map is), the shift mask
+        comes from region ids (for shift 0 every window lies in one region, so the mask is 0), and the output is
+        gathered back: no pad, slice or window reshape whose no-op case (no padding, one window) the exporter would
+        specialize the graph on. One all-zero window more than the map has (discarded) keeps the window count >= 2
+        for every size, so the graph is not specialized to one window either (PyTorch's 0/1 specialization)."""
         B, L, C = x.shape
         H, W = feat_size
         ws = self.window_size
@@ -490,21 +494,24 @@ class SwinBlock(nn.Module):
             shift = torch.sym_ite(torch.sym_min(H, W) <= ws, 0, shift)
         nh, nw = (H + ws - 1) // ws, (W + ws - 1) // ws
         Hp, Wp = nh * ws, nw * ws
-        x = F.pad(x.reshape(B, H, W, C), (0, 0, 0, Wp - W, 0, Hp - H))
+        win = torch.arange(nh * nw + 1, device=x.device)[:, None]  # [nW + 1, 1], the last one all zeros
+        tok = torch.arange(ws * ws, device=x.device)[None]  # [1, N]
+        py, px = (win // nw) * ws + tok // ws, (win % nw) * ws + tok % ws  # position in the rolled padded map
+        sy, sx = (py + shift) % Hp, (px + shift) % Wp  # its position before the roll
+        valid = ((sy < H) & (sx < W) & (win < nh * nw)).to(x.dtype)
+        src = torch.clamp(sy, max=H - 1) * W + torch.clamp(sx, max=W - 1)
+        xw = x[:, src] * valid[None, :, :, None]  # [B, nW + 1, N, C]
         mask = None
         if self.shift_size:
-            ih, iw = torch.arange(Hp, device=x.device), torch.arange(Wp, device=x.device)
-            x = x[:, (ih + shift) % Hp][:, :, (iw + shift) % Wp]
-            rh = (ih >= Hp - ws).long() + (ih >= Hp - shift).long()
-            rw = (iw >= Wp - ws).long() + (iw >= Wp - shift).long()
-            region = (rh[:, None] * 3 + rw[None]).reshape(nh, ws, nw, ws).transpose(1, 2).reshape(-1, ws * ws)
+            region = ((py >= Hp - ws).long() + (py >= Hp - shift).long()) * 3 + \
+                (px >= Wp - ws).long() + (px >= Wp - shift).long()
             mask = (region[:, None, :] != region[:, :, None]).to(x.dtype) * -100.
-        x = x.reshape(B, nh, ws, nw, ws, C).transpose(2, 3).reshape(B, nh * nw, ws * ws, C)
-        x = self.attn(x, (ws, ws), mask)
-        x = x.reshape(B, nh, nw, ws, ws, C).transpose(2, 3).reshape(B, Hp, Wp, C)
-        if self.shift_size:
-            x = x[:, (ih - shift) % Hp][:, :, (iw - shift) % Wp]
-        return x[:, :H, :W].reshape(B, L, C)
+        xw = self.attn(xw, (ws, ws), mask)
+        qy = (torch.arange(H, device=x.device) - shift) % Hp
+        qx = (torch.arange(W, device=x.device) - shift) % Wp
+        dst_win = ((qy[:, None] // ws) * nw + qx[None] // ws).flatten()
+        dst_tok = ((qy[:, None] % ws) * ws + qx[None] % ws).flatten()
+        return xw[:, dst_win, dst_tok]
 
     def _attn(self, x: torch.Tensor, feat_size: Tuple[int, int]) -> torch.Tensor:
         if is_exporting():
@@ -711,14 +718,23 @@ class LePEAttention(nn.Module):
         else:
             pad_b, pad_r = (sh - H % sh) % sh, (sw - W % sw) % sw
             Hp, Wp = H + pad_b, W + pad_r
-        q, k, v = (F.pad(t.reshape(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
+        if exporting:  # padded by a gather (zeros outside the map): no pad whose zero case the graph specializes on
+            rows, cols = torch.arange(Hp, device=q.device), torch.arange(Wp, device=q.device)
+            inside = ((rows[:, None] < H) & (cols[None] < W))[None, :, :, None]
+            rows, cols = torch.clamp(rows, max=H - 1)[:, None], torch.clamp(cols, max=W - 1)[None]
+            q, k, v = (t.reshape(B, H, W, C)[:, rows, cols] * inside for t in (q, k, v))
+        else:
+            q, k, v = (F.pad(t.reshape(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)) for t in (q, k, v))
         N, h = sh * sw, self.num_heads
         v = _windows(v, sh, sw)
         lepe = self.get_v(v.transpose(1, 2).reshape(-1, C, sh, sw)).flatten(2).transpose(1, 2)
         mask = None
         if (exporting and self.idx != -1) or (not exporting and (pad_b or pad_r)):
-            valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
-            valid[:H, :W] = True
+            if exporting:
+                valid = inside[0, :, :, 0]
+            else:
+                valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=q.device)
+                valid[:H, :W] = True
             valid = _windows(valid[None, :, :, None], sh, sw)[:, :, 0]  # [nW, N]
             mask = valid[:, None, None, :].repeat(B, 1, 1, 1)  # [B * nW, 1, 1, N]
         x = F.scaled_dot_product_attention(
@@ -728,6 +744,9 @@ class LePEAttention(nn.Module):
             attn_mask=mask, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
         x = x.transpose(1, 2).reshape(-1, N, C) + lepe
         x = x.reshape(B, Hp // sh, Wp // sw, sh, sw, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        if exporting:  # cropped by a gather (no slice whose no-op case the graph specializes on)
+            return x[:, torch.arange(H, device=x.device)[:, None], torch.arange(W, device=x.device)[None]].reshape(
+                B, L, C)
         return x[:, :H, :W].reshape(B, L, C)
 
 
