@@ -51,13 +51,20 @@ def gna_inputs(
     return q, k, v, bias, ak, av
 
 
-def export_dynamic_hw(module: torch.nn.Module, x: torch.Tensor, min_size: int, max_size: int = 512):
+def export_dynamic_hw(module: torch.nn.Module, x: torch.Tensor, min_size: int, max_size: int = 512,
+                      onnx_dir: Optional[str] = None):
     """``module`` (channels-last ``[B, H, W, C]`` input) exported the way ``visionattn.export`` exports (export mode,
-    non-strict, deferred runtime asserts) with H and W dynamic in ``[min_size, max_size]``; returns the callable."""
+    non-strict, deferred runtime asserts) with H and W dynamic in ``[min_size, max_size]``; returns the callable: the
+    ExportedProgram's module, or with ``onnx_dir`` its ONNX file (written there) in onnxruntime."""
     from torch.export import Dim
 
-    from visionattn.export import _torch_export, export_mode
+    from visionattn.export import _export_program, _torch_export, export_mode, load_runner
 
     shapes = ({1: Dim('h', min=min_size, max=max_size), 2: Dim('w', min=min_size, max=max_size)},)
     with torch.no_grad(), export_mode():
-        return _torch_export(module, x, shapes, strict=False).module()
+        if onnx_dir is None:
+            return _torch_export(module, x, shapes, strict=False).module()
+        path = os.path.join(onnx_dir, 'm.onnx')
+        torch.onnx.export(_export_program(module, x, shapes, strict=False), dynamo=True, optimize=False).save(path)
+    run = load_runner(path)
+    return lambda t: run(t)[0]

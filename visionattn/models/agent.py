@@ -443,6 +443,12 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(x.transpose(2, 3).reshape(B, nW, N, C)))
 
 
+def _sym_mod(x: torch.Tensor, m) -> torch.Tensor:
+    """``x % m`` (floor modulo) for a symbolic ``m``, through floor division: the ONNX exporter has no translation of
+    a tensor remainder by a symbolic scalar (``aten.remainder.Scalar``)."""
+    return x - (x // m) * m
+
+
 @register_notrace_module  # reason: window, shift and padding follow the input size
 class SwinBlock(nn.Module):
     """Swin "B" block: (shifted) window attention, padded to whole windows as the official downstream backbone.
@@ -496,8 +502,8 @@ class SwinBlock(nn.Module):
         Hp, Wp = nh * ws, nw * ws
         win = torch.arange(nh * nw + 1, device=x.device)[:, None]  # [nW + 1, 1], the last one all zeros
         tok = torch.arange(ws * ws, device=x.device)[None]  # [1, N]
-        py, px = (win // nw) * ws + tok // ws, (win % nw) * ws + tok % ws  # position in the rolled padded map
-        sy, sx = (py + shift) % Hp, (px + shift) % Wp  # its position before the roll
+        py, px = (win // nw) * ws + tok // ws, _sym_mod(win, nw) * ws + tok % ws  # in the rolled padded map
+        sy, sx = _sym_mod(py + shift, Hp), _sym_mod(px + shift, Wp)  # its position before the roll
         valid = ((sy < H) & (sx < W) & (win < nh * nw)).to(x.dtype)
         src = torch.clamp(sy, max=H - 1) * W + torch.clamp(sx, max=W - 1)
         xw = x[:, src] * valid[None, :, :, None]  # [B, nW + 1, N, C]
@@ -507,8 +513,8 @@ class SwinBlock(nn.Module):
                 (px >= Wp - ws).long() + (px >= Wp - shift).long()
             mask = (region[:, None, :] != region[:, :, None]).to(x.dtype) * -100.
         xw = self.attn(xw, (ws, ws), mask)
-        qy = (torch.arange(H, device=x.device) - shift) % Hp
-        qx = (torch.arange(W, device=x.device) - shift) % Wp
+        qy = _sym_mod(torch.arange(H, device=x.device) - shift, Hp)
+        qx = _sym_mod(torch.arange(W, device=x.device) - shift, Wp)
         dst_win = ((qy[:, None] // ws) * nw + qx[None] // ws).flatten()
         dst_tok = ((qy[:, None] % ws) * ws + qx[None] % ws).flatten()
         return xw[:, dst_win, dst_tok]
