@@ -1,10 +1,20 @@
-"""Reference (oracle) of aggregated attention (TransNeXt): dense ``N x N`` logits masked to each query's window."""
+"""Reference (oracle) of aggregated attention (TransNeXt): dense ``N x N`` logits masked to each query's window.
+
+``aggregated_gather`` computes the same result with each query's ``k * k`` window slots gathered from the zero-padded
+keys and values by one index tensor built from the (possibly symbolic) map size, O(tokens x (k * k + P)) memory: the
+formulation the reference backend exports (under ``torch.export``), standard ONNX ops only (Pad, Gather, Mul,
+ReduceSum, Softmax, MatMul); tested against ``aggregated_attention_reference`` in float64.
+"""
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['aggregated_attention_reference']
+__all__ = ['aggregated_attention_reference', 'aggregated_gather']
+
+
+def _is_exporting() -> bool:
+    return not torch.jit.is_scripting() and torch.compiler.is_exporting()
 
 
 def aggregated_attention_reference(
@@ -20,7 +30,14 @@ def aggregated_attention_reference(
         scale: float = 1.,
         dropout_p: float = 0.,
 ) -> torch.Tensor:
-    """The oracle: dense ``N x N`` logits masked to each query's zero-padded window, from the definition."""
+    """The oracle: dense ``N x N`` logits masked to each query's zero-padded window, from the definition.
+
+    Under ``torch.export`` it runs ``aggregated_gather`` (the same result, no ``[N, N]`` logits).
+    """
+    if _is_exporting():
+        return aggregated_gather(
+            query, key, value, pool_key, pool_value, kernel_size, local_bias, pool_bias, local_weights, scale,
+            dropout_p)
     b, h, w, heads, d = query.shape
     n = h * w
     r = kernel_size // 2
@@ -56,3 +73,58 @@ def aggregated_attention_reference(
     if pool_key is not None:
         out = out + attn[..., n:] @ pool_value.transpose(1, 2)
     return out.transpose(1, 2).reshape(b, h, w, heads, -1)
+
+
+def aggregated_gather(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        pool_key: Optional[torch.Tensor] = None,
+        pool_value: Optional[torch.Tensor] = None,
+        kernel_size: int = 3,
+        local_bias: Optional[torch.Tensor] = None,
+        pool_bias: Optional[torch.Tensor] = None,
+        local_weights: Optional[torch.Tensor] = None,
+        scale: float = 1.,
+        dropout_p: float = 0.,
+) -> torch.Tensor:
+    """Aggregated attention with the window slots gathered from the zero-padded keys/values (see module doc).
+
+    ``aggregated_attention_reference``'s arguments and result; no shape-dependent Python control flow, so it exports
+    with dynamic H and W. Slot ``j`` of query ``(y, x)`` is position ``(y + j // k, x + j % k)`` of the map padded
+    by ``k // 2``: one Gather of ``k * k`` rows per query from the flattened padded keys (and values).
+    """
+    b, h, w, heads, _ = query.shape
+    k = kernel_size
+    r = k // 2
+    dev = query.device
+    taps = torch.arange(k, device=dev)
+    rows = torch.arange(h, device=dev)[:, None] + taps  # [H, k] padded rows of each query's window
+    cols = torch.arange(w, device=dev)[:, None] + taps  # [W, k]
+    index = rows[:, None, :, None] * (w + 2 * r) + cols[None, :, None, :]  # [H, W, k, k] flat padded positions
+    outside = ((rows < r) | (rows >= h + r))[:, None, :, None] | ((cols < r) | (cols >= w + r))[None, :, None, :]
+    pad = (0, 0, 0, 0, r, r, r, r)
+    index = index.reshape(-1)
+    kg = F.pad(key, pad).flatten(1, 2).index_select(1, index).unflatten(1, (h, w, k * k))  # [B, H, W, kk, h, D]
+    vg = F.pad(value, pad).flatten(1, 2).index_select(1, index).unflatten(1, (h, w, k * k))
+    q = query * scale if scale != 1. else query
+    logits = (q.unsqueeze(3) * kg).sum(-1).transpose(-1, -2)  # [B, H, W, heads, kk]
+    if local_bias is not None:
+        logits = logits + local_bias
+    logits = logits.masked_fill(outside.reshape(h, w, 1, k * k), float('-inf'))
+    n_local = k * k
+    if pool_key is not None:
+        pool_logits = torch.einsum('bxyhd,bphd->bxyhp', q, pool_key)
+        if pool_bias is not None:
+            pool_logits = pool_logits + pool_bias
+        logits = torch.cat([logits, pool_logits], dim=-1)
+    attn = logits.softmax(dim=-1)
+    if dropout_p > 0.:
+        attn = F.dropout(attn, dropout_p)
+    a_local = attn[..., :n_local]
+    if local_weights is not None:
+        a_local = a_local + local_weights
+    out = (a_local.transpose(-1, -2).unsqueeze(-1) * vg).sum(3)  # [B, H, W, heads, Dv]
+    if pool_key is not None:
+        out = out + torch.einsum('bxyhp,bphd->bxyhd', attn[..., n_local:], pool_value)
+    return out
