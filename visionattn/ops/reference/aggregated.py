@@ -92,39 +92,41 @@ def aggregated_gather(
 
     ``aggregated_attention_reference``'s arguments and result; no shape-dependent Python control flow, so it exports
     with dynamic H and W. Slot ``j`` of query ``(y, x)`` is position ``(y + j // k, x + j % k)`` of the map padded
-    by ``k // 2``: one Gather of ``k * k`` rows per query from the flattened padded keys (and values).
+    by ``k // 2``: one Gather of ``k * k`` rows per query from the flattened padded keys (and values), in head-major
+    layout (fewer transposes in ONNX than the heads-last einsums: 0.7x the time of a heads-last form in onnxruntime).
     """
-    b, h, w, heads, _ = query.shape
+    h, w = query.shape[1:3]
     k = kernel_size
     r = k // 2
+    kk = k * k
     dev = query.device
     taps = torch.arange(k, device=dev)
     rows = torch.arange(h, device=dev)[:, None] + taps  # [H, k] padded rows of each query's window
     cols = torch.arange(w, device=dev)[:, None] + taps  # [W, k]
-    index = rows[:, None, :, None] * (w + 2 * r) + cols[None, :, None, :]  # [H, W, k, k] flat padded positions
+    index = (rows[:, None, :, None] * (w + 2 * r) + cols[None, :, None, :]).reshape(-1)  # flat padded positions
     outside = ((rows < r) | (rows >= h + r))[:, None, :, None] | ((cols < r) | (cols >= w + r))[None, :, None, :]
-    pad = (0, 0, 0, 0, r, r, r, r)
-    index = index.reshape(-1)
-    kg = F.pad(key, pad).flatten(1, 2).index_select(1, index).unflatten(1, (h, w, k * k))  # [B, H, W, kk, h, D]
-    vg = F.pad(value, pad).flatten(1, 2).index_select(1, index).unflatten(1, (h, w, k * k))
-    q = query * scale if scale != 1. else query
-    logits = (q.unsqueeze(3) * kg).sum(-1).transpose(-1, -2)  # [B, H, W, heads, kk]
+    # head-major [B, heads, N, D]: the pooled terms are plain MatMuls, the window terms Mul + ReduceSum
+    q = query.flatten(1, 2).transpose(1, 2)
+    q = q * scale if scale != 1. else q
+    pad = (0, 0, r, r, r, r)
+    kg = F.pad(key.permute(0, 3, 1, 2, 4), pad).flatten(2, 3).index_select(2, index).unflatten(2, (-1, kk))
+    vg = F.pad(value.permute(0, 3, 1, 2, 4), pad).flatten(2, 3).index_select(2, index).unflatten(2, (-1, kk))
+    logits = (q.unsqueeze(3) * kg).sum(-1)  # [B, heads, N, kk]
     if local_bias is not None:
-        logits = logits + local_bias
-    logits = logits.masked_fill(outside.reshape(h, w, 1, k * k), float('-inf'))
-    n_local = k * k
+        logits = logits + local_bias.unsqueeze(1)
+    logits = logits.masked_fill(outside.reshape(-1, kk), float('-inf'))
     if pool_key is not None:
-        pool_logits = torch.einsum('bxyhd,bphd->bxyhp', q, pool_key)
+        pool_logits = q @ pool_key.permute(0, 2, 3, 1)  # [B, heads, N, P]
         if pool_bias is not None:
-            pool_logits = pool_logits + pool_bias
+            pool_logits = pool_logits + pool_bias.flatten(-4, -3).transpose(-2, -3)
         logits = torch.cat([logits, pool_logits], dim=-1)
     attn = logits.softmax(dim=-1)
     if dropout_p > 0.:
         attn = F.dropout(attn, dropout_p)
-    a_local = attn[..., :n_local]
+    a_local = attn[..., :kk]
     if local_weights is not None:
-        a_local = a_local + local_weights
-    out = (a_local.transpose(-1, -2).unsqueeze(-1) * vg).sum(3)  # [B, H, W, heads, Dv]
+        a_local = a_local + local_weights.flatten(-4, -3).transpose(-2, -3)
+    out = (a_local.unsqueeze(-1) * vg).sum(3)  # [B, heads, N, Dv]
     if pool_key is not None:
-        out = out + torch.einsum('bxyhp,bphd->bxyhd', attn[..., n_local:], pool_value)
-    return out
+        out = out + attn[..., kk:] @ pool_value.transpose(1, 2)
+    return out.transpose(1, 2).unflatten(1, (h, w))
