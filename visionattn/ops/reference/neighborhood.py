@@ -197,8 +197,12 @@ def gna_gather(
         additional_values: Optional[torch.Tensor] = None,
         extent: Optional[Sequence] = None,
 ) -> torch.Tensor:
-    """GNA by gathering each query's window (``index_select`` per axis): ``gna_reference``'s result and arguments,
-    O(tokens x window) memory and no shape-dependent Python control flow, so it exports with dynamic sizes.
+    """GNA by gathering each query's window: ``gna_reference``'s result and arguments, O(tokens x window) memory and
+    no shape-dependent Python control flow, so it exports with dynamic sizes.
+
+    The per-axis window indices combine into one flat index of each query's ``prod(kernel_size)`` keys, so the window
+    is one Gather of the head-major keys (and values) straight into ``[B, heads, N, K, D]`` (no transpose of the
+    gathered window), and the rpb one Gather of the flattened table.
 
     With ``extent`` (per axis: an int, symbolic size or 0-d tensor, at least ``kernel_size * dilation``), the windows
     are those of an axis of that length, for the queries at its start: ``key``/``value`` then have one position more
@@ -208,40 +212,45 @@ def gna_gather(
     n = query.dim() - 3
     dim = query.shape[-1]
     shape = query.shape[1:-2]
+    key_shape = key.shape[1:-2]
     scale = dim ** -0.5 if scale is None else scale
+    win = math.prod(kernel_size)
     axes = [gna_axis_index(shape[i], kernel_size[i], stride[i], dilation[i], is_causal[i], device=query.device,
                            extent=None if extent is None else extent[i]) for i in range(n)]
-    # gather along axis i: [B, L_0, k_0, ..., L_i, ...] -> [B, L_0, k_0, ..., L_i, k_i, ...]
-    kg, vg = key, value
-    for i, (index, _, _) in enumerate(axes):
-        d = 1 + 2 * i
-        if extent is not None:  # positions past the query axis: its one padding position
-            index = index.clamp_max(shape[i])
-        kg = kg.index_select(d, index.reshape(-1)).unflatten(d, (-1, index.shape[1]))
-        vg = vg.index_select(d, index.reshape(-1)).unflatten(d, (-1, index.shape[1]))
-    # [B, L_0, k_0, ..., h, D] -> [B, L_0, ..., h, k_0, ..., D]: queries first, then the window's taps flattened
-    perm = [0] + [1 + 2 * i for i in range(n)] + [2 * n + 1] + [2 + 2 * i for i in range(n)] + [2 * n + 2]
-    kg = kg.permute(perm).flatten(n + 2, 2 * n + 1)  # [B, *L, h, K, D]
-    vg = vg.permute(perm).flatten(n + 2, 2 * n + 1)
-    logits = (query.unsqueeze(-2) @ kg.transpose(-1, -2)).squeeze(-2) * scale  # [B, *L, h, K]
 
     def grid(t, i):  # axis i's [L_i, k_i] table broadcast to [L_0, ..., L_{n-1}, k_0, ..., k_{n-1}]
         view = [1] * (2 * n)
         view[i], view[n + i] = t.shape
         return t.view(view)
+    # row-major flat key position of each (query, tap): [*L, *k] -> [N * K]
+    flat = None
+    for i, (index, _, _) in enumerate(axes):
+        if extent is not None:  # positions past the query axis: its one padding position
+            index = index.clamp_max(shape[i])
+        flat = grid(index, i) if flat is None else flat * key_shape[i] + grid(index, i)
+    flat = flat.reshape(-1)
+
+    def heads_first(t):  # [B, *L, h, D] -> [B, h, N, D]
+        return t.flatten(1, n).transpose(1, 2)
+    q = heads_first(query) * scale
+    kg = heads_first(key).index_select(2, flat).unflatten(2, (-1, win))  # [B, h, N, K, D]
+    vg = heads_first(value).index_select(2, flat).unflatten(2, (-1, win))
+    logits = (q.unsqueeze(-2) * kg).sum(-1)  # [B, h, N, K]
     if rpb is not None:
-        bias = rpb[(slice(None),) + tuple(grid(r, i) for i, (_, _, r) in enumerate(axes))]  # [h, *L, *k]
-        logits = logits + bias.movedim(0, n).flatten(n + 1)  # [*L, h, K]
+        rel = None
+        for i, (_, _, r) in enumerate(axes):
+            rel = grid(r, i) if rel is None else rel * (2 * kernel_size[i] - 1) + grid(r, i)
+        logits = logits + rpb.flatten(1).index_select(1, rel.reshape(-1)).unflatten(1, (-1, win))  # [h, N, K]
     if any(is_causal):
         valid = None
         for i, (index, v, _) in enumerate(axes):
             v = grid(torch.ones_like(index, dtype=torch.bool) if v is None else v, i)
             valid = v if valid is None else valid & v
-        logits = logits.masked_fill(~valid.flatten(n).unsqueeze(n), float('-inf'))  # every query sees itself
+        logits = logits.masked_fill(~valid.reshape(-1, win), float('-inf'))  # every query sees itself
     if additional_keys is not None:
-        extra = torch.einsum('b...hd,bkhd->b...hk', query, additional_keys) * scale  # [B, *L, h, n_extra]
+        extra = q @ additional_keys.permute(0, 2, 3, 1)  # [B, h, N, n_extra]
         attn = torch.cat([logits, extra], dim=-1).softmax(dim=-1)
-        win = logits.shape[-1]
-        out = (attn[..., None, :win] @ vg).squeeze(-2)
-        return out + torch.einsum('b...hk,bkhd->b...hd', attn[..., win:], additional_values)
-    return (logits.softmax(dim=-1).unsqueeze(-2) @ vg).squeeze(-2)
+        out = (attn[..., :win, None] * vg).sum(-2) + attn[..., win:] @ additional_values.transpose(1, 2)
+    else:
+        out = (logits.softmax(dim=-1).unsqueeze(-1) * vg).sum(-2)  # [B, h, N, Dv]
+    return out.transpose(1, 2).unflatten(1, shape)
