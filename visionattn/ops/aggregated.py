@@ -20,7 +20,9 @@ and no post-softmax local weights), hence this op.
 Backends (``backend='auto'`` picks ``blocked``):
 
 * ``reference`` (``visionattn.ops.reference.aggregated``): dense masked ``N x N`` attention built from the
-  definition (the oracle, O(N^2) memory).
+  definition (the oracle, O(N^2) memory). Under ``torch.export`` (every export runs this backend) it runs
+  ``aggregated_gather`` instead: the window slots as one index Gather of the zero-padded keys and values, linear in
+  tokens, dynamic H and W, standard ONNX ops (equal to the oracle to 1e-10 in float64).
 * ``blocked`` (``visionattn.ops.blocked.aggregated``): pure PyTorch, the ``k * k`` window slots as shifted views of
   the zero-padded keys and values (no unfold copy of ``k * k`` times the keys), memory O(N x (k * k + P)); autograd
   through plain ops.
