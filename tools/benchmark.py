@@ -11,6 +11,8 @@ Subcommands:
     demo  cost of one training iteration of the `make demo` config and its variants, side by side
           (tools/benchmark_demo.py)
     evit  EViT-DeiT against DeiT with the same weights, batch 1 and 32 (tools/benchmark_evit.py)
+    export-ab  onnxruntime sessions of ONNX files of one model (e.g. before / after an export change) and eager,
+          interleaved round by round in one process (tools/benchmark_export_ab.py)
     sparsifiner  Sparsifiner's top-k sparse attention (op, attention layer, whole model) against dense DeiT-S with the
           same weights at keep rates 0.25 and 0.5, batch 1 and 32 (tools/benchmark_sparsifiner.py)
     models  throughput, latency and peak memory of whole models over sizes, batches, dtypes, backends, train or
@@ -34,6 +36,7 @@ if __package__:  # imported as tools.benchmark
     from .benchmark_bsa_paths import add_bsa_paths_parser, run_bsa_paths
     from .benchmark_demo import add_demo_parser, run_demo
     from .benchmark_evit import add_evit_parser, run_evit
+    from .benchmark_export_ab import add_export_ab_parser, run_export_ab
     from .benchmark_gna import add_gna_parser, run_gna
     from .benchmark_models import add_models_parser, run_models
     from .benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner
@@ -42,6 +45,7 @@ else:  # run as a script: python tools/benchmark.py
     from benchmark_bsa_paths import add_bsa_paths_parser, run_bsa_paths
     from benchmark_demo import add_demo_parser, run_demo
     from benchmark_evit import add_evit_parser, run_evit
+    from benchmark_export_ab import add_export_ab_parser, run_export_ab
     from benchmark_gna import add_gna_parser, run_gna
     from benchmark_models import add_models_parser, run_models
     from benchmark_sparsifiner import add_sparsifiner_parser, run_sparsifiner
@@ -53,7 +57,7 @@ COMMANDS = {
     'bsa-paths': (add_bsa_paths_parser, run_bsa_paths), 'evit': (add_evit_parser, run_evit),
     'demo': (add_demo_parser, run_demo),
     'models': (add_models_parser, run_models), 'sparsifiner': (add_sparsifiner_parser, run_sparsifiner),
-    'export': (add_export_parser, run_export)}
+    'export': (add_export_parser, run_export), 'export-ab': (add_export_ab_parser, run_export_ab)}
 
 
 def main(argv=None):

@@ -5,22 +5,22 @@ input), so the ratios hold under a varying machine load; prints a Markdown table
 the first file). Eager runs freshly initialized weights (timing only: check the files' outputs with
 ``tools/export.py --check``)::
 
-    OMP_NUM_THREADS=1 python tools/benchmark_export_ab.py transnext_micro old=a.onnx new=b.onnx --sizes 224
+    OMP_NUM_THREADS=1 python tools/benchmark.py export-ab transnext_micro old=a.onnx new=b.onnx --sizes 224
 """
-import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_utils import machine_info  # noqa: E402
+try:
+    from .bench_utils import machine_info
+except ImportError:  # run through tools/benchmark.py as a script
+    from bench_utils import machine_info
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_export_ab_parser(sub) -> None:
+    p = sub.add_parser('export-ab', help='onnxruntime sessions of one model (e.g. before / after) and eager, '
+                       'interleaved in one process', description=__doc__)
     p.add_argument('model')
     p.add_argument('files', nargs='+', help='LABEL=PATH.onnx')
     p.add_argument('--sizes', default='224')
@@ -28,7 +28,9 @@ def main():
     p.add_argument('--repeat', type=int, default=3, help='runs per runner per round')
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--no-eager', action='store_true')
-    args = p.parse_args()
+
+
+def run_export_ab(args) -> None:
     import onnxruntime as ort
     import timm
 
@@ -72,7 +74,3 @@ def main():
             print(f'| {args.model} | {size} | {k} | {t:.1f} | {eager} | {rel} |', flush=True)
     info = machine_info('cpu')
     print(f"\nload average at the end {[round(v, 2) for v in info['loadavg_1_5_15']]}")
-
-
-if __name__ == '__main__':
-    main()
