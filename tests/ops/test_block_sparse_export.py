@@ -112,3 +112,31 @@ def test_exported_graph_has_no_dense_bias_and_is_dynamic(Hi):
     for Nq, Tq, Nk, Tk in itertools.islice(itertools.product([3, 8], [2, 5], [4, 9], [3, 7]), 0, None, 3):
         args = _inputs(2, Nq, Tq, 3, 8, Nk, Tk, 4, 3, Hi=Hi, Hb=1, seed=Nq + Tk)
         torch.testing.assert_close(ep.module()(*args), _BSA()(*args), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('Hi', [1, 3])
+def test_onnx_graph_matches_reference(Hi, tmp_path):
+    """ONNX (onnxruntime) of the reference, dynamic sizes, bias, key mask and empty rows: the dense oracle's result."""
+    pytest.importorskip('onnxruntime')
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    def inputs(Nq, Tq, Nk, Tk, seed):
+        args = list(_inputs(2, Nq, Tq, 3, 8, Nk, Tk, 4, 3, Hi=Hi, Hb=3, seed=seed))
+        args[:3] = [t.float() for t in args[:3]]
+        args[4] = args[4].float()
+        args[4][1, 0, 1] = float('-inf')  # query block 1 of batch 1: no key for head 0
+        return tuple(args)
+
+    nq, tq, nk, tk = Dim('nq', min=2), Dim('tq', min=2), Dim('nk', min=4), Dim('tk', min=2)
+    shapes = ({1: nq, 2: tq}, {1: nk, 2: tk}, {1: nk, 2: tk}, {2: nq}, {2: nq}, {1: nk, 2: tk})
+    ep = torch.export.export(_BSA(), inputs(5, 6, 7, 5, 0), dynamic_shapes=shapes)
+    path = str(tmp_path / 'bsa.onnx')
+    torch.onnx.export(ep, dynamo=True, optimize=False).save(path)
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    names = [i.name for i in sess.get_inputs()]
+    for Nq, Tq, Nk, Tk in [(5, 6, 7, 5), (3, 2, 9, 3), (8, 5, 4, 7)]:
+        args = inputs(Nq, Tq, Nk, Tk, seed=Nq)
+        got = sess.run(None, {n: t.numpy() for n, t in zip(names, args)})[0]
+        torch.testing.assert_close(torch.from_numpy(got), _BSA()(*args), rtol=0, atol=1e-5)
+        assert not got[1, 1, :, 0].any()

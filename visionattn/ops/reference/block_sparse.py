@@ -91,8 +91,9 @@ def block_sparse_gather_export(
     ``[B * Nk, Tk * heads * D]`` rows (``[B * heads * Nk, Tk * D]`` for per-head lists), then each query attends to the
     ``topk * Tk`` selected keys with one softmax: memory and time O(tokens x topk x Tk), standard ONNX operators only
     (Gather, MatMul, Softmax, ...), every size symbolic. The same result as the dense reference: duplicate slots count
-    twice, the slot bias is added to its block's logits, masked keys are excluded, a query with no attendable key gets
-    zero. Computed in the input dtype; no backward of its own (autograd through the gathers).
+    twice, the slot bias is added to its block's logits, masked keys are excluded, a query with no attendable key (all
+    its slots masked or at bias ``-inf``) gets zero. Computed in the input dtype; no backward of its own (autograd
+    through the gathers).
     """
     B, Nq, Tq, H, D = query.shape
     Nk, Tk, Dv = value.shape[1], value.shape[2], value.shape[-1]
@@ -111,15 +112,22 @@ def block_sparse_gather_export(
         v_sel = _select_blocks(vh, hidx).reshape(B, H, Nq, topk * Tk, Dv).transpose(1, 2)
     q = query.permute(0, 1, 3, 2, 4)  # [B, Nq, H, Tq, D]
     logits = (q * scale) @ k_sel.transpose(-2, -1)  # [B, Nq, H, Tq, topk * Tk]
+    live: Optional[Tensor] = None  # [B, Nq, heads or 1, topk, Tk or 1]: a slot's key can be attended
     if bias is not None or key_mask is not None:
         logits = logits.reshape(B, Nq, H, Tq, topk, Tk)
         if bias is not None:
-            logits = logits + bias.to(logits.dtype).permute(0, 2, 1, 3)[:, :, :, None, :, None]
+            b = bias.to(logits.dtype).permute(0, 2, 1, 3)  # [B, Nq, Hb, topk]
+            logits = logits + b[:, :, :, None, :, None]
+            live = ~torch.isneginf(b)[..., None]
         if key_mask is not None:
-            kb = _select_blocks(key_bias(key_mask, logits.dtype), idx.transpose(1, 2))  # [B, Nq, Hi, topk, Tk]
-            logits = logits + kb[:, :, :, None]
+            sel = _select_blocks(key_mask, idx.transpose(1, 2))  # [B, Nq, Hi, topk, Tk]
+            logits = logits + key_bias(sel, logits.dtype)[:, :, :, None]
+            live = sel if live is None else live & sel
         logits = logits.reshape(B, Nq, H, Tq, topk * Tk)
-    empty = torch.isneginf(logits).all(dim=-1, keepdim=True)  # queries with no attendable key
-    attn = torch.softmax(logits.masked_fill(empty, 0.), dim=-1).masked_fill(empty, 0.)
-    out = attn @ v_sel  # [B, Nq, H, Tq, Dv]
+    out = torch.softmax(logits, dim=-1) @ v_sel  # [B, Nq, H, Tq, Dv]
+    if live is not None:
+        # a query block whose slots are all masked or at bias -inf has no key: its (NaN) softmax rows give zero.
+        # Decided per block on the small masks, not per logit (a full-size Where / Cast costs more than the softmax)
+        empty = ~live.flatten(3).any(dim=-1)  # [B, Nq, heads or 1]
+        out = out.masked_fill(empty[:, :, :, None, None], 0.)
     return out.transpose(2, 3)
