@@ -31,6 +31,20 @@ def test_bra_exports_dynamic_size():
             torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)
 
 
+
+@pytest.mark.parametrize('fmt', ['torch-export', 'onnx'])
+def test_bra_masked_exports_dynamic_size(fmt, tmp_path):
+    """padding='masked' (key mask, regions of padding never routed) through the export formulation of block-sparse
+    attention (gathered K/V blocks, no dense [N, N] bias): one graph for divisible and padded sizes."""
+    torch.manual_seed(0)
+    m = BiLevelRoutingAttention(32, 2, n_win=7, topk=4, padding='masked').eval()
+    onnx_dir = str(tmp_path) if fmt == 'onnx' else None
+    run = export_dynamic_hw(m, torch.randn(1, 15, 23, 32), min_size=8, onnx_dir=onnx_dir)
+    for size in [(15, 23), (14, 14), (9, 30)]:
+        x = torch.randn(1, *size, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), m(x), rtol=0, atol=1e-5)
+
 @pytest.mark.parametrize('shift', [False, True])
 @pytest.mark.parametrize('hw', [(7, 7), (8, 10), (14, 14), (7, 12), (15, 9)])
 def test_swin_block_export_path_equals_eager(hw, shift):

@@ -36,7 +36,9 @@ that the ``blocked`` and ``triton`` backends share and the backend registration:
   dense SDPA is faster: small blocks listed densely, e.g. BiFormer's 14x14 stage at 224 (topk 16 of 49 blocks of 4
   tokens; BiFormer-T whole-model inference 1.19x faster, benchmarks/biformer_dense_stage3_cpu_2026-11-23.json).
 * ``gather``: what the official BiFormer code does (expand K/V over the query blocks, gather, dense attention).
-* ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias.
+* ``reference``: the oracle, dense attention over all tokens with the block list turned into a logit bias; under
+  ``torch.export`` (ONNX, ExportedProgram) it runs ``block_sparse_gather_export``: the listed K/V blocks gathered
+  by ``index_select`` (ONNX ``Gather``) per query block, linear in tokens, the same result.
 """
 from typing import Optional, Tuple
 

@@ -120,8 +120,9 @@ def bilevel_routing_attention_with_index(
     scale_: float = Cqk ** -0.5 if scale is None else scale
     # padded sides as n_win * ceil(H / n_win): the same values, in a form whose divisibility an exporter can prove
     pad_b, pad_r = (H + n_win - 1) // n_win * n_win - H, (W + n_win - 1) // n_win * n_win - W
-    if is_exporting() and padding == 'none':  # the caller padded: no branch on the size in the graph
-        padded = False
+    exporting = is_exporting()
+    if exporting:  # no branch on the size in the graph: 'none' (the caller padded) never pads, 'masked' always does
+        padded = padding == 'masked'
     else:
         padded = pad_b > 0 or pad_r > 0
     if padded and padding == 'none':
@@ -138,8 +139,12 @@ def bilevel_routing_attention_with_index(
     key_mask: Optional[Tensor] = None
     valid: Optional[Tensor] = None
     if padded:
-        mask = torch.zeros((1, Hp, Wp, 1), dtype=q.dtype, device=q.device)
-        mask[:, :H, :W] = 1
+        if exporting:  # the same 0 / 1 map by comparisons (a slice assignment would specialize on the padding)
+            rows = torch.arange(Hp, device=q.device) < H
+            mask = (rows[:, None] & (torch.arange(Wp, device=q.device) < W)).to(q.dtype)[None, :, :, None]
+        else:
+            mask = torch.zeros((1, Hp, Wp, 1), dtype=q.dtype, device=q.device)
+            mask[:, :H, :W] = 1
         mask_reg = region_partition(mask, n_win)  # [1, R, T, 1]
         count = mask_reg.sum(dim=2).clamp(min=1)  # [1, R, 1]
         # padded tokens are zero, so the sum over a region is the sum over its real tokens
@@ -163,6 +168,9 @@ def bilevel_routing_attention_with_index(
         check_index=False,  # topk indices are in range
     )
     out = region_reverse(out.reshape(B, n_regions, T, C), n_win, Hp, Wp)
-    if padded:
+    if padded and exporting:  # crop by gathers (a slice's no-op case would be decided at the example size)
+        out = out.index_select(1, torch.arange(H, device=out.device))
+        out = out.index_select(2, torch.arange(W, device=out.device))
+    elif padded:
         out = out[:, :H, :W].contiguous()
     return out, idx
