@@ -230,3 +230,46 @@ def test_deform_conv2d_decomposition(cfg):
     args = (x, weight, offset, mask, bias, s, s, p, p, d, d, g, og, use_mask)
     ref = torch.ops.torchvision.deform_conv2d(*args)
     torch.testing.assert_close(_deform_conv2d_decomposition(*args), ref, rtol=0, atol=1e-12)
+
+
+@needs_ort
+def test_one_onnx_decomposition_is_the_two_passes(tmp_path):
+    """The ONNX export's one decomposition (``_onnx_table``, torch.onnx.export's own pass skipped) gives the ONNX
+    graph of the two passes it replaces (core ATen, then torch.onnx.export's table): same nodes, same outputs."""
+    import onnx
+
+    ve = va_export
+    if ve._onnx_table(18) is None:
+        pytest.skip("this torch's ONNX exporter has not the internals _onnx_table uses")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 8, stride=8)
+            self.norm = torch.nn.LayerNorm(16)
+            self.qkv = torch.nn.Linear(16, 48)
+
+        def forward(self, x):
+            t = self.norm(self.stem(x).flatten(2).transpose(1, 2))
+            q, k, v = self.qkv(t).unflatten(-1, (3, 2, 8)).permute(2, 0, 3, 1, 4).unbind(0)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+            return (y.mean(1, keepdim=True).squeeze(1), torch.nn.functional.interpolate(
+                self.stem(x), scale_factor=2.0, mode='bilinear'))
+
+    torch.manual_seed(0)
+    net, x, paths = Net().eval(), torch.randn(1, 3, 64, 64), {}
+    with torch.no_grad(), ve.export_mode():
+        for tag in ('two', 'one'):
+            paths[tag] = str(tmp_path / f'{tag}.onnx')
+            if tag == 'two':
+                ep = ve._export_program(net, x, ve._dynamic_shapes(True), False, onnx_opset=18)
+            else:
+                ep = ve._decompose(ve._capture(net, x, ve._dynamic_shapes(True), False), ve._onnx_table(18))
+            ve._to_onnx(ep, x, paths[tag], 18, None, decomposed=tag == 'one')
+    ops = {k: [n.op_type for n in onnx.load(p).graph.node] for k, p in paths.items()}
+    assert ops['one'] == ops['two']
+    runs = {k: ve.load_runner(p) for k, p in paths.items()}
+    for hw in [(64, 64), (96, 160)]:
+        xi = torch.randn(1, 3, *hw)
+        for a, b in zip(runs['one'](xi), runs['two'](xi)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
