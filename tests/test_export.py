@@ -35,7 +35,8 @@ VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny', 'evit_deit_tiny_patch16_224
                              'dinat_mini', 'agent_deit_tiny', 'litv2_small', _SPARSIFINER],
             'features': ['evit_deit_tiny_patch16_224', 'va_convit_tiny', 'dinat_mini', 'nat_mini', 'ravlt_tiny',
                          'agent_deit_tiny', _SPARSIFINER],
-            'torch-export-features': ['evit_deit_tiny_patch16_224', 'va_convit_tiny']}
+            'torch-export-features': ['evit_deit_tiny_patch16_224', 'va_convit_tiny', 'dinat_mini', 'nat_mini',
+                                      'ravlt_tiny', 'agent_deit_tiny', _SPARSIFINER]}
 SMALLEST = [
     'agent_deit_tiny', 'agent_pvt_tiny', 'agent_swin_tiny', 'agent_cswin_tiny', 'biformer_tiny', 'dinat_mini',
     'nat_mini', 'evit_deit_tiny_patch16_224', 'litv2_small', 'ravlt_tiny', 'sparsifiner_deit_small_patch16_224',
