@@ -161,9 +161,10 @@ def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
-def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onnx_opset: Optional[int] = None):
+def _capture(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
+    """``torch.export`` of ``model`` (not decomposed), over the range the architecture allows when it needs one."""
     try:
-        ep = _torch_export(model, x, shapes, strict)
+        return _torch_export(model, x, shapes, strict)
     except Exception as e:  # a bound the architecture needs (e.g. a minimum size): export over that range
         ranges = _suggested_range(e) if shapes is not None else None
         if ranges is None:
@@ -174,14 +175,70 @@ def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onn
         shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
         ep = _torch_export(model, x, shapes, strict)
         ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
-    # always decomposed here, ONNX included: handing the undecomposed program to the ONNX exporter broke ConViT's
-    # graph (an Add broadcasting 14 by 196 in onnxruntime)
-    table = torch.export.default_decompositions()
-    table.update(_decompositions(onnx_opset))
+        return ep
+
+
+def _decompose(ep, table: Dict[Any, Callable]):
+    """``ep`` decomposed by ``table`` (``ep`` itself is left as it is)."""
     out = ep.run_decompositions(table)
     if hasattr(ep, 'visionattn_size_range'):  # the exported range, kept on the decomposed program
         out.visionattn_size_range = ep.visionattn_size_range
     return out
+
+
+def _torch_export_table() -> Dict[Any, Callable]:
+    """What a ``torch-export`` program is decomposed by: core ATen and the custom ops (``_decompositions``)."""
+    table = torch.export.default_decompositions()
+    table.update(_decompositions())
+    return table
+
+
+def _onnx_table(opset: int) -> Optional[Dict[Any, Callable]]:
+    """The one decomposition of an ONNX export: core ATen, then what ``torch.onnx.export``'s own pass decomposes
+    (aten ops torchlib does not translate, from ``torch._decomp``), and the custom ops. One pass with this table
+    gives the graph of those two passes in turn (the same ONNX nodes, checked on ConViT, NAT and LITv2), at the cost
+    of one; None where this torch has not the exporter's internals it is built from (two passes then)."""
+    try:
+        from torch.onnx._internal.exporter import _constants, _decomp, _fx_passes, _registration  # noqa: F401
+        registry = _registration.ONNXRegistry.from_torchlib(opset_version=max(opset, _constants.TORCHLIB_OPSET))
+        table = _decomp.create_onnx_friendly_decomposition_table(
+            set(_decomp.get_onnx_implemented_overloads(registry)))
+    except (ImportError, AttributeError, TypeError):
+        return None
+    # core ATen first, as the first of the two passes (it decomposes ops torchlib would translate too): handing the
+    # undecomposed program to the ONNX exporter's table alone broke ConViT's graph (an Add broadcasting 14 by 196)
+    table.update(torch.export.default_decompositions())
+    table.update(_decompositions(opset))
+    return table
+
+
+@contextlib.contextmanager
+def _decomposed_for_onnx():
+    """``torch.onnx.export`` of a program already decomposed by ``_onnx_table``: its own decomposition pass (a
+    retrace of the whole graph that changes nothing then) is skipped; type promotion and the rest run as always."""
+    from torch.onnx._internal.exporter import _fx_passes
+    orig = _fx_passes.decompose_with_registry
+    _fx_passes.decompose_with_registry = lambda exported_program, registry: exported_program
+    try:
+        yield
+    finally:
+        _fx_passes.decompose_with_registry = orig
+
+
+def _export_program(model: nn.Module, x: torch.Tensor, shapes, strict: bool, onnx_opset: Optional[int] = None):
+    """``model`` captured and decomposed by core ATen and the custom ops (at ``onnx_opset`` for ONNX)."""
+    table = torch.export.default_decompositions()
+    table.update(_decompositions(onnx_opset))
+    return _decompose(_capture(model, x, shapes, strict), table)
+
+
+def _to_onnx(ep, x: torch.Tensor, out: str, opset: int, optimize: Optional[bool], decomposed: bool) -> None:
+    """Write the ONNX file of decomposed program ``ep`` (decomposed by ``_onnx_table`` when ``decomposed``)."""
+    with _decomposed_for_onnx() if decomposed else contextlib.nullcontext():
+        prog = torch.onnx.export(ep, (x,), out, dynamo=True, opset_version=opset, external_data=False,
+                                 optimize=_onnx_optimize(ep, optimize), verbose=False)
+    if prog is None:
+        raise ExportError(f'{out}: torch.onnx.export returned nothing')
 
 
 # graphs above this many nodes skip the onnxscript optimizer, whose time grows faster than linearly (measured on
@@ -335,14 +392,13 @@ def export(
             if format == 'onnx':
                 if out is None:
                     out = os.path.join(tempfile.mkdtemp(prefix='visionattn_onnx_'), f'{name}.onnx')
-                ep = _export_program(wrapped, x, shapes, strict, onnx_opset=opset)
-                prog = torch.onnx.export(ep, (x,), out, dynamo=True, opset_version=opset, external_data=False,
-                                         optimize=_onnx_optimize(ep, optimize), verbose=False)
-                if prog is None:
-                    raise ExportError(f'{name}: torch.onnx.export returned nothing')
+                table = _onnx_table(opset)
+                ep = _decompose(_capture(wrapped, x, shapes, strict), table) if table is not None else \
+                    _export_program(wrapped, x, shapes, strict, onnx_opset=opset)
+                _to_onnx(ep, x, out, opset, optimize, decomposed=table is not None)
                 result = out
             else:
-                result = _export_program(wrapped, x, shapes, strict)
+                result = _decompose(_capture(wrapped, x, shapes, strict), _torch_export_table())
                 if out is not None:
                     torch.export.save(result, out)
         except ExportError:
