@@ -14,7 +14,7 @@ import torch
 import visionattn
 import visionattn.export as va_export
 from tools.export_check_table import unambiguous_ranking
-from visionattn.export import ExportError, export, fixed_size_reason, size_multiple
+from visionattn.export import ExportError, export, fit_size, fixed_size_reason, size_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
 _HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxscript', 'onnxruntime'))
@@ -91,15 +91,14 @@ def _check(name, fmt, features_only, sizes=SIZES):
     dynamic = fixed_size_reason(name) is None
     if not dynamic:  # exported for 224 only (see FIXED_SIZE)
         sizes = [(224, 224)]
-    rule = size_multiple(name)
-    if rule:  # sides rounded up to the family's multiple (Agent-CSwin: 112), as tools/export_check_table.py
-        sizes = [tuple(-(-v // rule[0]) * rule[0] for v in s) for s in sizes]
+    sizes = [fit_size(name, s) for s in sizes]  # to the family's SIZE_MULTIPLE, as tools/export_check_table.py
     model = name
     if name.startswith('sparsifiner'):  # random weights tie its top-k selections in fp32 (see unambiguous_ranking)
         import timm
         model = unambiguous_ranking(timm.create_model(name, features_only=features_only).eval())
     with _shared_capture((name, features_only)) if name in SMALLEST else contextlib.nullcontext():
-        _, report = export(model, fmt, features_only=features_only, check=sizes, atol=ATOL, dynamic=dynamic)
+        _, report = export(model, fmt, features_only=features_only, img_size=sizes[0], check=sizes, atol=ATOL,
+                           dynamic=dynamic)
     bad = [(r.size, r.max_abs_diff, r.error) for r in report if not r.ok]
     assert not bad, f'{name} ({fmt}, features_only={features_only}): {bad}'
 
@@ -177,6 +176,18 @@ def test_fixed_size_refuses_dynamic():
 def test_size_multiple_refuses_other_sizes():
     with pytest.raises(ValueError, match='multiples of 32'):
         export('agent_swin_tiny', 'onnx', dynamic=True, img_size=(200, 224))
+
+
+def test_agent_swin_minimum_is_the_variant_size():
+    # the last stage's map must hold one shifted window: img_size / 32 (7 at 224, 9 at 288, 12 at 384)
+    assert [size_multiple(n)[1] for n in ('agent_swin_tiny', 'agent_swin_small_288', 'agent_swin_base_384')] == \
+        [224, 288, 384]
+    assert size_multiple('agent_cswin_base_384')[1] == 32
+    assert fit_size('agent_swin_small_288', (224, 224)) == (288, 288)
+    assert fit_size('agent_swin_small_288', (256, 320)) == (288, 320)
+    assert fit_size('va_convit_tiny', (225, 300)) == (225, 300)
+    with pytest.raises(ValueError, match='at least 288'):
+        export('agent_swin_small_288', 'onnx', dynamic=True, img_size=(224, 224))
 
 
 def test_bad_arguments():

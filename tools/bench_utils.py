@@ -99,6 +99,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return '\n'.join(lines) + '\n'
 
 
+def replace_readme_block(readme: Path, begin: str, end: str, content: str) -> None:
+    """Replace the text between the ``begin`` and ``end`` marker lines of ``readme`` with ``content``."""
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f'{readme} has no {begin!r} ... {end!r} block')
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + begin + '\n' + content + end + rest.split(end, 1)[1])
+
+
 def machine_markdown(info: dict) -> str:
     """One Markdown paragraph with the machine, library versions and date of a report."""
     dev = info.get('gpu') or info.get('cpu')

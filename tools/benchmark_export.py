@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import machine_info, time_ms
+from bench_utils import machine_info, replace_readme_block, time_ms
 
 DEFAULT_MODELS = (
     'agent_pvt_tiny,biformer_tiny,dinat_mini,nat_mini,evit_deit_tiny_patch16_224,litv2_small,ravlt_tiny,'
@@ -39,12 +39,8 @@ README = Path(__file__).resolve().parents[1] / 'README.md'
 def update_readme(json_path: str, readme: Path = README) -> None:
     """Replace the table between the README's export-benchmark markers with the one of ``json_path``."""
     data = json.loads(Path(json_path).read_text())
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f'{readme} has no {README_BEGIN!r} ... {README_END!r} block')
     table = _markdown(data['machine'], data['results'], title=False, source=json_path)
-    head, rest = text.split(README_BEGIN, 1)
-    readme.write_text(head + README_BEGIN + '\n' + table + README_END + rest.split(README_END, 1)[1])
+    replace_readme_block(readme, README_BEGIN, README_END, table)
     print(f'updated {readme} from {json_path}')
 
 

@@ -26,7 +26,8 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument('--checkpoint', default=None, help='checkpoint file to load')
     src.add_argument('--pretrained', action='store_true', help='load the pretrained weights')
-    p.add_argument('--img-size', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
+    p.add_argument('--img-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                   help="example input size (default 224 224, fitted to the family's SIZE_MULTIPLE)")
     p.add_argument('--dynamic', action='store_true', help='dynamic height and width')
     p.add_argument('--features-only', action='store_true', help='export the feature maps (a tuple of NCHW maps)')
     p.add_argument('--opset', type=int, default=18)
@@ -43,11 +44,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import visionattn
-    from visionattn.export import ExportError, default_check_sizes, export
+    from visionattn.export import ExportError, default_check_sizes, export, fit_size
     if args.model not in visionattn.list_models():
         print(f'unknown model {args.model!r}; see visionattn.list_models()', file=sys.stderr)
         return 2
     out = args.out or f'{args.model}.' + ('onnx' if args.format == 'onnx' else 'pt2')
+    img_size = tuple(args.img_size) if args.img_size else fit_size(args.model, (224, 224))
     check = False
     if args.check:
         if args.check_sizes:
@@ -56,10 +58,10 @@ def main(argv=None) -> int:
                 return 2
             check = list(zip(args.check_sizes[::2], args.check_sizes[1::2]))
         else:  # a static export runs at its own size only
-            check = default_check_sizes(tuple(args.img_size)) if args.dynamic else [tuple(args.img_size)]
+            check = default_check_sizes(img_size) if args.dynamic else [img_size]
     try:
         result = export(
-            args.model, args.format, out=out, dynamic=args.dynamic, img_size=tuple(args.img_size),
+            args.model, args.format, out=out, dynamic=args.dynamic, img_size=img_size,
             batch_size=args.batch_size, features_only=args.features_only, opset=args.opset,
             pretrained=args.pretrained, checkpoint=args.checkpoint, check=check, atol=args.atol, strict=args.strict)
     except ExportError as e:

@@ -24,7 +24,8 @@ from torch import nn
 from .ops import force_backend
 
 __all__ = [
-    'export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError', 'load_runner', 'FIXED_SIZE', 'SIZE_MULTIPLE']
+    'export', 'export_mode', 'check_export', 'ExportCheck', 'ExportError', 'load_runner', 'FIXED_SIZE', 'SIZE_MULTIPLE',
+    'fit_size']
 
 _FORMATS = ('onnx', 'torch-export')
 
@@ -40,15 +41,29 @@ _EXTRAPOLATE_REASON = (
 # families whose dynamic export takes H and W in multiples of the network stride, with a minimum size, and why:
 # (multiple, minimum, reason). Their nested pad-then-halve size arithmetic is too deep for the exporter's symbolic
 # reasoning (it specializes to the example size); with H = 32 * h every stage map is h * 2 ** k (no padding left).
-SIZE_MULTIPLE: Dict[str, Tuple[int, int, str]] = {
-    'agent_swin': (32, 224, 'stride-32 stage sizes; the shifted-window stage needs its map >= one 7x7 window'),
+# A minimum of None: the variant's default input size.
+SIZE_MULTIPLE: Dict[str, Tuple[int, Optional[int], str]] = {
+    'agent_swin': (32, None, "stride-32 stage sizes; the last stage's map must hold one shifted window (its side: the "
+                   'default input size / 32, e.g. 7 at 224, 9 for agent_swin_small_288)'),
     'agent_cswin': (32, 32, 'stride-32 stage sizes (stripe padding over padded merges is too deep to reason on)'),
 }
 
 
 def size_multiple(name: str) -> Optional[Tuple[int, int, str]]:
     """``(multiple, minimum, reason)`` when model ``name`` exports with H and W in multiples of ``multiple``."""
-    return next((r for f, r in SIZE_MULTIPLE.items() if name.startswith(f)), None)
+    rule = next((r for f, r in SIZE_MULTIPLE.items() if name.startswith(f)), None)
+    if rule is None or rule[1] is not None:
+        return rule
+    import timm
+    return rule[0], max(timm.models.get_pretrained_cfg(name).input_size[1:]), rule[2]
+
+
+def fit_size(name: str, size: Tuple[int, int]) -> Tuple[int, int]:
+    """``size`` with each side rounded up to model ``name``'s ``SIZE_MULTIPLE`` and its minimum (else unchanged)."""
+    rule = size_multiple(name)
+    if rule is None:
+        return tuple(size)
+    return tuple(max(-(-v // rule[0]) * rule[0], rule[1]) for v in size)
 
 
 def fixed_size_reason(name: str) -> Optional[str]:
@@ -332,7 +347,7 @@ def export(
         format: str = 'onnx',
         out: Optional[str] = None,
         dynamic: bool = True,
-        img_size: Tuple[int, int] = (224, 224),
+        img_size: Optional[Tuple[int, int]] = None,
         batch_size: int = 1,
         features_only: bool = False,
         opset: int = 18,
@@ -351,7 +366,7 @@ def export(
         format: ``'onnx'`` (dynamo exporter, standard ops) or ``'torch-export'`` (``torch.export.export``).
         out: Output file (``.onnx`` or ``.pt2``); for ONNX a temporary file when None.
         dynamic: Dynamic height and width (batch stays fixed at ``batch_size``).
-        img_size: ``(H, W)`` of the example input.
+        img_size: ``(H, W)`` of the example input; None: 224 x 224 (for a name, fitted to its ``SIZE_MULTIPLE``).
         batch_size: Batch of the example input.
         features_only: Build the model with ``features_only=True`` (output: a tuple of NCHW maps).
         opset: ONNX opset (>= 18).
@@ -372,6 +387,8 @@ def export(
         raise ValueError(f'format must be one of {_FORMATS}, got {format!r}')
     if opset < 18:
         raise ValueError(f'opset must be >= 18, got {opset}')
+    if img_size is None:
+        img_size = fit_size(model_or_name, (224, 224)) if isinstance(model_or_name, str) else (224, 224)
     if len(img_size) != 2:
         raise ValueError(f'img_size must be (H, W), got {img_size}')
     if dynamic and isinstance(model_or_name, str) and fixed_size_reason(model_or_name):
