@@ -232,8 +232,11 @@ def _decomposed_for_onnx():
     """``torch.onnx.export`` of a program already decomposed by ``_onnx_table``: its own decomposition pass (a
     retrace of the whole graph that changes nothing then) is skipped; type promotion and the rest run as always."""
     from torch.onnx._internal.exporter import _fx_passes
-    orig = _fx_passes.decompose_with_registry
-    _fx_passes.decompose_with_registry = lambda exported_program, registry: exported_program
+    orig = getattr(_fx_passes, 'decompose_with_registry', None)
+    if orig is None:  # another torch: its pass runs (a no-op retrace, slower, the same graph)
+        yield
+        return
+    _fx_passes.decompose_with_registry = lambda ep, *args, **kwargs: ep
     try:
         yield
     finally:
