@@ -22,25 +22,20 @@ _HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxsc
 needs_ort = pytest.mark.skipif(not _HAS_ORT and not os.environ.get('CI'),
                                reason='onnx/onnxscript/onnxruntime not installed (pip install .[deploy])')
 
-# the smallest variant of each family; those verified to export dynamically run in the default tier, the others
-# (and every other model) under slow. A model's torch.export test reuses the capture of its ONNX test (_CAPTURED), so
-# it costs a decomposition and the check where the ONNX test runs too. Seconds: benchmarks/export_test_cost_2026-12-02
-# .md and benchmarks/export_check_2026-12-02{,_feat}.md (loaded machine). Under slow for their cost (verified):
-# ONNX agent_pvt_tiny, agent_swin_tiny, agent_cswin_tiny, transnext_micro; torch.export agent_pvt_tiny,
-# agent_swin_tiny, agent_cswin_tiny, transnext_micro (a capture of their own each); the features_only rows not listed
-_SPARSIFINER = 'sparsifiner_deit_small_patch16_224'
-VERIFIED = {'onnx': ['va_convit_tiny', 'ravlt_tiny', 'evit_deit_tiny_patch16_224', 'litv2_small', 'agent_deit_tiny',
-                     'biformer_tiny', 'dinat_mini', 'nat_mini', _SPARSIFINER],
-            'torch-export': ['va_convit_tiny', 'ravlt_tiny', 'nat_mini', 'biformer_tiny', 'evit_deit_tiny_patch16_224',
-                             'dinat_mini', 'agent_deit_tiny', 'litv2_small', _SPARSIFINER],
-            'features': ['evit_deit_tiny_patch16_224', 'va_convit_tiny', 'dinat_mini', 'nat_mini', 'ravlt_tiny',
-                         'agent_deit_tiny', _SPARSIFINER],
-            'torch-export-features': ['evit_deit_tiny_patch16_224', 'va_convit_tiny', 'dinat_mini', 'nat_mini',
-                                      'ravlt_tiny', 'agent_deit_tiny', _SPARSIFINER]}
 SMALLEST = [
     'agent_deit_tiny', 'agent_pvt_tiny', 'agent_swin_tiny', 'agent_cswin_tiny', 'biformer_tiny', 'dinat_mini',
     'nat_mini', 'evit_deit_tiny_patch16_224', 'litv2_small', 'ravlt_tiny', 'sparsifiner_deit_small_patch16_224',
     'transnext_micro', 'va_convit_tiny']
+# the default tier: ONNX (classification and features_only) of the smallest variant of each family, and the
+# torch.export rows listed here; the others (and every other model) under slow. A model's torch.export test reuses the
+# capture of its ONNX test (_CAPTURED), so it costs a decomposition and the check where the ONNX test runs too.
+# Seconds: benchmarks/export_test_cost_2026-12-02.md and benchmarks/export_check_2026-12-02{,_feat}.md.
+_SPARSIFINER = 'sparsifiner_deit_small_patch16_224'
+VERIFIED = {'onnx': SMALLEST, 'features': SMALLEST,
+            'torch-export': ['va_convit_tiny', 'ravlt_tiny', 'nat_mini', 'biformer_tiny', 'evit_deit_tiny_patch16_224',
+                             'dinat_mini', 'agent_deit_tiny', 'litv2_small', _SPARSIFINER],
+            'torch-export-features': ['evit_deit_tiny_patch16_224', 'va_convit_tiny', 'dinat_mini', 'nat_mini',
+                                      'ravlt_tiny', 'agent_deit_tiny', _SPARSIFINER]}
 SIZES = [(224, 224), (256, 320)]
 ATOL = 1e-4
 
