@@ -281,3 +281,29 @@ def test_one_onnx_decomposition_is_the_two_passes(tmp_path):
         xi = torch.randn(1, 3, *hw)
         for a, b in zip(runs['one'](xi), runs['two'](xi)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_capture_retries_while_the_bound_narrows(monkeypatch):
+    # TransNeXt A-A-A-A: the first retry (H, W >= 97) finds another bound (>= 125); the last range is kept
+    def violation(lo):
+        return RuntimeError(
+            'Constraints violated (height, width)!\n' + ''.join(
+                f"  - Not all values of {n} = L['x'].size()[{i}] in the specified range 32 <= {n} <= 8192 satisfy "
+                f"the generated guard {lo} <= L['x'].size()[{i}] and L['x'].size()[{i}] <= 8192\n"
+                for i, n in ((2, 'height'), (3, 'width'))) + 'Suggested fixes:\n')
+
+    calls = []
+
+    def fake_export(model, x, shapes, strict):
+        calls.append({k: (d.min, d.max) for k, d in shapes[0].items()} if calls else None)
+        if len(calls) < 3:
+            raise violation((97, 125)[len(calls) - 1])
+        return type('EP', (), {})()
+
+    monkeypatch.setattr(va_export, '_torch_export', fake_export)
+    ep = va_export._capture(torch.nn.Identity(), torch.randn(1, 3, 224, 224), ({2: None, 3: None},), False)
+    assert ep.visionattn_size_range == ((125, 8192), (125, 8192))
+    assert calls[1:] == [{2: (97, 8192), 3: (97, 8192)}, {2: (125, 8192), 3: (125, 8192)}]
+    monkeypatch.setattr(va_export, '_torch_export', lambda *a: (_ for _ in ()).throw(violation(97)))
+    with pytest.raises(RuntimeError, match='Constraints violated'):  # no progress: the exporter's error
+        va_export._capture(torch.nn.Identity(), torch.randn(1, 3, 224, 224), ({2: None, 3: None},), False)

@@ -176,20 +176,31 @@ def _torch_export(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
-def _capture(model: nn.Module, x: torch.Tensor, shapes, strict: bool):
-    """``torch.export`` of ``model`` (not decomposed), over the range the architecture allows when it needs one."""
-    try:
-        return _torch_export(model, x, shapes, strict)
-    except Exception as e:  # a bound the architecture needs (e.g. a minimum size): export over that range
-        ranges = _suggested_range(e) if shapes is not None else None
-        if ranges is None:
-            raise
-        from torch.export import Dim
-        lo_h, hi_h = ranges.get('height', (32, 8192))
-        lo_w, hi_w = ranges.get('width', (32, 8192))
-        shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
-        ep = _torch_export(model, x, shapes, strict)
-        ep.visionattn_size_range = ((lo_h, hi_h), (lo_w, hi_w))
+def _capture(model: nn.Module, x: torch.Tensor, shapes, strict: bool, retries: int = 3):
+    """``torch.export`` of ``model`` (not decomposed), over the range the architecture allows when it needs one.
+
+    A bound the architecture needs (e.g. a minimum size) is reported by the exporter with a suggested range: the
+    export is retried over it, and again while each retry finds a narrower one (TransNeXt A-A-A-A: 97, then 125).
+    """
+    from torch.export import Dim
+    size_range = None
+    for attempt in range(retries + 1):
+        try:
+            ep = _torch_export(model, x, shapes, strict)
+        except Exception as e:
+            ranges = _suggested_range(e) if shapes is not None and attempt < retries else None
+            if ranges is None:
+                raise
+            prev = size_range or ((32, 8192), (32, 8192))
+            new = (ranges.get('height', prev[0]), ranges.get('width', prev[1]))
+            if new == size_range:  # no progress
+                raise
+            size_range = new
+            (lo_h, hi_h), (lo_w, hi_w) = size_range
+            shapes = ({2: Dim('height', min=lo_h, max=hi_h), 3: Dim('width', min=lo_w, max=hi_w)},)
+            continue
+        if size_range is not None:
+            ep.visionattn_size_range = size_range
         return ep
 
 
